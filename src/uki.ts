@@ -1,0 +1,298 @@
+// The Unified Kernel Image: a systemd-stub with the kernel, initrd, command line and
+// os-release appended as PE sections (UAPI "Unified Kernel Image" spec; systemd's ukify is the
+// reference). `buildUki` writes one, `inspectUki` reads one back; both speak UkiSection.
+//
+// Inputs are streamed into the output (the kernel and initrd may be 100+ MB) and the file is
+// written under a temporary name, then renamed. The output is a function of the inputs only:
+// the stub's TimeDateStamp is kept and nothing else carries a time.
+import { createHash } from "node:crypto";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import {
+  IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ,
+  layoutSections, parsePe, PeChecksum, PeHeaders, PeSection, writeHeaders,
+} from "./pe";
+
+export interface UkiInput {
+  stub: string;
+  linux: string;
+  initrds: string[];
+  cmdline: string;
+  osRelease?: string; // file contents
+  uname?: string;
+}
+
+export interface UkiSection {
+  name: string;
+  offset: number; // file offset
+  vma: number;
+  size: number; // VirtualSize: the real length of the content
+  sha256: string; // of the section's bytes in the file (min(VirtualSize, SizeOfRawData) of them)
+}
+
+/** Linux's COMMAND_LINE_SIZE on x86 and arm64, including the terminating NUL. */
+export const COMMAND_LINE_SIZE = 2048;
+
+/** Throws when the kernel would not get `cmdline` intact. */
+export function validateCmdline(cmdline: string): void {
+  if (cmdline.trim() === "") throw new Error(`the kernel command line is empty: give at least console=... and rdinit=/init (or root=...)`);
+  const bad = cmdline.search(/[\x00-\x1f\x7f]/);
+  if (bad >= 0) {
+    const c = cmdline.charCodeAt(bad);
+    throw new Error(`the kernel command line contains ${c === 0 ? "a NUL" : c === 10 ? "a newline" : `control character 0x${c.toString(16)}`} at position ${bad}: separate parameters with spaces`);
+  }
+  const n = Buffer.byteLength(cmdline);
+  if (n > COMMAND_LINE_SIZE - 1) {
+    throw new Error(`the kernel command line is ${n} bytes; Linux keeps at most ${COMMAND_LINE_SIZE - 1} (COMMAND_LINE_SIZE is ${COMMAND_LINE_SIZE} on x86_64 and arm64): shorten it or move settings into the initrd`);
+  }
+}
+
+// A section's content: literal bytes and/or whole files, in order.
+type Part = Buffer | { file: string; size: number };
+interface Payload { name: string; parts: Part[]; characteristics: number }
+
+const DATA = IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ;
+const CHUNK = 4 << 20;
+
+export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: string; size: number; sections: UkiSection[] }> {
+  validateCmdline(input.cmdline);
+  const stub = await readInput(input.stub, "systemd-stub", "install systemd-boot-efi and pass /usr/lib/systemd/boot/efi/linuxx64.efi.stub (linuxaa64.efi.stub on arm64)");
+  const pe = parsePe(stub, input.stub);
+  const linux = await sizeOf(input.linux, "kernel image", "pass the kernel, e.g. /boot/vmlinuz-<version>");
+  if (linux.size === 0) throw new Error(`kernel image ${input.linux} is empty: pass the kernel, e.g. /boot/vmlinuz-<version>`);
+  await checkKernelArch(input.linux, pe);
+
+  // Several initrds become one .initrd: the kernel unpacks concatenated archives in order.
+  // Each is padded to 4 bytes (as ukify does) so the next archive starts aligned.
+  const initrd: Part[] = [];
+  for (const file of input.initrds) {
+    const part = await sizeOf(file, "initrd", "build it first, or leave it out of initrds");
+    if (initrd.length) initrd.push(Buffer.alloc((4 - (partsSize(initrd) % 4)) % 4));
+    initrd.push(part);
+  }
+
+  // ukify's order; .linux last, leaving room past the kernel for it to decompress into.
+  const payloads: Payload[] = [];
+  const text = (name: string, s: string | undefined) => { if (s !== undefined) payloads.push({ name, parts: [Buffer.from(s)], characteristics: DATA }); };
+  text(".osrel", input.osRelease);
+  text(".cmdline", input.cmdline);
+  text(".uname", input.uname);
+  if (initrd.length) payloads.push({ name: ".initrd", parts: initrd, characteristics: DATA });
+  // ukify marks .linux as code: old stubs run the EFI handover entry inside the section.
+  payloads.push({ name: ".linux", parts: [linux], characteristics: IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_READ });
+
+  const layout = layoutSections(pe, stub.length, payloads.map((p) => ({ name: p.name, size: partsSize(p.parts), characteristics: p.characteristics })));
+  const headers = writeHeaders(stub, pe, layout);
+
+  await fs.mkdir(path.dirname(path.resolve(out)), { recursive: true });
+  const tmp = `${out}.tmp-${process.pid}`;
+  const fh = await fs.open(tmp, "w");
+  const sections: UkiSection[] = [];
+  try {
+    const w = new Writer(fh, new PeChecksum(pe.checksumOffset));
+    await w.write(headers);
+    await w.write(stub.subarray(headers.length));
+    for (const s of pe.sections) sections.push(describe(s, hashOf(stub.subarray(s.pointerToRawData, s.pointerToRawData + contentLength(s)))));
+    for (const [i, p] of payloads.entries()) {
+      const placed = layout.sections[i];
+      await w.padTo(placed.pointerToRawData);
+      const hash = createHash("sha256");
+      for (const part of p.parts) {
+        if (Buffer.isBuffer(part)) {
+          hash.update(part);
+          await w.write(part);
+        } else {
+          await w.copy(part, hash);
+        }
+      }
+      sections.push(describe(placed, hash.digest("hex")));
+    }
+    await w.padTo(layout.fileSize);
+    const checksum = Buffer.alloc(4);
+    checksum.writeUInt32LE(w.checksum.digest());
+    await fh.write(checksum, 0, 4, pe.checksumOffset);
+    await fh.sync();
+    await fh.close();
+    await fs.rename(tmp, out);
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+  const whole = await hashFile(out, 0, layout.fileSize);
+  return { sha256: whole, size: layout.fileSize, sections };
+}
+
+export async function inspectUki(file: string): Promise<{
+  arch: "x86_64" | "aarch64" | string;
+  sections: UkiSection[];
+  cmdline?: string;
+  osRelease?: string;
+  uname?: string;
+  initrd?: { offset: number; size: number };
+}> {
+  const { size } = await sizeOf(file, "UKI", "build it first");
+  const fh = await fs.open(file, "r");
+  try {
+    const head = Buffer.alloc(Math.min(size, 64 << 10));
+    await fh.read(head, 0, head.length, 0);
+    const pe = parsePe(head, file);
+    const sections: UkiSection[] = [];
+    const texts: Record<string, string> = {};
+    let initrd: { offset: number; size: number } | undefined;
+    for (const s of pe.sections) {
+      const n = contentLength(s);
+      if (s.pointerToRawData + n > size) throw new Error(`${file} is truncated: section ${s.name} ends past the end of the file`);
+      sections.push(describe(s, await hashFile(file, s.pointerToRawData, n)));
+      if (s.name === ".cmdline" || s.name === ".osrel" || s.name === ".uname") {
+        const buf = Buffer.alloc(n);
+        await fh.read(buf, 0, n, s.pointerToRawData);
+        texts[s.name] = buf.toString("utf8").replace(/\0+$/, "");
+      }
+      if (s.name === ".initrd") initrd = { offset: s.pointerToRawData, size: s.virtualSize };
+    }
+    return { arch: pe.arch, sections, cmdline: texts[".cmdline"], osRelease: texts[".osrel"], uname: texts[".uname"], initrd };
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * The kernel release ("6.1.0-56-cloud-amd64") stored in a kernel image, or undefined.
+ * x86 bzImage: the string the setup header's kernel_version field (0x20E) points at.
+ * Others (the arm64 Image is uncompressed): the "Linux version ..." banner in the image.
+ */
+export async function kernelRelease(file: string): Promise<string | undefined> {
+  const fh = await fs.open(file, "r");
+  try {
+    const head = Buffer.alloc(0x210);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    if (bytesRead === head.length && head.toString("latin1", 0x202, 0x206) === "HdrS") {
+      const str = Buffer.alloc(256);
+      await fh.read(str, 0, str.length, 0x200 + head.readUInt16LE(0x20e));
+      const m = /^([A-Za-z0-9._+~-]+) \(/.exec(str.toString("latin1").split("\0")[0]);
+      if (m) return m[1];
+    }
+    // Scan for the banner, keeping an overlap so that it is found across chunk boundaries.
+    const pattern = /Linux version (\d+\.[^\s\0]+) \(/;
+    let carry = "";
+    for (let pos = 0; ; pos += CHUNK) {
+      const buf = Buffer.alloc(CHUNK);
+      const { bytesRead: n } = await fh.read(buf, 0, CHUNK, pos);
+      if (n === 0) return undefined;
+      const textChunk = carry + buf.toString("latin1", 0, n);
+      const m = pattern.exec(textChunk);
+      if (m) return m[1];
+      carry = textChunk.slice(-256);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+// Writes the output in order, feeding every byte to the PE checksum.
+class Writer {
+  pos = 0;
+  constructor(private readonly fh: fs.FileHandle, readonly checksum: PeChecksum) {}
+
+  async write(buf: Buffer): Promise<void> {
+    this.checksum.update(buf);
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, this.pos + done);
+      done += bytesWritten;
+    }
+    this.pos += buf.length;
+  }
+
+  async padTo(offset: number): Promise<void> {
+    if (offset < this.pos) throw new Error(`internal error: layout goes backwards (${offset} < ${this.pos})`);
+    if (offset > this.pos) await this.write(Buffer.alloc(offset - this.pos));
+  }
+
+  async copy(part: { file: string; size: number }, hash: ReturnType<typeof createHash>): Promise<void> {
+    const src = await fs.open(part.file, "r");
+    try {
+      let copied = 0;
+      for (;;) {
+        const buf = Buffer.alloc(CHUNK);
+        const { bytesRead } = await src.read(buf, 0, CHUNK, copied);
+        if (bytesRead === 0) break;
+        const chunk = buf.subarray(0, bytesRead);
+        copied += bytesRead;
+        if (copied > part.size) break;
+        hash.update(chunk);
+        await this.write(chunk);
+      }
+      if (copied !== part.size) throw new Error(`${part.file} changed size while the UKI was being written (${part.size} bytes expected, ${copied} read)`);
+    } finally {
+      await src.close();
+    }
+  }
+}
+
+function describe(s: PeSection, sha256: string): UkiSection {
+  return { name: s.name, offset: s.pointerToRawData, vma: s.virtualAddress, size: s.virtualSize, sha256 };
+}
+
+// How many of a section's bytes are in the file (the rest of VirtualSize is zero-filled).
+function contentLength(s: PeSection): number {
+  return Math.min(s.virtualSize, s.sizeOfRawData);
+}
+
+function partsSize(parts: Part[]): number {
+  return parts.reduce((n, p) => n + (Buffer.isBuffer(p) ? p.length : p.size), 0);
+}
+
+function hashOf(buf: Buffer): string {
+  return createHash("sha256").update(buf).digest("hex");
+}
+
+async function hashFile(file: string, offset: number, length: number): Promise<string> {
+  const hash = createHash("sha256");
+  if (length === 0) return hash.digest("hex");
+  const fh = await fs.open(file, "r");
+  try {
+    for await (const chunk of fh.createReadStream({ start: offset, end: offset + length - 1, highWaterMark: CHUNK, autoClose: false })) hash.update(chunk as Buffer);
+  } finally {
+    await fh.close();
+  }
+  return hash.digest("hex");
+}
+
+async function sizeOf(file: string, what: string, fix: string): Promise<{ file: string; size: number }> {
+  const st = await fs.stat(file).catch((e: NodeJS.ErrnoException) => {
+    throw new Error(e.code === "ENOENT" ? `${what} ${file} does not exist: ${fix}` : `${what} ${file}: ${e.message}`);
+  });
+  if (!st.isFile()) throw new Error(`${what} ${file} is not a regular file: ${fix}`);
+  return { file, size: st.size };
+}
+
+async function readInput(file: string, what: string, fix: string): Promise<Buffer> {
+  await sizeOf(file, what, fix);
+  return fs.readFile(file);
+}
+
+// A kernel for the wrong architecture boots into nothing, silently: refuse it here.
+async function checkKernelArch(file: string, stub: PeHeaders): Promise<void> {
+  const fh = await fs.open(file, "r");
+  const head = Buffer.alloc(4096);
+  try {
+    await fh.read(head, 0, head.length, 0);
+  } finally {
+    await fh.close();
+  }
+  let arch: string | undefined;
+  if (head.toString("latin1", 0x202, 0x206) === "HdrS") arch = "x86_64";
+  else if (head.toString("latin1", 0x38, 0x3c) === "ARM\x64") arch = "aarch64";
+  else {
+    try {
+      arch = parsePe(head, file).arch;
+    } catch {
+      arch = undefined; // not something we recognise (a compressed image?): let the stub judge
+    }
+  }
+  if (arch && arch !== stub.arch) {
+    throw new Error(`kernel image ${file} is for ${arch} but the stub ${stub.file} is for ${stub.arch}: use a kernel and a stub of the same architecture`);
+  }
+}

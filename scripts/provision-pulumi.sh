@@ -83,6 +83,11 @@ else
 fi
 go build -trimpath -ldflags "$ldflags" -o "$tmp/pulumi-language-nodejs" ./cmd/pulumi-language-nodejs >&2
 echo "$langsum" > "$tmp/.langhost"
+# The dynamic-provider plugin is the small launcher @pulumi/pulumi ships; the engine finds it
+# next to the CLI, and it resolves @pulumi/pulumi from the project it runs in.
+if [ -f "$here/node_modules/@pulumi/pulumi/pulumi-resource-pulumi-nodejs" ]; then
+	install -m 0755 "$here/node_modules/@pulumi/pulumi/pulumi-resource-pulumi-nodejs" "$tmp/"
+fi
 "$tmp/pulumi" version >&2
 rm -rf "$dest"; mv "$tmp" "$dest"
 echo "$dest"

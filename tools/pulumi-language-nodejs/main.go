@@ -80,7 +80,7 @@ func programDir(info *pulumirpc.ProgramInfo, fallback string) string {
 func (h *host) GetRequiredPlugins(_ context.Context, req *pulumirpc.GetRequiredPluginsRequest) (*pulumirpc.GetRequiredPluginsResponse, error) {
 	dir := programDir(req.GetInfo(), req.GetProgram())
 	var plugins []*pulumirpc.PluginDependency
-	for _, pj := range packageJSONs(filepath.Join(dir, "node_modules")) {
+	for _, pj := range packageJSONs(findNodeModules(dir)) {
 		var p struct {
 			Name    string `json:"name"`
 			Version string `json:"version"`
@@ -111,7 +111,23 @@ func (h *host) GetRequiredPlugins(_ context.Context, req *pulumirpc.GetRequiredP
 	return &pulumirpc.GetRequiredPluginsResponse{Plugins: plugins}, nil
 }
 
+// findNodeModules looks for node_modules/@pulumi/pulumi from dir upwards, as Node's own module
+// resolution does (a program in dist/ uses the project's node_modules).
+func findNodeModules(dir string) string {
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "node_modules", "@pulumi", "pulumi")); err == nil {
+			return filepath.Join(d, "node_modules")
+		}
+		if filepath.Dir(d) == d {
+			return ""
+		}
+	}
+}
+
 func packageJSONs(nodeModules string) []string {
+	if nodeModules == "" {
+		return nil
+	}
 	var out []string
 	entries, _ := os.ReadDir(nodeModules)
 	for _, e := range entries {
@@ -132,7 +148,7 @@ func packageJSONs(nodeModules string) []string {
 func (h *host) GetProgramDependencies(_ context.Context, req *pulumirpc.GetProgramDependenciesRequest) (*pulumirpc.GetProgramDependenciesResponse, error) {
 	dir := programDir(req.GetInfo(), req.GetProgram())
 	var deps []*pulumirpc.DependencyInfo
-	for _, pj := range packageJSONs(filepath.Join(dir, "node_modules")) {
+	for _, pj := range packageJSONs(findNodeModules(dir)) {
 		var p struct{ Name, Version string }
 		if b, err := os.ReadFile(pj); err == nil && json.Unmarshal(b, &p) == nil && p.Name != "" {
 			deps = append(deps, &pulumirpc.DependencyInfo{Name: p.Name, Version: p.Version})
@@ -150,10 +166,12 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	dir := programDir(req.GetInfo(), req.GetPwd())
 	runPath := os.Getenv("PULUMI_LANGUAGE_NODEJS_RUN_PATH")
 	if runPath == "" {
-		runPath = filepath.Join(dir, "node_modules", "@pulumi", "pulumi", "cmd", "run")
+		if nm := findNodeModules(dir); nm != "" {
+			runPath = filepath.Join(nm, "@pulumi", "pulumi", "cmd", "run")
+		}
 	}
-	if _, err := os.Stat(runPath); err != nil {
-		return &pulumirpc.RunResponse{Error: "the Pulumi SDK is not installed in " + dir + ": run npm install"}, nil
+	if _, err := os.Stat(runPath); runPath == "" || err != nil {
+		return &pulumirpc.RunResponse{Error: "the Pulumi SDK (@pulumi/pulumi) is not installed for " + dir + ": run npm install"}, nil
 	}
 	args := []string{runPath}
 	flag := func(k, v string) {

@@ -1,0 +1,121 @@
+// The shape every ramroot resource shares: a build step whose result is named by a hash of its
+// inputs. The hash is computed in check(), which runs during preview, so `pulumi preview` shows
+// the hash before and after for exactly the layers that change (pulumi.md rule 4); diff is
+// keyed on it (rule 2); create and update are the same idempotent build (rule 7); a change of
+// provider version alone is an update, not a replacement (rule 3); delete leaves the store
+// alone because another stack may hold the same artifact (rule 10).
+import type * as pulumi from "@pulumi/pulumi";
+import type { Handlers } from "./adapter";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Store } from "../src/store";
+
+/** The engine's placeholder for a value not known during preview. Never hash it. */
+export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+
+export function isKnown(v: unknown): boolean {
+  if (v === UNKNOWN) return false;
+  if (Array.isArray(v)) return v.every(isKnown);
+  if (v && typeof v === "object") return Object.values(v).every(isKnown);
+  return true;
+}
+
+/** A clear, preview-time input error: the engine shows `reason` next to the property. */
+export class InputError extends Error {
+  constructor(readonly property: string, reason: string) {
+    super(reason);
+  }
+}
+
+export interface ArtifactSpec<I extends Record<string, any>, O extends Record<string, any>> {
+  kind: string;
+  version: number;
+  /** Throws InputError for bad input. Called only when the inputs it needs are known. */
+  validate?(inputs: I): Promise<void>;
+  /** The content hash of what create would build; undefined when an input is unknown. */
+  hash(inputs: I): Promise<string | undefined>;
+  /** Builds (or finds in the store) the artifact named by inputs.hash. */
+  build(inputs: I & { hash: string }, ctx: BuildContext): Promise<O>;
+  /** Refresh: the outputs as they are now (e.g. read back from a host), or undefined when gone. */
+  read?(props: I & O & { hash: string }, ctx: BuildContext): Promise<Partial<O> | undefined>;
+  /** A line for delete: what stays where it is, and why. */
+  onDelete?(props: I & O, ctx: BuildContext): Promise<void>;
+}
+
+export interface BuildContext {
+  store: Store;
+  projectDir: string;
+  log(line: string): void;
+}
+
+/** The project folder: where Pulumi.yaml is, at or above the working folder (dist/ when run by the engine). */
+export function projectDir(from = process.cwd()): string {
+  for (let dir = path.resolve(from); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, "Pulumi.yaml"))) return dir;
+    if (path.dirname(dir) === dir) return path.resolve(from);
+  }
+}
+
+export function context(name: string): BuildContext {
+  const projectDir_ = projectDir();
+  return {
+    store: Store.forProject(projectDir_),
+    projectDir: projectDir_,
+    // Console lines are what reaches the CLI from inside a provider (rule 6).
+    log: (line) => console.log(`[${name}] ${line}`),
+  };
+}
+
+export function artifactHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
+  const name = (inputs: Record<string, any>) => `${spec.kind}${inputs.name ? " " + inputs.name : ""}`;
+  const build = async (inputs: Record<string, any>) => {
+    const ctx = context(name(inputs));
+    if (!inputs.hash || inputs.hash === UNKNOWN) inputs = { ...inputs, hash: await spec.hash(inputs as I) };
+    if (!inputs.hash) throw new Error(`${spec.kind}: inputs still unknown at build time`);
+    const outs = await spec.build(inputs as I & { hash: string }, ctx);
+    return { ...inputs, ...outs };
+  };
+  return {
+    async check(_olds, news) {
+      const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
+      delete inputs.hash;
+      try {
+        if (isKnown(inputs)) {
+          await spec.validate?.(inputs as I);
+          const hash = await spec.hash(inputs as I);
+          if (hash) inputs.hash = hash;
+        }
+      } catch (e: any) {
+        if (e instanceof InputError) return { inputs, failures: [{ property: e.property, reason: e.message }] };
+        throw e;
+      }
+      return { inputs };
+    },
+    async diff(_id, olds, news) {
+      const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion;
+      if (!changed) {
+        // Inputs such as a display name may differ without changing the artifact.
+        const keys = new Set([...Object.keys(news), ...Object.keys(olds)].filter((k) => k !== "__provider"));
+        for (const k of keys) if (k in news && JSON.stringify(olds[k]) !== JSON.stringify(news[k])) return { changes: true };
+      }
+      return { changes: changed };
+    },
+    async create(inputs) {
+      const outs = await build(inputs);
+      return { id: outs.hash, outs };
+    },
+    async update(_id, _olds, news) {
+      return { outs: await build(news) };
+    },
+    async read(id, props) {
+      if (!spec.read) return { id, props };
+      const now = await spec.read(props as any, context(name(props)));
+      // Gone: an empty id tells the engine the resource no longer exists.
+      if (!now) return { id: "", props: {} };
+      return { id, props: { ...props, ...now } };
+    },
+    async delete(_id, props) {
+      await spec.onDelete?.(props as any, context(name(props)));
+    },
+  };
+}

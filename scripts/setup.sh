@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up a machine for ramroot, idempotently: the Debian packages the build and the tests use,
+# the npm dependencies (with Node 22 from the npm registry), and the Pulumi CLI (installed, or
+# built from Go modules where it cannot be downloaded). A second run does nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+
+apt_packages=(
+	qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64   # boot checks (TCG)
+	mtools dosfstools fdisk                                 # disk images without loop mounts
+	cpio kmod busybox-static zstd pigz                      # test systems, GNU cpio for tests
+	binutils binutils-aarch64-linux-gnu                     # objdump reads UKIs in tests
+	systemd-boot-efi                                        # the x86_64 systemd-stub
+	openssh-server openssh-client rsync                     # deploy tests against a real sshd
+	git curl ca-certificates xz-utils
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "setup: installing ${missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	else
+		echo "setup: missing Debian packages: ${missing[*]} (install them as root: apt-get install ${missing[*]})" >&2
+	fi
+fi
+
+# npm dependencies; the devDependency `node` brings Node 22 into node_modules/.bin.
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+node_modules/.bin/node -e 'if (+process.versions.node.split(".")[0] < 22) { console.error("setup: Node >= 22 is needed"); process.exit(1) }'
+
+# The Pulumi CLI and its Node.js language host.
+export RAMROOT_CACHE=${RAMROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ramroot}
+export PULUMI_VERSION=${PULUMI_VERSION:-3.274.1}
+bin=$(bash scripts/provision-pulumi.sh)
+# An installed CLI bundles the dynamic-provider launcher; a built one gets it from node_modules.
+if [ -w "$bin" ] && [ ! -x "$bin/pulumi-resource-pulumi-nodejs" ]; then
+	install -m 0755 node_modules/@pulumi/pulumi/pulumi-resource-pulumi-nodejs "$bin/"
+fi
+mkdir -p "$RAMROOT_CACHE"
+echo "$bin" > "$RAMROOT_CACHE/pulumi-bin-$PULUMI_VERSION"
+PATH="$here/node_modules/.bin:$bin:$PATH" pulumi version
+npx tsc -p .
+echo "setup: done (Pulumi CLI in $bin)"

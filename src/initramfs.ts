@@ -1,0 +1,406 @@
+// An initramfs as a concatenation of whole compressed newc archives ("segments"). The kernel
+// unpacks them in order (a later path replaces an earlier one); each must end at its own
+// TRAILER!!!. Splitting by directory means a change in etc/ recompresses one small segment,
+// and segments compress in parallel.
+//
+// plan:  walk the tree, split it, hash each segment's exact newc bytes -> keys (no compression;
+//        this runs during `pulumi preview`). The image's name is known here.
+// build: compress the segments whose key is not in the store, then concatenate.
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { finished } from "node:stream/promises";
+import * as zlib from "node:zlib";
+import { SegmentPool, type Compression, type SegmentJob } from "./compress-worker";
+import { encodedSize, NewcReader, type NewcRecord } from "./newc";
+import { removeTree, sha256File, type Store } from "./store";
+import { isDir, reproducible, walk } from "./walk";
+
+export type { Compression } from "./compress-worker";
+
+export interface InitramfsOptions {
+  /** Default zstd (kernels since 5.9 have RD_ZSTD). */
+  compression?: Compression;
+  /** Default 3 for zstd, 6 for gzip. */
+  level?: number;
+  /** The mtime of every entry. Default SOURCE_DATE_EPOCH, else 0. */
+  epoch?: number;
+  /** Paths relative to the tree left out with their subtrees, e.g. ["boot"]. */
+  exclude?: string[];
+  /** Force every entry to this owner. */
+  owner?: { uid: number; gid: number };
+  /** A directory holding more than this many newc bytes is split; see splitSegments. Default 32 MiB. */
+  splitBytes?: number;
+}
+
+export interface SegmentPlan {
+  name: string;
+  key: string;
+  entries: number;
+  /** Uncompressed newc bytes, trailer included. */
+  bytes: number;
+}
+
+export interface InitramfsPlan {
+  tree: string;
+  /** sha256 over the ordered segment keys: names the image before it is built. */
+  hash: string;
+  compression: Compression;
+  level: number;
+  segments: SegmentPlan[];
+  /** What build needs to walk and split the tree the same way again. */
+  epoch: number;
+  exclude: string[];
+  owner?: { uid: number; gid: number };
+  splitBytes: number;
+}
+
+/** Bumped whenever the bytes of a segment would change for the same tree and options. */
+const FORMAT = "ramroot-initramfs-1";
+export const DEFAULT_SPLIT_BYTES = 32 << 20;
+const EXT: Record<Compression, string> = { zstd: "zst", gzip: "gz", none: "raw" };
+
+function settle(tree: string, opts: InitramfsOptions) {
+  const compression = opts.compression ?? "zstd";
+  if (!(compression in EXT)) throw new Error(`initramfs: unknown compression ${compression}; use zstd, gzip or none`);
+  const level = compression === "none" ? 0 : opts.level ?? (compression === "zstd" ? 3 : 6);
+  const envEpoch = process.env.SOURCE_DATE_EPOCH;
+  const epoch = opts.epoch ?? (envEpoch ? Number(envEpoch) : 0);
+  if (!Number.isInteger(epoch) || epoch < 0) throw new Error(`initramfs: epoch ${opts.epoch ?? envEpoch} is not a whole number of seconds; fix SOURCE_DATE_EPOCH or the epoch option`);
+  return {
+    tree: path.resolve(tree),
+    compression,
+    level,
+    epoch,
+    exclude: opts.exclude ?? [],
+    owner: opts.owner,
+    splitBytes: opts.splitBytes ?? DEFAULT_SPLIT_BYTES,
+  };
+}
+type Settled = ReturnType<typeof settle>;
+
+export interface SegmentRange {
+  name: string;
+  /** Records [start, end) of the walk. */
+  start: number;
+  end: number;
+}
+
+/**
+ * The segmentation rule. Records are in walk order, so every directory's subtree is a
+ * contiguous run; a segment is a contiguous run too, hence segments are in path order and a
+ * directory always comes before its contents, in its own segment or an earlier one.
+ *
+ * - A directory whose subtree takes more than `splitBytes` of newc is *split*; any other entry
+ *   (a file, a small directory with everything under it) is a *unit* and never divided.
+ *   The root is split when the tree is bigger than `splitBytes`.
+ * - In a split directory, each split child gets segments of its own (recursively), and the
+ *   runs of units between them are cut into segments at names: a segment ends after a unit
+ *   whose name's FNV-1a hash is 0 modulo M. M is 1 in the root (every top-level entry is its
+ *   own segment, so etc/ is alone) and elsewhere the largest power of two <= (splitBytes/2) /
+ *   (average unit bytes of that directory), aiming at splitBytes/2 per segment.
+ * - A segment that would hold only entries of split directories joins the next one.
+ *
+ * So boundaries sit at names and depend on sizes only through two per-directory decisions:
+ * whether a directory crosses splitBytes, and the power-of-two bucket of its average unit. A
+ * size change can move boundaries only inside the directories whose decision it flips, and
+ * only when it crosses a threshold (a factor of two for M); everywhere else, changing a file
+ * changes exactly the one segment that holds it.
+ */
+export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_BYTES): SegmentRange[] {
+  const n = records.length;
+  const end = new Array<number>(n);
+  const weight = new Array<number>(n).fill(0);
+  const stack: number[] = [];
+  const depthOf = records.map((r, i) => (i === 0 ? 0 : r.name.split("/").length));
+  const depth = (i: number) => depthOf[i];
+  for (let i = 0; i < n; i++) {
+    while (stack.length && depth(stack[stack.length - 1]) >= depth(i)) end[stack.pop()!] = i;
+    const w = encodedSize(records[i].name, records[i].size);
+    for (const s of stack) weight[s] += w;
+    weight[i] = w;
+    stack.push(i);
+  }
+  for (const s of stack) end[s] = n;
+
+  const out: SegmentRange[] = [];
+  let start = 0;
+  let units: string[] = [];
+  const cut = (at: number) => {
+    if (units.length === 0) return;
+    const name = units.length === 1 ? units[0] : `${units[0]}..${path.posix.basename(units[units.length - 1])}`;
+    out.push({ name, start, end: at });
+    start = at;
+    units = [];
+  };
+  const big = (i: number) => isDir(records[i].mode) && weight[i] > splitBytes;
+
+  const split = (dir: number) => {
+    const children: number[] = [];
+    for (let c = dir + 1; c < end[dir]; c = end[c]) children.push(c);
+    const small = children.filter((c) => !big(c));
+    const avg = small.reduce((sum, c) => sum + weight[c], 0) / Math.max(1, small.length);
+    const m = dir === 0 ? 1 : 2 ** Math.floor(Math.log2(Math.max(1, splitBytes / 2 / Math.max(1, avg))));
+    for (const c of children) {
+      if (big(c)) {
+        cut(c);
+        split(c);
+        cut(end[c]);
+      } else {
+        units.push(records[c].name);
+        if ((fnv1a(path.posix.basename(records[c].name)) & (m - 1)) === 0) cut(end[c]);
+      }
+    }
+  };
+
+  if (n > 0 && big(0)) split(0);
+  else units.push(".");
+  cut(n);
+  if (start < n) out.push({ name: records[start].name, start, end: n });
+  return out;
+}
+
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (const b of Buffer.from(s)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h;
+}
+
+interface Segment extends SegmentRange {
+  records: NewcRecord[];
+}
+
+async function segmentsOf(s: Settled): Promise<Segment[]> {
+  const records = await walk(s.tree, { exclude: s.exclude });
+  return splitSegments(records, s.splitBytes).map((r) => ({
+    ...r,
+    records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),
+  }));
+}
+
+function job(s: { compression: Compression; level: number }, records: NewcRecord[], out?: string): SegmentJob {
+  return { records, compression: s.compression, level: s.level, keyPrefix: `${FORMAT}\n${s.compression}:${s.level}\n`, out };
+}
+
+const imageHash = (keys: string[]) => createHash("sha256").update(`${FORMAT}\n${keys.join("\n")}\n`).digest("hex");
+const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT[c]}`;
+
+/** Runs `fn` with a pool that is closed afterwards, whatever happens. */
+async function withPool<T>(fn: (pool: SegmentPool) => Promise<T>): Promise<T> {
+  const pool = new SegmentPool();
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}
+
+/** Waits for every promise, then throws the first failure: nothing is left running. */
+async function all<T>(ps: Promise<T>[]): Promise<T[]> {
+  const rs = await Promise.allSettled(ps);
+  const bad = rs.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
+  if (bad) throw bad.reason;
+  return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
+/** Biggest first, so the last job to finish is a small one. */
+function bySizeDesc(segs: Segment[]): number[] {
+  const size = segs.map((seg) => seg.records.reduce((t, r) => t + r.size, 0));
+  return segs.map((_, i) => i).sort((a, b) => size[b] - size[a] || a - b);
+}
+
+export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
+  const s = settle(tree, opts);
+  const segs = await segmentsOf(s);
+  const results = await withPool((pool) => {
+    const ps = new Array<Promise<{ key: string; bytes: number }>>(segs.length);
+    for (const i of bySizeDesc(segs)) ps[i] = pool.run(job(s, segs[i].records));
+    return all(ps);
+  });
+  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key, entries: seg.records.length, bytes: results[i].bytes }));
+  return { ...s, hash: imageHash(segments.map((x) => x.key)), segments };
+}
+
+export async function buildInitramfs(
+  plan: InitramfsPlan,
+  store: Store,
+  log: (line: string) => void = () => {},
+): Promise<{ path: string; sha256: string; size: number; built: string[]; reused: string[] }> {
+  const built: string[] = [];
+  const reused: string[] = [];
+  const image = `initramfs/${plan.hash}.img`;
+  if (!(await store.has(image))) {
+    const segs = await segmentsOf(settle(plan.tree, plan));
+    const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
+    if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
+    await withPool((pool) => {
+      const ps: Promise<unknown>[] = [];
+      for (const i of bySizeDesc(segs)) {
+        const { key, name, bytes } = plan.segments[i];
+        ps.push(
+          store.put(segmentFile(key, plan.compression), async (tmp) => {
+            const r = await pool.run(job(plan, segs[i].records, tmp));
+            // The key names these bytes in the store: never file different bytes under it.
+            if (r.key !== key) throw changed();
+          }).then((r) => {
+            (r.built ? built : reused).push(key);
+            log(`initramfs: segment ${name} (${bytes} bytes) ${r.built ? "compressed" : "reused"}`);
+          }),
+        );
+      }
+      return all(ps);
+    });
+  } else {
+    reused.push(...plan.segments.map((x) => x.key));
+  }
+  let sha256 = "";
+  const { path: file, built: imageBuilt } = await store.put(image, async (tmp) => {
+    sha256 = await concatenate(plan.segments.map((x) => store.path(segmentFile(x.key, plan.compression))), tmp);
+  });
+  if (!imageBuilt) sha256 = await sha256File(file);
+  const size = (await fs.stat(file)).size;
+  log(`initramfs: ${file} ${size} bytes, ${built.length} segments compressed, ${reused.length} reused`);
+  return { path: file, sha256, size, built, reused };
+}
+
+/** Concatenates files into `out`, returning the sha256 of the result. */
+async function concatenate(files: string[], out: string): Promise<string> {
+  const hash = createHash("sha256");
+  const dst = createWriteStream(out);
+  for (const f of files) {
+    for await (const chunk of createReadStream(f, { highWaterMark: 1 << 20 })) {
+      hash.update(chunk as Buffer);
+      if (!dst.write(chunk)) await new Promise<void>((r) => dst.once("drain", () => r()));
+    }
+  }
+  dst.end();
+  await finished(dst);
+  return hash.digest("hex");
+}
+
+/**
+ * Writes the initramfs of `tree` to `out` in one pass, without a store: segments are
+ * compressed to a temporary folder beside `out`, concatenated, and renamed into place.
+ */
+export async function writeInitramfs(tree: string, out: string, opts: InitramfsOptions = {}): Promise<void> {
+  const s = settle(tree, opts);
+  const segs = await segmentsOf(s);
+  const dest = path.resolve(out);
+  const tmp = await fs.mkdtemp(path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-`));
+  try {
+    const files = segs.map((_, i) => path.join(tmp, `${i}.cpio`));
+    await withPool((pool) => all(bySizeDesc(segs).map((i) => pool.run(job(s, segs[i].records, files[i])))));
+    const image = path.join(tmp, "image");
+    await concatenate(files, image);
+    await fs.rename(image, dest);
+  } finally {
+    await removeTree(tmp);
+  }
+}
+
+export interface InitramfsMember {
+  offset: number;
+  size: number;
+  compression: Compression;
+  entries: number;
+  sha256: string;
+}
+
+/**
+ * Splits a concatenated initramfs into its members (gzip, zstd or plain newc, with the zero
+ * padding the kernel skips between them) and counts the entries of each. A diagnostic: the
+ * file is read into memory whole.
+ */
+export async function inspectInitramfs(file: string): Promise<InitramfsMember[]> {
+  const buf = await fs.readFile(file);
+  const members: InitramfsMember[] = [];
+  let off = 0;
+  while (off < buf.length) {
+    if (buf[off] === 0) {
+      off++;
+      continue;
+    }
+    let entries = 0;
+    const reader = new NewcReader(() => entries++);
+    const rest = buf.subarray(off);
+    let size: number;
+    let compression: Compression;
+    if (rest[0] === 0x1f && rest[1] === 0x8b) {
+      compression = "gzip";
+      size = await inflateGzipMember(rest, (c) => reader.push(c));
+    } else if (rest.readUInt32LE(0) === 0xfd2fb528) {
+      compression = "zstd";
+      size = zstdFrameSize(rest);
+      await drain(zlib.createZstdDecompress(), rest.subarray(0, size), (c) => reader.push(c));
+    } else if (rest.toString("latin1", 0, 6) === "070701") {
+      compression = "none";
+      size = rawArchiveSize(rest);
+      reader.push(rest.subarray(0, size));
+    } else {
+      throw new Error(`initramfs: ${file}: unknown data at offset ${off} (not gzip, zstd or newc)`);
+    }
+    if (!reader.done) throw new Error(`initramfs: ${file}: member at offset ${off} does not end with ${"TRAILER!!!"}`);
+    members.push({ offset: off, size, compression, entries, sha256: createHash("sha256").update(rest.subarray(0, size)).digest("hex") });
+    off += size;
+  }
+  return members;
+}
+
+async function drain(t: zlib.Gunzip | zlib.InflateRaw | zlib.ZstdDecompress, input: Buffer, onData: (c: Buffer) => void): Promise<void> {
+  t.on("data", onData);
+  const done = finished(t);
+  for (let i = 0; i < input.length; i += 1 << 20) {
+    if (!t.write(input.subarray(i, i + (1 << 20)))) await new Promise<void>((r) => t.once("drain", () => r()));
+  }
+  t.end();
+  await done;
+}
+
+/** Length of the gzip member at the start of `buf` (RFC 1952), found by inflating it. */
+async function inflateGzipMember(buf: Buffer, onData: (c: Buffer) => void): Promise<number> {
+  const flags = buf[3];
+  let p = 10;
+  if (flags & 4) p += 2 + buf.readUInt16LE(p);
+  if (flags & 8) p = buf.indexOf(0, p) + 1;
+  if (flags & 16) p = buf.indexOf(0, p) + 1;
+  if (flags & 2) p += 2;
+  const inflate = zlib.createInflateRaw();
+  // Raw inflate stops at the end of the deflate stream; bytesWritten is what it consumed.
+  await drain(inflate, buf.subarray(p), onData);
+  return p + inflate.bytesWritten + 8;
+}
+
+/** Length of the zstd frame at the start of `buf`, from its block headers (RFC 8878). */
+function zstdFrameSize(buf: Buffer): number {
+  const fhd = buf[4];
+  const fcsFlag = fhd >> 6;
+  const single = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const dictId = [0, 1, 2, 4][fhd & 3];
+  const fcs = [single ? 1 : 0, 2, 4, 8][fcsFlag];
+  let p = 5 + (single ? 0 : 1) + dictId + fcs;
+  for (;;) {
+    if (p + 3 > buf.length) throw new Error("initramfs: truncated zstd frame");
+    const bh = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16);
+    const type = (bh >> 1) & 3;
+    p += 3 + (type === 1 ? 1 : bh >>> 3);
+    if (bh & 1) break;
+  }
+  return p + (checksum ? 4 : 0);
+}
+
+/** Length of the plain newc archive at the start of `buf`, up to and including its trailer. */
+function rawArchiveSize(buf: Buffer): number {
+  let p = 0;
+  for (;;) {
+    const field = (i: number) => parseInt(buf.toString("latin1", p + 6 + 8 * i, p + 14 + 8 * i), 16);
+    const nameSize = field(11);
+    const size = field(6);
+    const name = buf.toString("latin1", p + 110, p + 110 + nameSize - 1);
+    p += (110 + nameSize + 3) & ~3;
+    p += (size + 3) & ~3;
+    if (name === "TRAILER!!!") return p;
+    if (p >= buf.length) throw new Error("initramfs: newc archive without a trailer");
+  }
+}

@@ -1,0 +1,191 @@
+// The newc ("070701") cpio format: the only archive format the kernel's initramfs unpacker
+// reads. A record is plain data; content is streamed from its source file in large chunks so
+// that memory does not grow with the size of a file or of the tree.
+import * as fs from "node:fs";
+
+/** One archive member: the header fields, plus where its content comes from. */
+export interface NewcRecord {
+  /** Path inside the archive, relative, without "./" ("." is the root itself). */
+  name: string;
+  /** st_mode: file type and permission bits (setuid, setgid and sticky included). */
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  mtime: number;
+  ino: number;
+  devMajor: number;
+  devMinor: number;
+  rdevMajor: number;
+  rdevMinor: number;
+  /** Bytes of content in the archive. */
+  size: number;
+  /** A file to stream exactly `size` bytes of content from. */
+  source?: string;
+  /** Content held inline (a symlink's target). */
+  data?: Uint8Array;
+  /** "dev:ino" of a regular file that has several names, for the hardlink step. */
+  linkKey?: string;
+}
+
+export const TRAILER = "TRAILER!!!";
+const HEADER_SIZE = 110;
+const MAX_FIELD = 0xffffffff;
+/** Output chunk size: big enough that per-chunk costs (hash, zlib calls) vanish. */
+const CHUNK = 1 << 20;
+
+const pad4 = (n: number) => (4 - (n & 3)) & 3;
+
+/** Bytes a record takes in an archive, header to padding. */
+export function encodedSize(name: string, size: number): number {
+  const head = HEADER_SIZE + Buffer.byteLength(name) + 1;
+  return head + pad4(head) + size + pad4(size);
+}
+
+function header(r: NewcRecord, nameSize: number): string {
+  const fields = [r.ino, r.mode, r.uid, r.gid, r.nlink, r.mtime, r.size, r.devMajor, r.devMinor, r.rdevMajor, r.rdevMinor, nameSize, 0];
+  let h = "070701";
+  for (const f of fields) {
+    if (!Number.isInteger(f) || f < 0 || f > MAX_FIELD) {
+      throw new Error(`newc: ${r.name}: a header field is ${f}, newc holds 0..${MAX_FIELD} (files must be under 4 GiB)`);
+    }
+    h += f.toString(16).toUpperCase().padStart(8, "0");
+  }
+  return h;
+}
+
+/**
+ * Encodes records (and, unless `trailer` is false, the TRAILER!!! entry) as newc, yielding
+ * chunks of about 1 MiB. File content is read straight into the output chunk; a yielded chunk
+ * is never reused, so consumers may keep it.
+ */
+export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer?: boolean } = {}): AsyncGenerator<Buffer> {
+  let buf = Buffer.allocUnsafe(CHUNK);
+  let used = 0;
+  const room = () => buf.length - used;
+  function* flush(): Generator<Buffer> {
+    if (used > 0) yield buf.subarray(0, used);
+    buf = Buffer.allocUnsafe(CHUNK);
+    used = 0;
+  }
+  function* put(bytes: Uint8Array): Generator<Buffer> {
+    for (let off = 0; off < bytes.length; ) {
+      if (room() === 0) yield* flush();
+      const n = Math.min(room(), bytes.length - off);
+      buf.set(bytes.subarray(off, off + n), used);
+      used += n;
+      off += n;
+    }
+  }
+  function* zeros(n: number): Generator<Buffer> {
+    if (n > 0) yield* put(new Uint8Array(n));
+  }
+
+  const all = opts.trailer === false ? records : withTrailer(records);
+  for (const r of all) {
+    const name = Buffer.from(r.name + "\0");
+    const head = Buffer.from(header(r, name.length), "latin1");
+    yield* put(head);
+    yield* put(name);
+    yield* zeros(pad4(head.length + name.length));
+    if (r.source !== undefined) {
+      yield* readInto(r);
+    } else if (r.size > 0) {
+      if (!r.data || r.data.length !== r.size) throw new Error(`newc: ${r.name}: size ${r.size} but ${r.data?.length ?? 0} bytes of inline data`);
+      yield* put(r.data);
+    }
+    yield* zeros(pad4(r.size));
+  }
+  yield* flush();
+
+  function* readInto(r: NewcRecord): Generator<Buffer> {
+    const src = r.source!;
+    let fd: number;
+    try {
+      fd = fs.openSync(src, "r");
+    } catch (e: any) {
+      throw new Error(`cannot read ${src} (${e.code ?? e.message}): make it readable by the user running ramroot, or exclude it`);
+    }
+    try {
+      // The header already promised `size` bytes: a file that changed since the walk would
+      // produce a corrupt archive, so refuse rather than pad or truncate.
+      if (fs.fstatSync(fd).size !== r.size) throw new Error(`${src} changed size while being archived; rebuild when the tree is stable`);
+      for (let left = r.size; left > 0; ) {
+        if (room() === 0) yield* flush();
+        const n = fs.readSync(fd, buf, used, Math.min(room(), left), null);
+        if (n === 0) throw new Error(`${src} shrank while being archived; rebuild when the tree is stable`);
+        used += n;
+        left -= n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
+function* withTrailer(records: Iterable<NewcRecord>): Generator<NewcRecord> {
+  yield* records;
+  yield { name: TRAILER, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 };
+}
+
+/** A header as read back (content is skipped). */
+export interface NewcEntry {
+  name: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  mtime: number;
+  ino: number;
+  size: number;
+  rdevMajor: number;
+  rdevMinor: number;
+}
+
+/**
+ * Incremental newc reader, for inspecting archives: push decompressed bytes in any split,
+ * get one callback per entry. `done` turns true at the trailer; bytes after it are ignored.
+ */
+export class NewcReader {
+  done = false;
+  private pending: Buffer = Buffer.alloc(0);
+  private skip = 0;
+
+  constructor(private readonly onEntry: (e: NewcEntry) => void) {}
+
+  push(chunk: Buffer): void {
+    while (!this.done && chunk.length > 0) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, chunk.length);
+        this.skip -= n;
+        chunk = chunk.subarray(n);
+        continue;
+      }
+      this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+      chunk = Buffer.alloc(0);
+      while (!this.done && this.skip === 0 && this.pending.length >= HEADER_SIZE) {
+        const h = this.pending;
+        if (h.toString("latin1", 0, 6) !== "070701") throw new Error(`newc: bad magic ${JSON.stringify(h.toString("latin1", 0, 6))}`);
+        const field = (i: number) => parseInt(h.toString("latin1", 6 + 8 * i, 14 + 8 * i), 16);
+        const nameSize = field(11);
+        const headLen = HEADER_SIZE + nameSize + pad4(HEADER_SIZE + nameSize);
+        if (h.length < headLen) break;
+        const e: NewcEntry = {
+          ino: field(0), mode: field(1), uid: field(2), gid: field(3), nlink: field(4), mtime: field(5), size: field(6),
+          rdevMajor: field(9), rdevMinor: field(10),
+          name: h.toString("utf8", HEADER_SIZE, HEADER_SIZE + nameSize - 1),
+        };
+        this.pending = h.subarray(headLen);
+        if (e.name === TRAILER) {
+          this.done = true;
+          break;
+        }
+        this.onEntry(e);
+        const body = e.size + pad4(e.size);
+        const n = Math.min(body, this.pending.length);
+        this.pending = this.pending.subarray(n);
+        this.skip = body - n;
+      }
+    }
+  }
+}

@@ -1,0 +1,301 @@
+// Builds a tricky tree, archives it with each compression, unpacks every member with GNU cpio
+// (an implementation we did not write) and compares the result with the source.
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as zlib from "node:zlib";
+import { buildInitramfs, inspectInitramfs, planInitramfs, splitSegments, writeInitramfs, type Compression } from "../src/initramfs";
+import { NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
+import { Store } from "../src/store";
+
+const root = process.getuid?.() === 0;
+const EPOCH = 1234567890;
+const SPLIT = 1 << 20;
+const LONG = "l".repeat(230);
+const UNICODE = "ünïcödé-文件.txt";
+let work: string;
+let tree: string;
+
+function write(rel: string, data: string | Buffer, mode = 0o644): void {
+  const p = path.join(tree, rel);
+  fs.mkdirSync(path.dirname(p), { recursive: true });
+  fs.writeFileSync(p, data);
+  fs.chmodSync(p, mode);
+}
+
+function makeTree(): void {
+  tree = fs.mkdtempSync(path.join(work, "tree-")); // 0700, like every mktemp folder
+  write("etc/hostname", "ramroot\n");
+  write("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+  fs.mkdirSync(path.join(tree, "etc/empty.d"));
+  write("usr/bin/tool", "#!/bin/sh\necho tool\n", 0o755);
+  write("usr/bin/suid", "suid", 0o4755);
+  write("usr/bin/sgid", "sgid", 0o2711);
+  write("usr/bin/a", "shared by two names\n");
+  fs.linkSync(path.join(tree, "usr/bin/a"), path.join(tree, "usr/bin/a-link"));
+  // A hardlink group that the segment rule splits (etc/ and usr/ are different segments).
+  write("etc/cross", "one inode in two segments\n");
+  fs.linkSync(path.join(tree, "etc/cross"), path.join(tree, "usr/cross"));
+  fs.symlinkSync("usr/bin", path.join(tree, "bin"));
+  fs.symlinkSync("tool", path.join(tree, "usr/bin/rel"));
+  fs.symlinkSync("/nonexistent/target", path.join(tree, "usr/bin/dangling"));
+  write("usr/share/empty", "");
+  write(`usr/share/${LONG}`, "long name\n");
+  write(`usr/share/${UNICODE}`, "non-ASCII name\n");
+  fs.mkdirSync(path.join(tree, "usr/share/empty-dir/deeper"), { recursive: true });
+  fs.mkdirSync(path.join(tree, "tmp"));
+  fs.chmodSync(path.join(tree, "tmp"), 0o1777);
+  const big = Buffer.alloc(20 << 20);
+  for (let i = 0; i < big.length; i += 4096) createHash("sha256").update(String(i)).digest().copy(big, i);
+  write("usr/lib/big.bin", big);
+  write("boot/vmlinuz", "excluded");
+  execFileSync("mkfifo", [path.join(tree, "run-fifo")]);
+  if (root) {
+    fs.mkdirSync(path.join(tree, "dev"));
+    execFileSync("mknod", ["-m", "0620", path.join(tree, "dev/mynull"), "c", "1", "3"]);
+    execFileSync("mknod", [path.join(tree, "dev/loop9"), "b", "7", "9"]);
+    write("home/user/file", "someone else's\n", 0o640);
+    fs.chownSync(path.join(tree, "home/user"), 1234, 5678);
+    fs.chownSync(path.join(tree, "home/user/file"), 1234, 5678);
+    fs.lchownSync(path.join(tree, "usr/bin/rel"), 42, 43);
+  }
+}
+
+/** Every path under `dir` (relative), sorted. */
+function listTree(dir: string, rel = ""): string[] {
+  const out: string[] = [];
+  for (const name of fs.readdirSync(path.join(dir, rel)).sort()) {
+    const r = rel ? `${rel}/${name}` : name;
+    out.push(r);
+    if (fs.lstatSync(path.join(dir, r)).isDirectory()) out.push(...listTree(dir, r));
+  }
+  return out;
+}
+
+function decompress(member: Buffer, c: Compression): Buffer {
+  if (c === "gzip") return execFileSync("gzip", ["-dc"], { input: member, maxBuffer: 1 << 30 });
+  if (c === "zstd") return execFileSync("zstd", ["-dc"], { input: member, maxBuffer: 1 << 30 });
+  return member;
+}
+
+/** The members of an image, decompressed by the gzip and zstd programs. */
+async function members(image: string): Promise<Array<{ compression: Compression; data: Buffer }>> {
+  const bytes = fs.readFileSync(image);
+  return (await inspectInitramfs(image)).map((m) => ({ compression: m.compression, data: decompress(bytes.subarray(m.offset, m.offset + m.size), m.compression) }));
+}
+
+function headers(data: Buffer): NewcEntry[] {
+  const out: NewcEntry[] = [];
+  const r = new NewcReader((e) => out.push(e));
+  r.push(data);
+  assert.ok(r.done, "member ends with TRAILER!!!");
+  return out;
+}
+
+function extract(image: Array<{ data: Buffer }>, into: string): void {
+  for (const m of image) {
+    const r = spawnSync("cpio", ["-idm", "--no-absolute-filenames", "--quiet"], { cwd: into, input: m.data, maxBuffer: 1 << 26 });
+    assert.equal(r.status, 0, `cpio -i failed: ${r.stderr}`);
+  }
+}
+
+const sha = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
+
+before(() => {
+  work = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-initramfs-"));
+  makeTree();
+});
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+const opts = (compression: Compression) => ({ compression, epoch: EPOCH, exclude: ["boot"], splitBytes: SPLIT });
+
+for (const compression of ["zstd", "gzip", "none"] as const) {
+  test(`${compression}: GNU cpio unpacks every member into a copy of the tree`, async () => {
+    const store = new Store(fs.mkdtempSync(path.join(work, "store-")));
+    const plan = await planInitramfs(tree, opts(compression));
+    assert.ok(plan.segments.length >= 4, `several segments, got ${plan.segments.map((s) => s.name)}`);
+    const res = await buildInitramfs(plan, store);
+    assert.equal(res.sha256, sha(res.path));
+    assert.equal(res.size, fs.statSync(res.path).size);
+    assert.deepEqual([...res.built].sort(), plan.segments.map((s) => s.key).sort());
+
+    const image = await members(res.path);
+    assert.deepEqual(image.map((m) => m.compression), plan.segments.map(() => compression));
+    const all = image.flatMap((m) => headers(m.data));
+    assert.equal(all[0].name, ".");
+    assert.equal(all[0].mode, 0o040755, "/ is 0755 although the source folder is 0700");
+    assert.equal(fs.statSync(tree).mode & 0o777, 0o700);
+    assert.deepEqual([all[0].uid, all[0].gid], [0, 0]);
+    for (const e of all) assert.equal(e.mtime, EPOCH, `mtime of ${e.name}`);
+    // A directory comes before anything in it, across members too.
+    const seen = new Set<string>();
+    for (const e of all) {
+      if (e.name !== ".") assert.ok(seen.has(path.posix.dirname(e.name)), `${e.name} after its directory`);
+      seen.add(e.name);
+    }
+
+    const out = fs.mkdtempSync(path.join(work, "out-"));
+    extract(image, out);
+    const expected = listTree(tree).filter((p) => p !== "boot" && !p.startsWith("boot/"));
+    assert.deepEqual(listTree(out), expected);
+    for (const rel of expected) {
+      const a = fs.lstatSync(path.join(tree, rel));
+      const b = fs.lstatSync(path.join(out, rel));
+      assert.equal(b.mode, a.mode, `mode of ${rel}`);
+      assert.deepEqual([b.uid, b.gid], [a.uid, a.gid], `owner of ${rel}`);
+      if (a.isSymbolicLink()) assert.equal(fs.readlinkSync(path.join(out, rel)), fs.readlinkSync(path.join(tree, rel)));
+      if (a.isFile()) {
+        assert.equal(sha(path.join(out, rel)), sha(path.join(tree, rel)), `content of ${rel}`);
+        assert.equal(b.mtimeMs, EPOCH * 1000, `mtime of ${rel}`);
+      }
+      if (a.isCharacterDevice() || a.isBlockDevice()) assert.equal(b.rdev, a.rdev, `rdev of ${rel}`);
+    }
+    const [a, link] = ["usr/bin/a", "usr/bin/a-link"].map((p) => fs.statSync(path.join(out, p)));
+    assert.equal(a.ino, link.ino, "a hardlink stays a hardlink");
+    assert.equal(a.nlink, 2);
+    assert.equal(all.filter((e) => e.name.startsWith("usr/bin/a") && e.size > 0).length, 1, "hardlinked data is stored once");
+    // Names of one inode in different segments become independent copies (documented rule).
+    assert.notEqual(fs.statSync(path.join(out, "etc/cross")).ino, fs.statSync(path.join(out, "usr/cross")).ino);
+    if (root) assert.equal(fs.statSync(path.join(out, "dev/mynull")).rdev, fs.statSync("/dev/null").rdev);
+  });
+}
+
+test("inspect reports the planned segments, and writeInitramfs writes the same bytes", async () => {
+  const plan = await planInitramfs(tree, opts("zstd"));
+  const res = await buildInitramfs(plan, new Store(fs.mkdtempSync(path.join(work, "store-"))));
+  const found = await inspectInitramfs(res.path);
+  assert.deepEqual(found.map((m) => m.entries), plan.segments.map((s) => s.entries));
+  assert.equal(found.reduce((t, m) => t + m.size, 0), res.size);
+  const direct = path.join(work, "direct.img");
+  await writeInitramfs(tree, direct, opts("zstd"));
+  assert.equal(sha(direct), res.sha256);
+  assert.deepEqual(fs.readdirSync(work).filter((n) => n.includes(".tmp")), [], "no temporary files left");
+});
+
+test("builds are reproducible: two empty stores, and a copy of the tree elsewhere", async () => {
+  const copy = path.join(work, "copy");
+  execFileSync("cp", ["-a", tree, copy]);
+  const p1 = await planInitramfs(tree, opts("zstd"));
+  const p2 = await planInitramfs(copy, opts("zstd"));
+  assert.equal(p2.hash, p1.hash);
+  const r1 = await buildInitramfs(p1, new Store(fs.mkdtempSync(path.join(work, "store-"))));
+  const r2 = await buildInitramfs(p2, new Store(fs.mkdtempSync(path.join(work, "store-"))));
+  assert.ok(fs.readFileSync(r1.path).equals(fs.readFileSync(r2.path)));
+  assert.equal(path.basename(r1.path), `${p1.hash}.img`);
+  fs.rmSync(copy, { recursive: true });
+});
+
+test("changing one file in etc/ changes one segment, and only it is compressed again", async () => {
+  const store = new Store(fs.mkdtempSync(path.join(work, "store-")));
+  const before = await planInitramfs(tree, opts("zstd"));
+  await buildInitramfs(before, store);
+  const hostname = path.join(tree, "etc/hostname");
+  const old = fs.readFileSync(hostname);
+  try {
+    fs.writeFileSync(hostname, "another-name\n");
+    const next = await planInitramfs(tree, opts("zstd"));
+    assert.deepEqual(next.segments.map((s) => s.name), before.segments.map((s) => s.name));
+    const changed = next.segments.filter((s, i) => s.key !== before.segments[i].key);
+    assert.deepEqual(changed.map((s) => s.name), ["etc"]);
+    assert.notEqual(next.hash, before.hash);
+    const res = await buildInitramfs(next, store);
+    assert.deepEqual(res.built, [changed[0].key]);
+    assert.equal(res.reused.length, next.segments.length - 1);
+  } finally {
+    fs.writeFileSync(hostname, old);
+  }
+});
+
+test("a size change in a big file changes only its own segment", async () => {
+  const before = await planInitramfs(tree, opts("none"));
+  const big = path.join(tree, "usr/lib/big.bin");
+  fs.appendFileSync(big, "x".repeat(3 << 20));
+  try {
+    const next = await planInitramfs(tree, opts("none"));
+    assert.deepEqual(next.segments.map((s) => s.name), before.segments.map((s) => s.name));
+    assert.deepEqual(next.segments.filter((s, i) => s.key !== before.segments[i].key).map((s) => s.name), ["usr/lib/big.bin"]);
+  } finally {
+    fs.truncateSync(big, 20 << 20);
+  }
+});
+
+test("errors name the problem and leave nothing behind", async () => {
+  const store = new Store(fs.mkdtempSync(path.join(work, "store-")));
+  const missing = path.join(work, "no-such-tree");
+  await assert.rejects(planInitramfs(missing), (e: Error) => e.message.includes(missing) && /does not exist/.test(e.message));
+  await assert.rejects(planInitramfs(path.join(tree, "etc/passwd")), /is not a directory/);
+  await assert.rejects(writeInitramfs(missing, path.join(work, "never.img")), /does not exist/);
+  assert.ok(!fs.existsSync(path.join(work, "never.img")));
+
+  // The tree changes between plan and build: the worker's hash no longer matches the key.
+  const plan = await planInitramfs(tree, opts("zstd"));
+  const passwd = path.join(tree, "etc/passwd");
+  const old = fs.readFileSync(passwd);
+  fs.writeFileSync(passwd, Buffer.from(old.toString().toUpperCase()));
+  try {
+    await assert.rejects(buildInitramfs(plan, store), /changed since it was planned/);
+  } finally {
+    fs.writeFileSync(passwd, old);
+  }
+  const left = fs.existsSync(path.join(store.root, "segments")) ? fs.readdirSync(path.join(store.root, "segments")) : [];
+  assert.ok(left.every((n) => !n.includes(".tmp")), `no temporary files: ${left}`);
+  assert.ok(!left.some((n) => n.startsWith(plan.segments.find((s) => s.name === "etc")!.key)), "the mismatching segment was not stored");
+  assert.ok(!(await store.has(`initramfs/${plan.hash}.img`)));
+});
+
+describe("splitSegments", () => {
+  const dir = (name: string): NewcRecord => ({ name, mode: 0o40755, uid: 0, gid: 0, nlink: 2, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });
+  const file = (name: string, size: number): NewcRecord => ({ ...dir(name), mode: 0o100644, nlink: 1, size });
+  const sample = (bump = 0) => {
+    const r = [dir("."), dir("etc"), file("etc/a", 10), dir("usr"), dir("usr/lib")];
+    for (let i = 0; i < 200; i++) r.push(file(`usr/lib/lib${String(i).padStart(3, "0")}.so`, 100_000 + (i === 50 ? bump : 0)));
+    r.push(dir("var"), file("var/x", 5));
+    return r;
+  };
+
+  test("segments are contiguous, cover every record, and keep directories before contents", () => {
+    const recs = sample();
+    const segs = splitSegments(recs, SPLIT);
+    assert.ok(segs.length > 3, `split usr/lib, got ${segs.map((s) => s.name)}`);
+    assert.equal(segs[0].start, 0);
+    assert.equal(segs[segs.length - 1].end, recs.length);
+    for (let i = 1; i < segs.length; i++) assert.equal(segs[i].start, segs[i - 1].end);
+    assert.ok(segs.every((s) => s.end > s.start));
+    assert.deepEqual(segs.slice(0, 1).map((s) => s.name), ["etc"]);
+    assert.equal(segs[segs.length - 1].name, "var");
+  });
+
+  test("a size change moves no boundary", () => {
+    const a = splitSegments(sample(), SPLIT);
+    const b = splitSegments(sample(30_000), SPLIT);
+    assert.deepEqual(b, a);
+  });
+
+  test("a new file changes only the segment it lands in (and at most splits it)", () => {
+    const recs = sample();
+    const a = splitSegments(recs, SPLIT);
+    const withNew = [...recs];
+    withNew.splice(recs.findIndex((r) => r.name === "usr/lib/lib100.so") + 1, 0, file("usr/lib/lib100.so.1", 100_000));
+    const b = splitSegments(withNew, SPLIT);
+    const names = (s: typeof a, rs: NewcRecord[]) => s.map((x) => rs.slice(x.start, x.end).map((r) => r.name).join(","));
+    const before = new Set(names(a, recs));
+    // The segment that gets the file changes; if the new name is itself a cut point, the
+    // rest of that old segment becomes a segment of its own. Nothing else moves.
+    const differ = names(b, withNew).filter((n) => !before.has(n));
+    assert.ok(differ.length >= 1 && differ.length <= 2, `segments that differ: ${differ.length}`);
+    assert.ok(differ[0].includes("lib100.so.1"));
+    assert.equal(names(b, withNew).length - differ.length, a.length - 1);
+  });
+});
+
+test("gzip members decompress with node:zlib too (sanity of the gzip stream)", async () => {
+  const out = path.join(work, "g.img");
+  await writeInitramfs(tree, out, opts("gzip"));
+  const bytes = fs.readFileSync(out);
+  const m = (await inspectInitramfs(out))[0];
+  assert.ok(zlib.gunzipSync(bytes.subarray(m.offset, m.offset + m.size)).length > 0);
+});

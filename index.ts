@@ -1,21 +1,29 @@
 // The ramroot program: the declared system (system/) becomes a root filesystem, an initramfs of
-// content-addressed segments, a UKI, and then either a qemu boot check or a deploy. Each layer
-// is a resource named by the hash of its inputs, so `pulumi preview` says which layer changes.
+// content-addressed segments, a UKI, and then a qemu boot check (the qemu stack) or, later, a
+// deploy (production). Each layer is a resource named by the hash of its inputs, so `pulumi
+// preview` says which layer changes, and both stacks share one store: production gets the very
+// bytes the qemu stack booted.
 import * as pulumi from "@pulumi/pulumi";
 import { execFileSync } from "node:child_process";
 import * as path from "node:path";
 import { Rootfs } from "./components/rootfs";
+import { Initramfs } from "./components/initramfs";
+import { Uki } from "./components/uki";
+import { BootMedia } from "./components/bootmedia";
+import { BootCheck } from "./components/bootcheck";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
 const project = path.resolve(__dirname, "..");
+const stack = pulumi.getStack();
 const cfg = new pulumi.Config("ramroot");
 const arch = cfg.get("arch") ?? "aarch64";
 if (arch !== "aarch64" && arch !== "x86_64") throw new Error(`ramroot:arch is ${arch}: use aarch64 or x86_64`);
+const target = cfg.get("target") ?? (stack === "production" ? "production" : "qemu");
 const system = cfg.get("system") ?? "system";
+const base = cfg.get("base") ?? "testsys";
 
 /** The base tree: a folder given in config, or the Debian-made test system for the arch. */
 function baseTree(): string {
-  const base = cfg.get("base") ?? "testsys";
   if (base !== "testsys") return path.resolve(project, base);
   const out = execFileSync("bash", [path.join(project, "scripts", "testsys.sh"), arch], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   return out.trim().split("\n").pop()!;
@@ -23,4 +31,54 @@ function baseTree(): string {
 
 const rootfs = new Rootfs("rootfs", { base: baseTree(), skeleton: path.join(system, "root"), arch });
 
+const initramfs = new Initramfs("initramfs", {
+  rootfs: rootfs.path,
+  rootfsHash: rootfs.hash,
+  compression: cfg.get("compression") ?? "zstd",
+  level: cfg.getNumber("compressionLevel"),
+});
+
+const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";
+const uki = new Uki("uki", {
+  rootfs: rootfs.path,
+  rootfsHash: rootfs.hash,
+  initramfs: initramfs.path,
+  initramfsHash: initramfs.hash,
+  arch,
+  cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${console_}`,
+  kernel: cfg.get("kernel") ?? (base === "testsys" ? "boot/vmlinuz" : "boot/vmlinuz-lts"),
+  stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/linux${arch === "aarch64" ? "aa64" : "x64"}.efi.stub`,
+});
+
 export const rootfsHash = rootfs.hash;
+export const initramfsHash = initramfs.hash;
+export const ukiHash = uki.hash;
+export const ukiPath = uki.path;
+export const ukiSha256 = uki.sha256;
+export const buildId = uki.buildId;
+export const targetArch = arch;
+
+export let disk: pulumi.Output<string> | undefined;
+export let persist: pulumi.Output<string> | undefined;
+export let bootSeconds: pulumi.Output<number> | undefined;
+
+if (target === "qemu") {
+  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId") });
+  // The guest's own /etc/local.d script prints this line with the build id it finds in
+  // /etc/os-release, so the check proves that this very build came up.
+  const marker = uki.hash.apply((h) => (cfg.get("bootMarker") ?? "ramroot: build {buildId} up").replace("{buildId}", h.slice(0, 16)));
+  const check = new BootCheck("boot", {
+    arch,
+    disk: media.disk,
+    diskHash: media.hash,
+    persist: media.persist,
+    ukiSha256: uki.sha256,
+    buildId: uki.buildId,
+    marker,
+    timeoutSeconds: cfg.getNumber("bootTimeout"),
+    stack,
+  });
+  disk = media.disk;
+  persist = media.persist;
+  bootSeconds = check.seconds;
+}

@@ -1,0 +1,61 @@
+// BootMedia: what the firmware boots. The qemu kind is a GPT disk image whose EFI System
+// Partition holds the UKI at the removable-media path (EFI/BOOT/BOOTAA64.EFI), plus a
+// persistence disk formatted FAT with the production stick's volume id. The boot disk is an
+// artifact of the store; the persistence disk is state: created once, never wiped by an
+// update, a replace or a delete.
+import * as pulumi from "@pulumi/pulumi";
+import * as path from "node:path";
+import { dynamicProvider } from "./adapter";
+import { artifactHandlers, InputError } from "./artifact";
+import { sha256 } from "../src/store";
+import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/bootmedia";
+
+export interface BootMediaArgs {
+  kind: pulumi.Input<"qemu">;
+  arch: pulumi.Input<string>;
+  uki: pulumi.Input<string>;
+  ukiHash: pulumi.Input<string>;
+  /** The persistence disk's name under .ramroot/persist/ (one per stack and arch). */
+  persistName: pulumi.Input<string>;
+  /** FAT volume id of the persistence disk. Default B61B19E7, as the original fstab's UUID=B61B-19E7. */
+  volumeId?: pulumi.Input<string>;
+}
+
+interface Inputs { kind: string; arch: string; uki: string; ukiHash: string; persistName: string; volumeId?: string }
+
+const persistPath = (projectDir: string, name: string) => path.join(projectDir, ".ramroot", "persist", `${name}.img`);
+
+export const handlers = artifactHandlers<Inputs, { disk: string; persist: string; efiPath: string }>({
+  kind: "bootmedia",
+  version: 1,
+  async validate(i) {
+    if (i.kind !== "qemu") throw new InputError("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
+    if (i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch}: use aarch64 or x86_64`);
+    if (i.volumeId !== undefined && !/^[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}$/.test(i.volumeId))
+      throw new InputError("volumeId", `volume id ${i.volumeId} is not 8 hex digits (like B61B19E7 or B61B-19E7)`);
+    if (!/^[A-Za-z0-9._-]+$/.test(i.persistName)) throw new InputError("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
+  },
+  async hash(i) {
+    return sha256(JSON.stringify(["bootmedia/1", i.kind, i.arch, i.ukiHash]));
+  },
+  async build(i, ctx) {
+    const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp }));
+    ctx.log(`${disk.built ? "wrote" : "reused"} boot disk ${path.basename(disk.path)} with ${removableBootPath(i.arch as Arch)}`);
+    const persist = persistPath(ctx.projectDir, i.persistName);
+    const p = await makePersistImage({ out: persist, volumeId: i.volumeId });
+    ctx.log(p.created ? `created persistence disk ${persist}` : `kept persistence disk ${persist}`);
+    return { disk: disk.path, persist, efiPath: removableBootPath(i.arch as Arch) };
+  },
+  async onDelete(props, ctx) {
+    ctx.log(`the persistence disk ${props.persist} is kept (it holds the guest's state); the boot disk stays in the store`);
+  },
+});
+
+export class BootMedia extends pulumi.dynamic.Resource {
+  declare readonly hash: pulumi.Output<string>;
+  declare readonly disk: pulumi.Output<string>;
+  declare readonly persist: pulumi.Output<string>;
+  constructor(name: string, args: BootMediaArgs, opts?: pulumi.CustomResourceOptions) {
+    super(dynamicProvider("bootmedia"), name, { ...args, hash: undefined, disk: undefined, persist: undefined, efiPath: undefined }, opts, "ramroot", "BootMedia");
+  }
+}

@@ -1,0 +1,85 @@
+// Uki: systemd-stub + kernel + initramfs + cmdline + os-release, assembled in TypeScript (no
+// objcopy or ukify at run time). Its hash covers the rootfs (which holds the kernel and, for
+// Alpine's systemd-efistub, the stub), the initramfs, the cmdline and the paths chosen, so a
+// cmdline-only change rebuilds this layer and what follows, never the initramfs.
+import * as pulumi from "@pulumi/pulumi";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { dynamicProvider } from "./adapter";
+import { artifactHandlers, InputError } from "./artifact";
+import { sha256, sha256File } from "../src/store";
+import { buildUki, kernelRelease, validateCmdline } from "../src/uki";
+import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
+
+export interface UkiArgs {
+  rootfs: pulumi.Input<string>;
+  rootfsHash: pulumi.Input<string>;
+  initramfs: pulumi.Input<string>;
+  initramfsHash: pulumi.Input<string>;
+  cmdline: pulumi.Input<string>;
+  arch: pulumi.Input<string>;
+  /** The kernel, relative to the rootfs (Alpine: boot/vmlinuz-lts). */
+  kernel: pulumi.Input<string>;
+  /** The systemd-stub: relative to the rootfs, or an absolute path outside it. */
+  stub: pulumi.Input<string>;
+  /** os-release, relative to the rootfs. Default etc/os-release. */
+  osRelease?: pulumi.Input<string>;
+}
+
+interface Inputs { rootfs: string; rootfsHash: string; initramfs: string; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string }
+
+export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
+  kind: "uki",
+  version: 1,
+  async validate(i) {
+    try {
+      validateCmdline(i.cmdline);
+    } catch (e: any) {
+      throw new InputError("cmdline", e.message);
+    }
+    if (path.isAbsolute(i.stub) && !(await fs.stat(i.stub).catch(() => undefined))?.isFile())
+      throw new InputError("stub", `the systemd-stub ${i.stub} does not exist: install systemd-boot-efi (Debian) or systemd-efistub (Alpine), or set ramroot:stub`);
+  },
+  async hash(i) {
+    // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
+    const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
+    return sha256(JSON.stringify(["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release"]));
+  },
+  async build(i, ctx) {
+    const inRoot = (p: string, what: string, fix: string) => {
+      const abs = path.isAbsolute(p) ? p : path.join(i.rootfs, p);
+      return fs.stat(abs).then((s) => {
+        if (!s.isFile()) throw new Error();
+        return abs;
+      }, () => { throw new Error(`uki: the ${what} ${p} is not in the rootfs (${i.rootfs}): ${fix}`); });
+    };
+    const kernel = await inRoot(i.kernel, "kernel", "install a kernel package (linux-lts) or set ramroot:kernel to its path under /");
+    const stub = await inRoot(i.stub, "systemd-stub", "install systemd-efistub in the rootfs or set ramroot:stub to a stub file");
+    const buildId = buildIdOf(i.hash);
+    const osrelPath = path.join(i.rootfs, i.osRelease ?? "etc/os-release");
+    const osrel = osReleaseWithBuild(await fs.readFile(osrelPath, "utf8").catch(() => undefined), buildId);
+    const uname = (await kernelRelease(kernel)) ?? "";
+    const release = await ctx.store.put(`release/${i.hash}.cpio`, async (tmp) => {
+      const text = releaseFile({ BUILD_ID: buildId, UKI_INPUTS: i.hash, ROOTFS: i.rootfsHash, INITRAMFS: i.initramfsHash, KERNEL: uname, CMDLINE: i.cmdline });
+      await fs.writeFile(tmp, await smallArchive([{ name: "etc/ramroot-release", content: text }, { name: "etc/os-release", content: osrel }]));
+    });
+    let info = { sha256: "", size: 0 };
+    const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {
+      info = await buildUki({ stub, linux: kernel, initrds: [i.initramfs, release.path], cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
+    });
+    if (!res.built) info = { sha256: await sha256File(res.path), size: (await fs.stat(res.path)).size };
+    ctx.log(`${res.built ? "assembled" : "reused"} ${path.basename(res.path)}: build ${buildId}, ${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}`);
+    return { path: res.path, sha256: info.sha256, size: info.size, buildId, uname };
+  },
+});
+
+export class Uki extends pulumi.dynamic.Resource {
+  declare readonly hash: pulumi.Output<string>;
+  declare readonly path: pulumi.Output<string>;
+  declare readonly sha256: pulumi.Output<string>;
+  declare readonly size: pulumi.Output<number>;
+  declare readonly buildId: pulumi.Output<string>;
+  constructor(name: string, args: UkiArgs, opts?: pulumi.CustomResourceOptions) {
+    super(dynamicProvider("uki"), name, { ...args, hash: undefined, path: undefined, sha256: undefined, size: undefined, buildId: undefined, uname: undefined }, opts, "ramroot", "Uki");
+  }
+}

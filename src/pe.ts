@@ -12,6 +12,7 @@ export const IMAGE_SCN_MEM_READ = 0x40000000;
 
 const MACHINES: Record<number, string> = { 0x8664: "x86_64", 0xaa64: "aarch64", 0x14c: "i386", 0x1c4: "arm", 0x5064: "riscv64" };
 const SECTION_HEADER_SIZE = 40;
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const DIRECTORY_SECURITY = 4;
 
 export interface PeSection {
@@ -215,22 +216,33 @@ export class PeChecksum {
   constructor(private readonly checksumOffset: number) {}
 
   update(chunk: Buffer): void {
-    let i = 0;
     const at = this.length;
-    const byte = (k: number) => (at + k >= this.checksumOffset && at + k < this.checksumOffset + 4 ? 0 : chunk[k]);
+    this.length += chunk.length;
+    const field = this.checksumOffset - at;
+    if (field + 4 > 0 && field < chunk.length) {
+      chunk = Buffer.from(chunk); // the CheckSum field counts as zero: blank it in a copy
+      chunk.fill(0, Math.max(field, 0), Math.min(field + 4, chunk.length));
+    }
+    let i = 0;
     if (this.odd !== undefined && chunk.length > 0) {
-      this.sum += this.odd | (byte(0) << 8);
+      this.sum += this.odd | (chunk[0] << 8);
       this.odd = undefined;
       i = 1;
     }
-    const csStart = this.checksumOffset - at;
-    for (; i + 1 < chunk.length; i += 2) {
-      // Only the few words around the CheckSum field need the slow path.
-      const word = i + 1 >= csStart && i < csStart + 4 ? byte(i) | (byte(i + 1) << 8) : chunk[i] | (chunk[i + 1] << 8);
-      this.sum += word; // exact in a double up to 2^53: no need to fold inside the loop
+    // Words are summed into a double, exact up to 2^53: folding waits for digest().
+    const words = (chunk.length - i) >> 1;
+    if (LITTLE_ENDIAN && (chunk.byteOffset + i) % 2 === 0) {
+      const view = new Uint16Array(chunk.buffer, chunk.byteOffset + i, words);
+      let sum = 0;
+      for (let k = 0; k < words; k++) sum += view[k];
+      this.sum += sum;
+    } else {
+      let sum = 0;
+      for (let k = i; k < i + 2 * words; k += 2) sum += chunk[k] | (chunk[k + 1] << 8);
+      this.sum += sum;
     }
-    if (i < chunk.length) this.odd = byte(i);
-    this.length += chunk.length;
+    i += 2 * words;
+    if (i < chunk.length) this.odd = chunk[i];
   }
 
   digest(): number {

@@ -176,8 +176,8 @@ export async function kernelRelease(file: string): Promise<string | undefined> {
     // Scan for the banner, keeping an overlap so that it is found across chunk boundaries.
     const pattern = /Linux version (\d+\.[^\s\0]+) \(/;
     let carry = "";
+    const buf = Buffer.alloc(CHUNK);
     for (let pos = 0; ; pos += CHUNK) {
-      const buf = Buffer.alloc(CHUNK);
       const { bytesRead: n } = await fh.read(buf, 0, CHUNK, pos);
       if (n === 0) return undefined;
       const textChunk = carry + buf.toString("latin1", 0, n);
@@ -214,8 +214,8 @@ class Writer {
     const src = await fs.open(part.file, "r");
     try {
       let copied = 0;
+      const buf = Buffer.alloc(CHUNK); // reused: each chunk is written before the next read
       for (;;) {
-        const buf = Buffer.alloc(CHUNK);
         const { bytesRead } = await src.read(buf, 0, CHUNK, copied);
         if (bytesRead === 0) break;
         const chunk = buf.subarray(0, bytesRead);

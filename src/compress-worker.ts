@@ -4,7 +4,8 @@ import { createHash } from "node:crypto";
 import { createWriteStream, existsSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { pipeline } from "node:stream/promises";
+import type { Writable } from "node:stream";
+import { finished, pipeline } from "node:stream/promises";
 import { isMainThread, parentPort, Worker } from "node:worker_threads";
 import * as zlib from "node:zlib";
 import { encodeNewc, type NewcRecord } from "./newc";
@@ -15,45 +16,67 @@ export interface SegmentJob {
   records: NewcRecord[];
   compression: Compression;
   level: number;
-  /** Hashed before the archive bytes: names the format and compression in the key. */
-  keyPrefix: string;
-  /** Where to write the compressed segment; without it the segment is only hashed. */
+  /** When set, the key is sha256(keyPrefix + the archive bytes); it names the format and compression. */
+  keyPrefix?: string;
+  /** Also compute the CRC-32 of the archive bytes: a cheap check that a tree did not change since plan. */
+  crc?: boolean;
+  /** Where to write the compressed segment; without it the segment is only measured. */
   out?: string;
 }
 
 export interface SegmentResult {
-  /** sha256 of keyPrefix + the uncompressed newc bytes. */
-  key: string;
+  key?: string;
+  crc32?: number;
   /** Uncompressed newc bytes. */
   bytes: number;
 }
 
-function compressor(c: Compression, level: number): zlib.Gzip | zlib.ZstdCompress | undefined {
+function compressor(c: Compression, level: number): Writable & NodeJS.ReadableStream {
   const chunkSize = 1 << 18;
   if (c === "gzip") return zlib.createGzip({ level, chunkSize });
-  if (c === "zstd") return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
-  return undefined;
+  return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
 }
 
-/** Encodes one segment (with its trailer), hashing it and, given `out`, compressing to it. */
+/** Encodes one segment (with its trailer), measuring it and, given `out`, compressing it there. */
 export async function runSegment(job: SegmentJob): Promise<SegmentResult> {
-  const hash = createHash("sha256").update(job.keyPrefix);
+  const hash = job.keyPrefix === undefined ? undefined : createHash("sha256").update(job.keyPrefix);
+  let crc = 0;
   let bytes = 0;
-  async function* hashed() {
-    for await (const chunk of encodeNewc(job.records)) {
-      hash.update(chunk);
+  const file = job.out === undefined ? undefined : createWriteStream(job.out, { highWaterMark: 1 << 20 });
+  const z = file && job.compression !== "none" ? compressor(job.compression, job.level) : undefined;
+  const sink = z ?? file;
+  // Wired by hand rather than with pipeline(): each chunk is consumed before the encoder
+  // refills its one buffer, so memory per worker is a few MiB whatever the segment size.
+  const done = z ? pipeline(z, file!) : file ? finished(file) : Promise.resolve();
+  done.catch(() => {}); // observed below; this only keeps an early failure from being "unhandled"
+  try {
+    for await (const chunk of encodeNewc(job.records, { reuse: true })) {
+      hash?.update(chunk);
+      if (job.crc) crc = zlib.crc32(chunk, crc);
       bytes += chunk.length;
-      yield chunk;
+      if (sink) await written(sink, chunk);
     }
+    sink?.end();
+    await done;
+  } catch (e) {
+    sink?.destroy();
+    await done.catch(() => {});
+    throw e;
   }
-  if (job.out === undefined) {
-    for await (const _ of hashed());
-  } else {
-    const z = compressor(job.compression, job.level);
-    const file = createWriteStream(job.out, { highWaterMark: 1 << 20 });
-    await (z ? pipeline(hashed(), z, file) : pipeline(hashed(), file));
-  }
-  return { key: hash.digest("hex"), bytes };
+  return { key: hash?.digest("hex"), crc32: job.crc ? crc : undefined, bytes };
+}
+
+/** Resolves once the stream has consumed `chunk` (zlib has read it, or it is on disk). */
+function written(w: Writable, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const bad = (e: Error) => reject(e);
+    w.once("error", bad);
+    w.write(chunk, (e) => {
+      w.off("error", bad);
+      if (e) reject(e);
+      else resolve();
+    });
+  });
 }
 
 if (!isMainThread && parentPort) {
@@ -141,7 +164,8 @@ export class SegmentPool {
 
   private spawn(): Worker | undefined {
     if (this.workers.length >= this.size) return undefined;
-    const w = new Worker(this.script);
+    // A small young generation: the workers allocate little JS, and each semi-space is RSS.
+    const w = new Worker(this.script, { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     this.workers.push(w);
     return w;
   }

@@ -7,12 +7,11 @@
 //        this runs during `pulumi preview`). The image's name is known here.
 // build: compress the segments whose key is not in the store, then concatenate.
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
-import { SegmentPool, type Compression, type SegmentJob } from "./compress-worker";
+import { SegmentPool, type Compression, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
 import { removeTree, sha256File, type Store } from "./store";
 import { isDir, reproducible, walk } from "./walk";
@@ -40,6 +39,8 @@ export interface SegmentPlan {
   entries: number;
   /** Uncompressed newc bytes, trailer included. */
   bytes: number;
+  /** CRC-32 of those bytes: build checks it to notice a tree that changed after plan. */
+  crc32: number;
 }
 
 export interface InitramfsPlan {
@@ -179,9 +180,7 @@ async function segmentsOf(s: Settled): Promise<Segment[]> {
   }));
 }
 
-function job(s: { compression: Compression; level: number }, records: NewcRecord[], out?: string): SegmentJob {
-  return { records, compression: s.compression, level: s.level, keyPrefix: `${FORMAT}\n${s.compression}:${s.level}\n`, out };
-}
+const keyPrefix = (s: { compression: Compression; level: number }) => `${FORMAT}\n${s.compression}:${s.level}\n`;
 
 const imageHash = (keys: string[]) => createHash("sha256").update(`${FORMAT}\n${keys.join("\n")}\n`).digest("hex");
 const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT[c]}`;
@@ -214,11 +213,11 @@ export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): 
   const s = settle(tree, opts);
   const segs = await segmentsOf(s);
   const results = await withPool((pool) => {
-    const ps = new Array<Promise<{ key: string; bytes: number }>>(segs.length);
-    for (const i of bySizeDesc(segs)) ps[i] = pool.run(job(s, segs[i].records));
+    const ps = new Array<Promise<SegmentResult>>(segs.length);
+    for (const i of bySizeDesc(segs)) ps[i] = pool.run({ compression: s.compression, level: s.level, records: segs[i].records, keyPrefix: keyPrefix(s), crc: true });
     return all(ps);
   });
-  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key, entries: seg.records.length, bytes: results[i].bytes }));
+  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key!, entries: seg.records.length, bytes: results[i].bytes, crc32: results[i].crc32! }));
   return { ...s, hash: imageHash(segments.map((x) => x.key)), segments };
 }
 
@@ -237,12 +236,14 @@ export async function buildInitramfs(
     await withPool((pool) => {
       const ps: Promise<unknown>[] = [];
       for (const i of bySizeDesc(segs)) {
-        const { key, name, bytes } = plan.segments[i];
+        const { key, name, bytes, crc32 } = plan.segments[i];
         ps.push(
           store.put(segmentFile(key, plan.compression), async (tmp) => {
-            const r = await pool.run(job(plan, segs[i].records, tmp));
+            const r = await pool.run({ compression: plan.compression, level: plan.level, records: segs[i].records, crc: true, out: tmp });
             // The key names these bytes in the store: never file different bytes under it.
-            if (r.key !== key) throw changed();
+            // (CRC-32 rather than a second sha256 pass: it guards against accidents, at a
+            // third of the cost.)
+            if (r.crc32 !== crc32 || r.bytes !== bytes) throw changed();
           }).then((r) => {
             (r.built ? built : reused).push(key);
             log(`initramfs: segment ${name} (${bytes} bytes) ${r.built ? "compressed" : "reused"}`);
@@ -264,18 +265,26 @@ export async function buildInitramfs(
   return { path: file, sha256, size, built, reused };
 }
 
-/** Concatenates files into `out`, returning the sha256 of the result. */
+/** Concatenates files into `out` through one buffer, returning the sha256 of the result. */
 async function concatenate(files: string[], out: string): Promise<string> {
   const hash = createHash("sha256");
-  const dst = createWriteStream(out);
-  for (const f of files) {
-    for await (const chunk of createReadStream(f, { highWaterMark: 1 << 20 })) {
-      hash.update(chunk as Buffer);
-      if (!dst.write(chunk)) await new Promise<void>((r) => dst.once("drain", () => r()));
+  const buf = Buffer.allocUnsafe(4 << 20);
+  const dst = await fs.open(out, "w");
+  try {
+    for (const f of files) {
+      const src = await fs.open(f, "r");
+      try {
+        for (let n; (n = (await src.read(buf, 0, buf.length)).bytesRead) > 0; ) {
+          hash.update(buf.subarray(0, n));
+          for (let off = 0; off < n; ) off += (await dst.write(buf, off, n - off)).bytesWritten;
+        }
+      } finally {
+        await src.close();
+      }
     }
+  } finally {
+    await dst.close();
   }
-  dst.end();
-  await finished(dst);
   return hash.digest("hex");
 }
 
@@ -290,7 +299,7 @@ export async function writeInitramfs(tree: string, out: string, opts: InitramfsO
   const tmp = await fs.mkdtemp(path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-`));
   try {
     const files = segs.map((_, i) => path.join(tmp, `${i}.cpio`));
-    await withPool((pool) => all(bySizeDesc(segs).map((i) => pool.run(job(s, segs[i].records, files[i])))));
+    await withPool((pool) => all(bySizeDesc(segs).map((i) => pool.run({ compression: s.compression, level: s.level, records: segs[i].records, out: files[i] }))));
     const image = path.join(tmp, "image");
     await concatenate(files, image);
     await fs.rename(image, dest);

@@ -56,16 +56,19 @@ function header(r: NewcRecord, nameSize: number): string {
 
 /**
  * Encodes records (and, unless `trailer` is false, the TRAILER!!! entry) as newc, yielding
- * chunks of about 1 MiB. File content is read straight into the output chunk; a yielded chunk
- * is never reused, so consumers may keep it.
+ * chunks of about 1 MiB. File content is read straight into the output chunk.
+ *
+ * With `reuse`, one buffer is overwritten at every step, so a consumer must be done with a
+ * chunk before asking for the next. That keeps memory flat: fresh 1 MiB buffers are freed only
+ * when the garbage collector gets round to them, and a busy thread piles up tens of MiB first.
  */
-export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer?: boolean } = {}): AsyncGenerator<Buffer> {
+export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer?: boolean; reuse?: boolean } = {}): AsyncGenerator<Buffer> {
   let buf = Buffer.allocUnsafe(CHUNK);
   let used = 0;
   const room = () => buf.length - used;
   function* flush(): Generator<Buffer> {
     if (used > 0) yield buf.subarray(0, used);
-    buf = Buffer.allocUnsafe(CHUNK);
+    if (!opts.reuse) buf = Buffer.allocUnsafe(CHUNK);
     used = 0;
   }
   function* put(bytes: Uint8Array): Generator<Buffer> {

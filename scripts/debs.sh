@@ -5,6 +5,9 @@
 #
 #   scripts/debs.sh PACKAGE[:ARCH]...     prints one unpacked folder per package
 #
+# Asking apt which version is current takes seconds, so the answer is remembered for a day
+# (RAMROOT_DEBS_REFRESH=1 asks again).
+#
 # A metapackage (linux-image-cloud-amd64) resolves to the package it depends on.
 set -euo pipefail
 RAMROOT_CACHE=${RAMROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ramroot}
@@ -26,9 +29,15 @@ ensure_arch() {
 	fi
 }
 
+native=$(dpkg --print-architecture)
+mkdir -p "$debs/.resolved"
 for spec in "$@"; do
-	pkg=${spec%%:*}; arch=$(dpkg --print-architecture)
+	pkg=${spec%%:*}; arch=$native
 	[ "$spec" != "$pkg" ] && arch=${spec#*:}
+	memo="$debs/.resolved/${pkg}_$arch"
+	if [ -z "${RAMROOT_DEBS_REFRESH:-}" ] && [ -n "$(find "$memo" -mmin -1440 2>/dev/null)" ] && [ -f "$(cat "$memo")/.done" ]; then
+		cat "$memo"; continue
+	fi
 	ensure_arch "$arch"
 	ver=$(apt-cache policy "$pkg:$arch" | sed -n 's/^ *Candidate: *//p')
 	if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
@@ -52,5 +61,6 @@ for spec in "$@"; do
 		rm -rf "$out"; mv "$tmp/x" "$out"; rm -rf "$tmp"
 		touch "$out/.done"
 	fi
+	echo "$out" > "$memo.tmp" && mv "$memo.tmp" "$memo"
 	echo "$out"
 done

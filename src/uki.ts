@@ -5,7 +5,7 @@
 // Inputs are streamed into the output (the kernel and initrd may be 100+ MB) and the file is
 // written under a temporary name, then renamed. The output is a function of the inputs only:
 // the stub's TimeDateStamp is kept and nothing else carries a time.
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import {
@@ -81,11 +81,13 @@ export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: 
   // ukify marks .linux as code: old stubs run the EFI handover entry inside the section.
   payloads.push({ name: ".linux", parts: [linux], characteristics: IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_READ });
 
+  const already = pe.sections.find((s) => payloads.some((p) => p.name === s.name));
+  if (already) throw new Error(`${input.stub} already has a ${already.name} section, so it is a UKI rather than a stub: pass the bare systemd-stub (linuxx64.efi.stub / linuxaa64.efi.stub)`);
   const layout = layoutSections(pe, stub.length, payloads.map((p) => ({ name: p.name, size: partsSize(p.parts), characteristics: p.characteristics })));
   const headers = writeHeaders(stub, pe, layout);
 
   await fs.mkdir(path.dirname(path.resolve(out)), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   const fh = await fs.open(tmp, "w");
   const sections: UkiSection[] = [];
   try {

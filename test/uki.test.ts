@@ -295,6 +295,10 @@ describe("UKI errors name the problem and the fix", () => {
     await assert.rejects(buildUki({ ...base(), initrds: ["/nonexistent/initrd"] }, out()), /initrd \/nonexistent\/initrd does not exist: build it first/);
   });
 
+  test("a UKI passed as the stub", async () => {
+    await assert.rejects(buildUki({ ...base(), stub: path.join(tmp, "x86_64.efi") }, out()), /already has a \.cmdline section, so it is a UKI rather than a stub: pass the bare systemd-stub/);
+  });
+
   test("a kernel for the other architecture", async () => {
     await assert.rejects(buildUki({ ...base(), linux: arches.aarch64.kernel }, out()), /is for aarch64 but the stub .* is for x86_64/);
   });

@@ -45,6 +45,8 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       persist: i.persist,
       marker: i.marker,
       timeoutMs: (i.timeoutSeconds ?? 180) * 1000,
+      // The marker line is printed after the guest synced the persistence disk.
+      exitGraceMs: 500,
       // The guest's own lines, not the kernel's timestamped ones: progress without a flood.
       log: (line) => {
         if (/^ramroot:/.test(line)) ctx.log(`console: ${line}`);

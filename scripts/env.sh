@@ -12,7 +12,10 @@ if [ -n "$pulumi_bin" ] && [ -x "$pulumi_bin/pulumi" ]; then PATH="$pulumi_bin:$
 export PATH
 
 # A local file backend in the project: no Pulumi Cloud account needed.
-export PULUMI_BACKEND_URL=${PULUMI_BACKEND_URL:-file://$here/.ramroot/state}
+if [ -z "${PULUMI_BACKEND_URL:-}" ]; then
+	mkdir -p "$here/.ramroot/state"
+	export PULUMI_BACKEND_URL="file://$here/.ramroot/state"
+fi
 export PULUMI_SKIP_UPDATE_CHECK=${PULUMI_SKIP_UPDATE_CHECK:-true}
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-true}

@@ -40,6 +40,7 @@ export class Project {
     }
     fs.cpSync(path.join(repo, "dist"), path.join(dir, "dist"), { recursive: true });
     fs.symlinkSync(path.join(repo, "node_modules"), path.join(dir, "node_modules"));
+    fs.mkdirSync(path.join(dir, ".ramroot", "state"), { recursive: true });
     return new Project(dir);
   }
 

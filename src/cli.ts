@@ -1,0 +1,145 @@
+// The `ramroot` command: the engine-free core, for users and scripts, without Pulumi.
+//   ramroot inspect FILE [--json]
+//   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
+//   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
+//   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+import { execFileSync, spawn } from "node:child_process";
+import * as fs from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { inspectInitramfs, writeInitramfs, type Compression } from "./initramfs";
+import { buildUki, inspectUki } from "./uki";
+import { qemuCommand, type Arch } from "./qemu";
+
+const usage = `usage:
+  ramroot inspect FILE [--json]
+  ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
+  ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
+  ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
+  ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE`;
+
+class UsageError extends Error {}
+
+async function inspect(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true });
+  if (positionals.length !== 1) throw new UsageError("inspect takes one FILE");
+  const file = positionals[0];
+  const fh = await fs.open(file, "r").catch(() => {
+    throw new Error(`${file} does not exist`);
+  });
+  const magic = Buffer.alloc(2);
+  await fh.read(magic, 0, 2, 0);
+  await fh.close();
+  let report: any;
+  if (magic.toString("latin1") === "MZ") {
+    const uki = await inspectUki(file);
+    let segments: any[] = [];
+    if (uki.initrd) {
+      // The .initrd section holds the concatenated members: inspect them from a copy.
+      const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-inspect-"));
+      try {
+        const src = await fs.open(file, "r");
+        const buf = Buffer.alloc(uki.initrd.size);
+        await src.read(buf, 0, buf.length, uki.initrd.offset);
+        await src.close();
+        await fs.writeFile(path.join(tmp, "initrd"), buf);
+        segments = await inspectInitramfs(path.join(tmp, "initrd"));
+      } finally {
+        await fs.rm(tmp, { recursive: true, force: true });
+      }
+    }
+    report = { kind: "uki", ...uki, segments };
+  } else {
+    report = { kind: "initramfs", segments: await inspectInitramfs(file) };
+  }
+  if (values.json) {
+    console.log(JSON.stringify(report, null, 2));
+    return;
+  }
+  if (report.kind === "uki") {
+    console.log(`UKI ${file} (${report.arch})`);
+    for (const s of report.sections) console.log(`  ${s.name.padEnd(9)} offset 0x${s.offset.toString(16).padStart(8, "0")}  size ${String(s.size).padStart(10)}  sha256 ${s.sha256}`);
+    if (report.cmdline !== undefined) console.log(`cmdline: ${report.cmdline}`);
+    if (report.uname) console.log(`uname: ${report.uname}`);
+    if (report.osRelease) console.log(`os-release:\n${report.osRelease.trimEnd().replace(/^/gm, "  ")}`);
+  }
+  console.log(`initramfs segments (${report.segments.length}):`);
+  for (const s of report.segments) console.log(`  ${s.compression.padEnd(5)} offset ${String(s.offset).padStart(10)}  size ${String(s.size).padStart(10)}  entries ${String(s.entries).padStart(6)}  sha256 ${s.sha256}`);
+}
+
+async function qemu(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { stack: { type: "string" }, disk: { type: "string" }, arch: { type: "string" }, persist: { type: "string" } } });
+  let { disk, arch, persist } = values;
+  if (!disk) {
+    // The stack's outputs say what it last built and booted.
+    const stack = values.stack ?? "qemu";
+    const project = path.resolve(__dirname, "..", "..");
+    let out: string;
+    try {
+      out = execFileSync("bash", [path.join(project, "scripts", "pulumi.sh"), "stack", "output", "--json", "--stack", stack], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    } catch (e: any) {
+      throw new Error(`cannot read the outputs of stack ${stack}: ${String(e.stderr || e.message).trim()}\nrun \`npm run up\` first (or pass --disk and --arch)`);
+    }
+    const o = JSON.parse(out);
+    if (!o.disk) throw new Error(`stack ${stack} has no boot disk: it is not a qemu stack, or \`pulumi up\` has not finished on it`);
+    disk = o.disk;
+    arch = o.targetArch;
+    persist = persist ?? o.persist;
+  }
+  if (arch !== "aarch64" && arch !== "x86_64") throw new UsageError("--arch must be aarch64 or x86_64");
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-qemu-"));
+  let firmwareVars: string | undefined;
+  if (arch === "x86_64") {
+    firmwareVars = path.join(tmp, "OVMF_VARS.fd");
+    await fs.copyFile("/usr/share/OVMF/OVMF_VARS_4M.fd", firmwareVars);
+  }
+  const { cmd, args: qargs } = qemuCommand({ arch: arch as Arch, disk: disk!, persist, interactive: true, firmwareVars });
+  console.error(`ramroot: ${cmd} ${qargs.join(" ")}\nramroot: Ctrl-A X quits`);
+  const child = spawn(cmd, qargs, { stdio: "inherit" });
+  const code = await new Promise<number>((resolve) => child.on("exit", (c) => resolve(c ?? 1)));
+  await fs.rm(tmp, { recursive: true, force: true });
+  process.exitCode = code;
+}
+
+async function initramfs(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { output: { type: "string", short: "o" }, compression: { type: "string" }, level: { type: "string" }, exclude: { type: "string", multiple: true } },
+    allowPositionals: true,
+  });
+  if (positionals.length !== 1 || !values.output) throw new UsageError("initramfs takes DIR and -o FILE");
+  const compression = (values.compression ?? "zstd") as Compression;
+  if (!["zstd", "gzip", "none"].includes(compression)) throw new UsageError(`--compression ${compression}: use zstd, gzip or none`);
+  await writeInitramfs(positionals[0], values.output, { compression, level: values.level ? Number(values.level) : undefined, exclude: values.exclude ?? [] });
+}
+
+async function uki(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      stub: { type: "string" }, linux: { type: "string" }, initrd: { type: "string", multiple: true }, cmdline: { type: "string" },
+      "os-release": { type: "string" }, uname: { type: "string" }, output: { type: "string", short: "o" },
+    },
+  });
+  if (!values.stub || !values.linux || !values.initrd?.length || values.cmdline === undefined || !values.output)
+    throw new UsageError("uki needs --stub, --linux, at least one --initrd, --cmdline and -o");
+  const osRelease = values["os-release"] ? await fs.readFile(values["os-release"], "utf8") : undefined;
+  const res = await buildUki({ stub: values.stub, linux: values.linux, initrds: values.initrd, cmdline: values.cmdline, osRelease, uname: values.uname }, values.output);
+  console.log(`${values.output}: ${res.size} bytes, sha256 ${res.sha256}`);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, initramfs, uki };
+  try {
+    if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
+    await commands[cmd](rest);
+  } catch (e: any) {
+    console.error(`ramroot: ${e.message}`);
+    if (e instanceof UsageError || e.code?.startsWith?.("ERR_PARSE_ARGS")) console.error(usage);
+    process.exitCode = e instanceof UsageError ? 2 : 1;
+  }
+}
+
+if (require.main === module) void main(process.argv.slice(2));

@@ -8,7 +8,7 @@ import type { Writable } from "node:stream";
 import { finished, pipeline } from "node:stream/promises";
 import { isMainThread, parentPort, Worker } from "node:worker_threads";
 import * as zlib from "node:zlib";
-import { encodeNewc, type NewcRecord } from "./newc";
+import { encodedSize, encodeNewc, TRAILER, type NewcRecord } from "./newc";
 
 export type Compression = "zstd" | "gzip" | "none";
 
@@ -31,10 +31,12 @@ export interface SegmentResult {
   bytes: number;
 }
 
-function compressor(c: Compression, level: number): Writable & NodeJS.ReadableStream {
+function compressor(c: Compression, level: number, size: number): Writable & NodeJS.ReadableStream {
   const chunkSize = 1 << 18;
   if (c === "gzip") return zlib.createGzip({ level, chunkSize });
-  return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+  // The exact size up front lets zstd size its window to the segment (less memory for small
+  // ones) and record the size in the frame header.
+  return zlib.createZstdCompress({ chunkSize, pledgedSrcSize: size, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
 }
 
 /** Encodes one segment (with its trailer), measuring it and, given `out`, compressing it there. */
@@ -43,7 +45,8 @@ export async function runSegment(job: SegmentJob): Promise<SegmentResult> {
   let crc = 0;
   let bytes = 0;
   const file = job.out === undefined ? undefined : createWriteStream(job.out, { highWaterMark: 1 << 20 });
-  const z = file && job.compression !== "none" ? compressor(job.compression, job.level) : undefined;
+  const size = job.records.reduce((t, r) => t + encodedSize(r.name, r.size), encodedSize(TRAILER, 0));
+  const z = file && job.compression !== "none" ? compressor(job.compression, job.level, size) : undefined;
   const sink = z ?? file;
   // Wired by hand rather than with pipeline(): each chunk is consumed before the encoder
   // refills its one buffer, so memory per worker is a few MiB whatever the segment size.
@@ -89,6 +92,9 @@ if (!isMainThread && parentPort) {
   });
 }
 
+/** A job that never ran because an earlier one failed: not the error to report. */
+export class Cancelled extends Error {}
+
 /**
  * Runs jobs on up to os.availableParallelism() worker threads. After a failure no new job
  * starts (queued ones reject), running ones finish, and the first error is what callers see.
@@ -106,7 +112,7 @@ export class SegmentPool {
   constructor(private readonly size = os.availableParallelism()) {}
 
   run(job: SegmentJob): Promise<SegmentResult> {
-    if (this.failed) return Promise.reject(new Error(`not started after an earlier failure: ${this.failed.message}`));
+    if (this.failed) return Promise.reject(new Cancelled(`not started after an earlier failure: ${this.failed.message}`));
     return new Promise((resolve, reject) => {
       this.queue.push({ job, resolve, reject });
       this.pump();
@@ -122,7 +128,7 @@ export class SegmentPool {
 
   private fail(e: Error): void {
     this.failed ??= e;
-    for (const q of this.queue.splice(0)) q.reject(new Error(`not started after an earlier failure: ${e.message}`));
+    for (const q of this.queue.splice(0)) q.reject(new Cancelled(`not started after an earlier failure: ${e.message}`));
   }
 
   private pump(): void {

@@ -11,7 +11,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
-import { SegmentPool, type Compression, type SegmentResult } from "./compress-worker";
+import { Cancelled, SegmentPool, type Compression, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
 import { removeTree, sha256File, type Store } from "./store";
 import { isDir, reproducible, walk } from "./walk";
@@ -195,11 +195,11 @@ async function withPool<T>(fn: (pool: SegmentPool) => Promise<T>): Promise<T> {
   }
 }
 
-/** Waits for every promise, then throws the first failure: nothing is left running. */
+/** Waits for every promise, then throws the real failure (not a cancellation): nothing is left running. */
 async function all<T>(ps: Promise<T>[]): Promise<T[]> {
   const rs = await Promise.allSettled(ps);
-  const bad = rs.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
-  if (bad) throw bad.reason;
+  const bad = rs.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (bad.length) throw (bad.find((r) => !(r.reason instanceof Cancelled)) ?? bad[0]).reason;
   return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 

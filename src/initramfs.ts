@@ -58,7 +58,7 @@ export interface InitramfsPlan {
 }
 
 /** Bumped whenever the bytes of a segment would change for the same tree and options. */
-const FORMAT = "ramroot-initramfs-1";
+const FORMAT = "ramroot-initramfs-2";
 export const DEFAULT_SPLIT_BYTES = 32 << 20;
 const EXT: Record<Compression, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
@@ -95,7 +95,7 @@ export interface SegmentRange {
  *
  * - A directory whose subtree takes more than `splitBytes` of newc is *split*; any other entry
  *   (a file, a small directory with everything under it) is a *unit* and never divided.
- *   The root is split when the tree is bigger than `splitBytes`.
+ *   The root is always split.
  * - In a split directory, each split child gets segments of its own (recursively), and the
  *   runs of units between them are cut into segments at names: a segment ends after a unit
  *   whose name's FNV-1a hash is 0 modulo M. M is 1 in the root (every top-level entry is its
@@ -135,7 +135,9 @@ export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_
     start = at;
     units = [];
   };
-  const big = (i: number) => isDir(records[i].mode) && weight[i] > splitBytes;
+  // The root is always split: then etc/ (where a system's configuration lives) is a segment of
+  // its own even in a small tree, and editing it never recompresses the rest.
+  const big = (i: number) => isDir(records[i].mode) && (i === 0 || weight[i] > splitBytes);
 
   const split = (dir: number) => {
     const children: number[] = [];

@@ -1,0 +1,136 @@
+// Issue 3: from a root filesystem tree to a UKI that UEFI boots from the ESP of a disk, each
+// step a content-addressed resource, driven by the real pulumi CLI on the qemu stack.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Project } from "./project";
+import { execFileSync } from "node:child_process";
+import { bootCheck } from "../src/qemu";
+import { handlers as rootfs } from "../components/rootfs";
+import { handlers as initramfs } from "../components/initramfs";
+import { handlers as uki } from "../components/uki";
+
+const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));
+const outputs = async (p: Project, stack: string) => JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", stack])).stdout);
+
+for (const arch of ["aarch64", "x86_64"] as const) {
+  test(`${arch}: pulumi up builds and boots from an empty store; the persistence disk keeps state across boots`, { timeout: 20 * 60_000 }, async (t) => {
+    const p = Project.create();
+    t.after(() => p.remove());
+    await p.pulumi(["stack", "init", "qemu"]);
+    await p.pulumi(["config", "set", "ramroot:arch", arch, "--stack", "qemu"]);
+    const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+    const o = await outputs(p, "qemu");
+    assert.match(o.buildId, /^[0-9a-f]{16}$/);
+    // The guest printed the build id it read from its own /etc/os-release: the check's marker.
+    assert.match(res.stdout, new RegExp(`console: ramroot: build ${o.buildId} up`));
+    assert.match(res.stdout, /console: ramroot: persisted boots=1 \(was 0\) on \/media\/usb/);
+    assert.ok(fs.existsSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.ukiSha256}.json`)));
+    // A second boot of the same disk reads back what the first one wrote.
+    const again = await bootCheck({ arch, disk: o.disk, persist: o.persist, marker: "ramroot: persisted boots=2 (was 1)", timeoutMs: 240_000 });
+    assert.match(again.console, new RegExp(`ramroot: build ${o.buildId} up`));
+  });
+}
+
+test("a file changed in system/root rebuilds only its segment, and the guest sees it", { timeout: 20 * 60_000 }, async (t) => {
+  const p = Project.create();
+  t.after(() => p.remove());
+  const root = path.join(p.dir, "system", "root");
+  fs.writeFileSync(path.join(root, "etc", "ramroot-test"), "one\n");
+  fs.writeFileSync(path.join(root, "etc", "local.d", "00-test.start"), '#!/bin/sh\necho "ramroot: test file says $(cat /etc/ramroot-test)"\n', { mode: 0o755 });
+  await p.pulumi(["stack", "init", "qemu"]);
+  await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+  const before = await outputs(p, "qemu");
+
+  fs.writeFileSync(path.join(root, "etc", "ramroot-test"), "two\n");
+  assert.deepEqual(await p.previewSteps("qemu"), ["update boot", "update initramfs", "update media", "update rootfs", "update uki"]);
+  const mark = p.journal().length;
+  const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+  const segments = built(p, mark).filter((a) => a.startsWith("segments/"));
+  assert.equal(segments.length, 1, `expected one segment recompressed, got ${segments.join(", ")}`);
+  assert.match(res.stdout, /console: ramroot: test file says two/);
+  const after = await outputs(p, "qemu");
+  assert.notEqual(after.ukiSha256, before.ukiSha256);
+});
+
+test("two builds of the same inputs into two empty stores are byte-identical", { timeout: 10 * 60_000 }, async (t) => {
+  const p = Project.create();
+  t.after(() => p.remove());
+  const base = execFileSync("bash", [path.join(p.dir, "scripts", "testsys.sh"), "aarch64"], { encoding: "utf8" }).trim().split("\n").pop()!;
+  const cwd = process.cwd();
+  const results: Array<{ initramfs: string; uki: string }> = [];
+  try {
+    process.chdir(p.dir);
+    for (const store of ["store-a", "store-b"]) {
+      process.env.RAMROOT_STORE = path.join(p.dir, store);
+      const create = async (h: typeof rootfs, inputs: Record<string, any>) => (await h.create((await h.check({}, inputs)).inputs!)).outs!;
+      const r = await create(rootfs, { base, skeleton: "system/root", arch: "aarch64" });
+      const i = await create(initramfs, { rootfs: r.path, rootfsHash: r.hash });
+      const u = await create(uki, { rootfs: r.path, rootfsHash: r.hash, initramfs: i.path, initramfsHash: i.hash, arch: "aarch64", cmdline: "rdinit=/sbin/init console=ttyAMA0", kernel: "boot/vmlinuz", stub: "usr/lib/systemd/boot/efi/linuxaa64.efi.stub" });
+      assert.ok(u.path.startsWith(process.env.RAMROOT_STORE));
+      results.push({ initramfs: i.path, uki: u.path });
+    }
+  } finally {
+    delete process.env.RAMROOT_STORE;
+    process.chdir(cwd);
+  }
+  assert.ok(fs.readFileSync(results[0].initramfs).equals(fs.readFileSync(results[1].initramfs)), "the initramfs differs");
+  assert.ok(fs.readFileSync(results[0].uki).equals(fs.readFileSync(results[1].uki)), "the UKI differs");
+});
+
+test("bad input: a clear error naming the problem, and nothing partial in the store", { timeout: 30 * 60_000 }, async (t) => {
+  const p = Project.create();
+  t.after(() => p.remove());
+  await p.pulumi(["stack", "init", "qemu"]);
+  const store = path.join(p.dir, ".ramroot", "store");
+  const listing = () => (fs.existsSync(store) ? fs.readdirSync(store, { recursive: true }).map(String).sort() : []);
+  const noTemp = () => assert.deepEqual(listing().filter((f) => f.includes(".tmp")), [], "a temporary file was left in the store");
+  const set = (k: string, v: string) => p.pulumi(["config", "set", `ramroot:${k}`, v, "--stack", "qemu"]);
+  const rm = (k: string) => p.pulumi(["config", "rm", `ramroot:${k}`, "--stack", "qemu"]);
+  const fails = async (cmd: "preview" | "up", pattern: RegExp) => {
+    const res = await p.pulumi(cmd === "up" ? ["up", "--yes", "--stack", "qemu"] : ["preview", "--stack", "qemu"], { allowFail: true });
+    assert.notEqual(res.code, 0, `${cmd} succeeded`);
+    assert.match(res.stdout + res.stderr, pattern);
+  };
+
+  await t.test("a missing base tree fails preview and builds nothing", async () => {
+    await set("base", "/nonexistent/tree");
+    await fails("preview", /the base tree \/nonexistent\/tree is not a folder/);
+    await fails("up", /the base tree \/nonexistent\/tree is not a folder/);
+    assert.deepEqual(listing().filter((f) => !f.startsWith("journal")), []);
+    await rm("base");
+  });
+
+  await t.test("an empty or oversized cmdline fails preview", async () => {
+    await set("cmdline", " ");
+    await fails("preview", /the kernel command line is empty/);
+    await set("cmdline", "x".repeat(3000));
+    await fails("preview", /the kernel command line is 3000 bytes; Linux keeps at most 2047/);
+    await rm("cmdline");
+  });
+
+  await t.test("a stub that is not a PE fails up and leaves no UKI", async () => {
+    await set("stub", "/etc/hostname");
+    await fails("up", /is not a PE\/COFF image/);
+    assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
+    noTemp();
+    await rm("stub");
+  });
+
+  await t.test("a missing kernel fails up naming it", async () => {
+    await set("kernel", "boot/no-such-kernel");
+    await fails("up", /the kernel boot\/no-such-kernel is not in the rootfs/);
+    assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
+    noTemp();
+    await rm("kernel");
+  });
+
+  await t.test("an image that does not boot fails up with the console tail and records no boot", async () => {
+    await set("bootMarker", "this line is never printed");
+    await set("bootTimeout", "25");
+    await fails("up", /ramroot: build [0-9a-f]{16} up[\s\S]*/);
+    assert.deepEqual(listing().filter((f) => f.startsWith("booted/")), []);
+    noTemp();
+  });
+});

@@ -175,8 +175,9 @@ function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: 
         else resolve({ ok: true, seconds: seconds!, console: consoleText() });
       });
     };
-    const consoleText = () => lines.join("\n") + (partial ? `\n${partial}` : "");
-    const tail = () => [...lines, ...(partial ? [partial] : [])].slice(-40).join("\n");
+    const all = () => [...lines, ...(partial ? [cleanConsole(partial)] : [])];
+    const consoleText = () => all().join("\n");
+    const tail = () => all().slice(-40).join("\n");
     const seen = () => {
       if (seconds !== undefined) return;
       seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -189,15 +190,16 @@ function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: 
     }, timeoutMs);
 
     child.stdout!.on("data", (chunk: Buffer) => {
-      const text = partial + cleanConsole(chunk.toString("latin1"));
-      const parts = text.split("\n");
+      // Cleaned line by line: an escape sequence may span two chunks.
+      const parts = (partial + chunk.toString("latin1")).split("\n");
       partial = parts.pop()!;
-      for (const line of parts) {
+      for (const raw of parts) {
+        const line = cleanConsole(raw);
         lines.push(line);
         log?.(line);
         if (matches(line)) seen();
       }
-      if (partial && matches(partial)) seen();
+      if (partial && matches(cleanConsole(partial))) seen();
     });
     child.stderr!.on("data", (chunk: Buffer) => { stderr += chunk.toString(); });
     child.stdin!.on("error", () => {});
@@ -238,7 +240,7 @@ process.once("exit", () => {
 /** Serial console text without ANSI escape sequences, carriage returns and other control bytes. */
 export function cleanConsole(s: string): string {
   return s
-    .replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, "")
+    .replace(/\x1b\[[0-?]*[ -\/]*[@-~]/g, "")
     .replace(/\x1b[()][0-9A-Za-z]/g, "")
     .replace(/\x1b[@-_]/g, "")
     .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");

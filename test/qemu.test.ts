@@ -139,6 +139,7 @@ test("a boot whose marker never appears fails within the timeout, with the conso
   assert.ok(lines.length > 0, "console lines reached the log callback");
   const tail = err.message.split("last console lines:\n")[1] ?? "";
   assert.ok(tail.length > 0 && tail.split("\n").length <= 40);
+  assert.match(tail, /BdsDxe: failed to load/, "the firmware's refusal is in the tail");
   assert.ok(tail.includes(lines.filter((l) => l.trim()).at(-1)!), "the tail ends with the console's last lines");
   // The qemu process is gone: nothing of ours still holds the disk.
   assert.equal(execFileSync("bash", ["-c", `fuser '${disk}' 2>/dev/null || true`], { encoding: "utf8" }).trim(), "");
@@ -184,5 +185,5 @@ test("qemuCommand: boots the disk through the firmware, read-only, with TCG", ()
 });
 
 test("cleanConsole drops escape sequences and carriage returns", () => {
-  assert.equal(cleanConsole("\x1b[2J\x1b[01;01HBdsDxe: loading\r\nok\x1b[0m"), "BdsDxe: loading\nok");
+  assert.equal(cleanConsole("\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: loading\r\nok\x1b[0m\x1b(B"), "BdsDxe: loading\nok");
 });

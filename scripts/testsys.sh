@@ -14,7 +14,7 @@
 #   etc/inittab, etc/init.d/rcS, etc/local.d/, etc/fstab (UUID=B61B-19E7 /media/usb vfat ...)
 #   etc/passwd, etc/group, etc/hostname, etc/os-release, etc/ramroot-testsys (KERNEL=<release>)
 #   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage and their deps
-#   boot/vmlinuz-<release>, boot/vmlinuz (copy), boot/efistub (systemd-stub, also at
+#   boot/vmlinuz-<release>, boot/vmlinuz (symlink), boot/efistub (systemd-stub, also at
 #   usr/lib/systemd/boot/efi/linux{x64,aa64}.efi.stub as Alpine's systemd-efistub puts it)
 # /boot goes into the UKI, never into the initramfs.
 #
@@ -72,7 +72,7 @@ install_kernel() {
 	[ -n "$KVER" ] || die "no lib/modules in $KERNEL"
 	mkdir -p "$T/boot"
 	cp "$KERNEL/boot/vmlinuz-$KVER" "$T/boot/vmlinuz-$KVER"
-	cp "$KERNEL/boot/vmlinuz-$KVER" "$T/boot/vmlinuz"
+	ln -s "vmlinuz-$KVER" "$T/boot/vmlinuz"
 	cp "$KERNEL/boot/config-$KVER" "$T/boot/config-$KVER"
 	mkdir -p "$T/usr/lib/systemd/boot/efi"
 	cp "$SDBOOT/usr/lib/systemd/boot/efi/$STUB" "$T/usr/lib/systemd/boot/efi/$STUB"
@@ -193,8 +193,11 @@ main() {
 	install_kernel
 	install_modules
 	write_etc
-	rm -rf "$OUT"
-	mv "$T" "$OUT"
+	# A concurrent run may have finished first: its tree is identical, keep it (it may be in use).
+	if ! mv -T "$T" "$OUT" 2>/dev/null; then
+		[ -f "$OUT/etc/ramroot-testsys" ] || die "cannot move $T to $OUT"
+		rm -rf "$T"
+	fi
 	trap - EXIT
 	echo "$OUT"
 }

@@ -30,9 +30,14 @@ export class InputError extends Error {
 export interface ArtifactSpec<I extends Record<string, any>, O extends Record<string, any>> {
   kind: string;
   version: number;
-  /** Throws InputError for bad input. Called only when the inputs it needs are known. */
+  /**
+   * Throws InputError for bad input. Runs in every check, also in preview where inputs that
+   * come from other resources may still be unknown: test each with isKnown before using it.
+   */
   validate?(inputs: I): Promise<void>;
-  /** The content hash of what create would build; undefined when an input is unknown. */
+  /** The inputs the hash depends on: it is computed in check as soon as these are known. */
+  hashKeys: Array<keyof I & string>;
+  /** The content hash of what create would build. */
   hash(inputs: I): Promise<string | undefined>;
   /** Builds (or finds in the store) the artifact named by inputs.hash. */
   build(inputs: I & { hash: string }, ctx: BuildContext): Promise<O>;
@@ -80,8 +85,8 @@ export function artifactHandlers<I extends Record<string, any>, O extends Record
       const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
       delete inputs.hash;
       try {
-        if (isKnown(inputs)) {
-          await spec.validate?.(inputs as I);
+        await spec.validate?.(inputs as I);
+        if (spec.hashKeys.every((k) => isKnown(inputs[k]))) {
           const hash = await spec.hash(inputs as I);
           if (hash) inputs.hash = hash;
         }

@@ -4,7 +4,7 @@
 // failure `pulumi up` fails with the last console lines.
 import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError } from "./artifact";
+import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { bootCheck } from "../src/qemu";
 import type { Arch } from "../src/bootmedia";
@@ -30,9 +30,10 @@ export interface BootRecord { ukiSha256: string; buildId: string; stack: string;
 export const handlers = artifactHandlers<Inputs, { seconds: number; console: string }>({
   kind: "bootcheck",
   version: 1,
+  hashKeys: ["arch", "diskHash", "marker"],
   async validate(i) {
-    if (!i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
-    if (i.timeoutSeconds !== undefined && !(i.timeoutSeconds > 0)) throw new InputError("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
+    if (isKnown(i.marker) && !i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
+    if (i.timeoutSeconds !== undefined && isKnown(i.timeoutSeconds) && !(i.timeoutSeconds > 0)) throw new InputError("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
   },
   async hash(i) {
     return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker]));

@@ -6,7 +6,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError } from "./artifact";
+import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/bootmedia";
 
@@ -28,12 +28,13 @@ const persistPath = (projectDir: string, name: string) => path.join(projectDir, 
 export const handlers = artifactHandlers<Inputs, { disk: string; persist: string; efiPath: string }>({
   kind: "bootmedia",
   version: 1,
+  hashKeys: ["kind", "arch", "ukiHash"],
   async validate(i) {
-    if (i.kind !== "qemu") throw new InputError("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
-    if (i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch}: use aarch64 or x86_64`);
-    if (i.volumeId !== undefined && !/^[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}$/.test(i.volumeId))
+    if (isKnown(i.kind) && i.kind !== "qemu") throw new InputError("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
+    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch}: use aarch64 or x86_64`);
+    if (i.volumeId !== undefined && isKnown(i.volumeId) && !/^[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}$/.test(i.volumeId))
       throw new InputError("volumeId", `volume id ${i.volumeId} is not 8 hex digits (like B61B19E7 or B61B-19E7)`);
-    if (!/^[A-Za-z0-9._-]+$/.test(i.persistName)) throw new InputError("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
+    if (isKnown(i.persistName) && !/^[A-Za-z0-9._-]+$/.test(i.persistName)) throw new InputError("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
   },
   async hash(i) {
     return sha256(JSON.stringify(["bootmedia/1", i.kind, i.arch, i.ukiHash]));

@@ -4,7 +4,7 @@
 // the hash of its own bytes, and only the segments that differ are compressed again.
 import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError } from "./artifact";
+import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildInitramfs, planInitramfs, type Compression } from "../src/initramfs";
 
@@ -31,10 +31,11 @@ const options = (i: Inputs) => ({
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; segments: number; compressed: number }>({
   kind: "initramfs",
   version: 1,
+  hashKeys: ["rootfsHash", "compression", "level", "exclude", "epoch"],
   async validate(i) {
-    if (!["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
+    if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
       throw new InputError("compression", `compression ${i.compression} is not supported: use zstd (kernels >= 5.9), gzip or none`);
-    if (i.level !== undefined && (!Number.isInteger(i.level) || i.level < 1 || i.level > 19))
+    if (i.level !== undefined && isKnown(i.level) && (!Number.isInteger(i.level) || i.level < 1 || i.level > 19))
       throw new InputError("level", `compression level ${i.level} is out of range: use 1-9 for gzip, 1-19 for zstd`);
   },
   async hash(i) {
@@ -42,8 +43,10 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
   },
   async build(i, ctx) {
     const plan = await planInitramfs(i.rootfs, options(i));
-    const res = await buildInitramfs(plan, ctx.store, ctx.log);
-    ctx.log(`${res.built.length} of ${plan.segments.length} segments compressed, ${res.reused.length} reused`);
+    const res = await buildInitramfs(plan, ctx.store);
+    const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
+    const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";
+    ctx.log(`${res.built.length} of ${plan.segments.length} segments compressed${which}, ${res.reused.length} reused; ${res.size} bytes`);
     return { path: res.path, sha256: res.sha256, size: res.size, segments: plan.segments.length, compressed: res.built.length };
   },
 });

@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, projectDir } from "./artifact";
+import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
 import { sha256 } from "../src/store";
 import { assembleRootfs, hashTree } from "../src/rootfs";
 
@@ -22,11 +22,12 @@ interface Inputs { base: string; skeleton?: string; arch: string }
 export const handlers = artifactHandlers<Inputs, { path: string }>({
   kind: "rootfs",
   version: 1,
+  hashKeys: ["base", "skeleton", "arch"],
   async validate(i) {
     const root = projectDir();
     const isDir = async (p: string) => (await fs.stat(p).catch(() => undefined))?.isDirectory();
-    if (!(await isDir(i.base))) throw new InputError("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
-    if (i.skeleton && !(await isDir(path.resolve(root, i.skeleton))))
+    if (isKnown(i.base) && !(await isDir(i.base))) throw new InputError("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
+    if (i.skeleton && isKnown(i.skeleton) && !(await isDir(path.resolve(root, i.skeleton))))
       throw new InputError("skeleton", `the skeleton folder ${i.skeleton} does not exist: create it (root/etc/x becomes /etc/x) or set ramroot:system`);
   },
   async hash(i) {

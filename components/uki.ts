@@ -6,7 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError } from "./artifact";
+import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256, sha256File } from "../src/store";
 import { buildUki, kernelRelease, validateCmdline } from "../src/uki";
 import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
@@ -31,13 +31,14 @@ interface Inputs { rootfs: string; rootfsHash: string; initramfs: string; initra
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
   kind: "uki",
   version: 1,
+  hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease"],
   async validate(i) {
     try {
-      validateCmdline(i.cmdline);
+      if (isKnown(i.cmdline)) validateCmdline(i.cmdline);
     } catch (e: any) {
       throw new InputError("cmdline", e.message);
     }
-    if (path.isAbsolute(i.stub) && !(await fs.stat(i.stub).catch(() => undefined))?.isFile())
+    if (isKnown(i.stub) && path.isAbsolute(i.stub) && !(await fs.stat(i.stub).catch(() => undefined))?.isFile())
       throw new InputError("stub", `the systemd-stub ${i.stub} does not exist: install systemd-boot-efi (Debian) or systemd-efistub (Alpine), or set ramroot:stub`);
   },
   async hash(i) {

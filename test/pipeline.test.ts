@@ -94,43 +94,47 @@ test("bad input: a clear error naming the problem, and nothing partial in the st
     assert.match(res.stdout + res.stderr, pattern);
   };
 
-  await t.test("a missing base tree fails preview and builds nothing", async () => {
-    await set("base", "/nonexistent/tree");
-    await fails("preview", /the base tree \/nonexistent\/tree is not a folder/);
-    await fails("up", /the base tree \/nonexistent\/tree is not a folder/);
-    assert.deepEqual(listing().filter((f) => !f.startsWith("journal")), []);
-    await rm("base");
-  });
+  // Each case sets its keys and removes them afterwards, also when it fails.
+  const withConfig = async (kv: Record<string, string>, body: () => Promise<void>) => {
+    for (const [k, v] of Object.entries(kv)) await set(k, v);
+    try {
+      await body();
+    } finally {
+      for (const k of Object.keys(kv)) await rm(k);
+    }
+  };
+
+  await t.test("a missing base tree fails preview and builds nothing", () =>
+    withConfig({ base: "/nonexistent/tree" }, async () => {
+      await fails("preview", /the base tree \/nonexistent\/tree is not a folder/);
+      await fails("up", /the base tree \/nonexistent\/tree is not a folder/);
+      assert.deepEqual(listing().filter((f) => !f.startsWith("journal")), []);
+    }));
 
   await t.test("an empty or oversized cmdline fails preview", async () => {
-    await set("cmdline", " ");
-    await fails("preview", /the kernel command line is empty/);
-    await set("cmdline", "x".repeat(3000));
-    await fails("preview", /the kernel command line is 3000 bytes; Linux keeps at most 2047/);
-    await rm("cmdline");
+    await withConfig({ cmdline: " " }, () => fails("preview", /the kernel command line is empty/));
+    await withConfig({ cmdline: "x".repeat(3000) }, () => fails("preview", /the kernel command line is 3000 bytes; Linux keeps at most 2047/));
   });
 
-  await t.test("a stub that is not a PE fails up and leaves no UKI", async () => {
-    await set("stub", "/etc/hostname");
-    await fails("up", /is not a PE\/COFF image/);
-    assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
-    noTemp();
-    await rm("stub");
-  });
+  await t.test("a stub that is not a PE fails up and leaves no UKI", () =>
+    withConfig({ stub: "/etc/hostname" }, async () => {
+      await fails("up", /is not a PE\/COFF image/);
+      assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
+      noTemp();
+    }));
 
-  await t.test("a missing kernel fails up naming it", async () => {
-    await set("kernel", "boot/no-such-kernel");
-    await fails("up", /the kernel boot\/no-such-kernel is not in the rootfs/);
-    assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
-    noTemp();
-    await rm("kernel");
-  });
+  await t.test("a missing kernel fails up naming it", () =>
+    withConfig({ kernel: "boot/no-such-kernel" }, async () => {
+      await fails("up", /the kernel boot\/no-such-kernel is not in the rootfs/);
+      assert.deepEqual(listing().filter((f) => f.startsWith("uki/")), []);
+      noTemp();
+    }));
 
-  await t.test("an image that does not boot fails up with the console tail and records no boot", async () => {
-    await set("bootMarker", "this line is never printed");
-    await set("bootTimeout", "25");
-    await fails("up", /ramroot: build [0-9a-f]{16} up[\s\S]*/);
-    assert.deepEqual(listing().filter((f) => f.startsWith("booted/")), []);
-    noTemp();
-  });
+  await t.test("an image that does not boot fails up with the console tail and records no boot", () =>
+    withConfig({ bootMarker: "this line is never printed", bootTimeout: "25" }, async () => {
+      // The error carries the console's last lines: the guest's own marker line is among them.
+      await fails("up", /this line is never printed[\s\S]*ramroot: build [0-9a-f]{16} up/);
+      assert.deepEqual(listing().filter((f) => f.startsWith("booted/")), []);
+      noTemp();
+    }));
 });

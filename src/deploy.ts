@@ -1,0 +1,524 @@
+// Deploys a boot image to a host over SSH: replaces EFI/BOOT/BOOTAA64.EFI on its USB stick
+// atomically, verified by hash, keeping the replaced image as `.prev` so that it can be rolled back.
+//
+// Only ssh2 (no OpenSSH client) and, on the host, POSIX sh with commands that both GNU coreutils
+// and busybox have: sha256sum, df -Pk, ls -ln, cp, mv, rm, sync, test.
+//
+// The host's key is pinned: the connection is refused before authentication unless the server
+// presents exactly the pinned key. Nothing is sent then.
+//
+// Files on the host, for the target path P (default /media/usb/EFI/BOOT/BOOTAA64.EFI):
+//   P                 the boot image; never deleted, only replaced by rename within its folder
+//   P.prev            the image P held before the last deploy (or rollback)
+//   P.ramroot-new     upload / copy in progress (a temporary; may be partial)
+//   P.ramroot-prev    copy of P on its way to P.prev (a temporary; may be partial)
+// Temporaries are verified by sha256 on the host before they are renamed, and removed or
+// replaced by the next run. At every point the target path holds a complete image: the old one
+// until the final rename, the new one after it. Deploy order: upload to P.ramroot-new, sync,
+// verify; copy P to P.ramroot-prev, sync, verify, rename to P.prev; rename P.ramroot-new to P;
+// sync. Running deployImage again after any failure finishes the job (a verified upload is
+// reused; a .prev that already equals P is not copied again).
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from "ssh2";
+
+export interface SshTarget {
+  host: string;
+  /** Default 22. */
+  port?: number;
+  /** Default root. */
+  user?: string;
+  /** OpenSSH private key text. A secret: never logged, never part of an error. */
+  privateKey: string;
+  /** Passphrase of the private key, if it has one. */
+  passphrase?: string;
+  /**
+   * The pinned host public key, "ssh-ed25519 AAAA..." as in known_hosts or `ssh-keyscan -t
+   * ed25519 HOST` output (a leading host field and a trailing comment are ignored). Several lines
+   * pin several keys; any of them is accepted.
+   */
+  hostKey: string;
+  /** Default /media/usb/EFI/BOOT/BOOTAA64.EFI. Absolute. */
+  path?: string;
+  /**
+   * Timeout of every network step in ms (connect+authenticate, each remote command, and upload
+   * inactivity: no progress for this long). Remote commands that read or write the whole image
+   * (hashing, copying, syncing) get 1 ms more per KiB involved (1 MiB/s, a slow USB stick).
+   * Default 30000.
+   */
+  timeoutMs?: number;
+}
+
+export const DEFAULT_PATH = "/media/usb/EFI/BOOT/BOOTAA64.EFI";
+const DEFAULT_TIMEOUT_MS = 30_000;
+/** Room kept free beyond the files themselves (FAT cluster rounding, directory entries). */
+const SPACE_SLACK = 1 << 20;
+
+export type Log = (line: string) => void;
+
+export interface RemoteState {
+  /** sha256 (hex) of the file at the target path; undefined when there is none. */
+  sha256?: string;
+  size?: number;
+  /** sha256 of path.prev; undefined when there is none. */
+  prevSha256?: string;
+  prevSize?: number;
+}
+
+export interface DeployResult {
+  /** false when the host already had this image (nothing was sent). */
+  changed: boolean;
+  /** Image bytes uploaded (0 when unchanged or when a verified upload from an interrupted run was reused). */
+  bytesSent: number;
+  /** sha256 of the image now kept as path.prev (undefined when there is none). */
+  previous?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host keys
+
+interface PinnedKey { type: string; blob: Buffer }
+
+/** Parses known_hosts / ssh-keyscan / .pub lines: the "TYPE BASE64" pair on each, whatever surrounds it. */
+export function parseHostKeys(text: string): PinnedKey[] {
+  const keys: PinnedKey[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    const words = line.trim().split(/\s+/);
+    if (!words[0] || words[0].startsWith("#")) continue;
+    const i = words.findIndex((w, j) => /^(ssh-|ecdsa-sha2-|sk-)/.test(w) && j + 1 < words.length && /^[A-Za-z0-9+/]+={0,2}$/.test(words[j + 1]));
+    if (i < 0) throw new Error(`not an SSH public key (expected "ssh-ed25519 AAAA..."): ${JSON.stringify(line.trim().slice(0, 40))}`);
+    const blob = Buffer.from(words[i + 1], "base64");
+    // The blob starts with its own type name (uint32 length + name): it must agree.
+    const n = blob.length >= 4 ? blob.readUInt32BE(0) : -1;
+    const inner = n > 0 && n < 64 && blob.length >= 4 + n ? blob.subarray(4, 4 + n).toString("latin1") : "";
+    if (inner !== words[i]) throw new Error(`SSH public key of type ${words[i]} holds a ${inner || "malformed"} key`);
+    keys.push({ type: words[i], blob });
+  }
+  if (!keys.length) throw new Error("no SSH host key given (pin one: ssh-keyscan -t ed25519 HOST)");
+  return keys;
+}
+
+function blobFingerprint(blob: Buffer): string {
+  return "SHA256:" + createHash("sha256").update(blob).digest("base64").replace(/=+$/, "");
+}
+
+/** "SHA256:..." as `ssh-keygen -lf` prints it, for the (first) key in `hostKey`. */
+export function fingerprint(hostKey: string): string {
+  return blobFingerprint(parseHostKeys(hostKey)[0].blob);
+}
+
+function hostKeyAlgorithms(keys: PinnedKey[]): string[] {
+  const algs = new Set<string>();
+  for (const k of keys) {
+    if (k.type === "ssh-rsa") ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"].forEach((a) => algs.add(a));
+    else algs.add(k.type);
+  }
+  return [...algs];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote shell
+
+/** Quotes a string for POSIX sh. */
+export function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * Shell functions every remote script starts with. h: sha256 of a regular file, "-" if absent.
+ * sz: size in bytes, "-" if absent. flush: sync the named files if sync takes names, else all.
+ */
+const PRELUDE = `set -u
+die() { printf 'ramroot: %s\\n' "$*" >&2; exit 1; }
+h() { if [ -f "$1" ]; then r=$(sha256sum < "$1") || die "sha256sum $1 failed"; printf '%s' "\${r%% *}"; elif [ -e "$1" ]; then die "$1 is not a regular file"; else printf -; fi; }
+sz() { if [ -f "$1" ]; then set -f; set -- $(ls -ln "$1"); set +f; printf '%s' "$5"; else printf -; fi; }
+flush() { sync "$@" 2>/dev/null || sync; }
+`;
+
+export interface DfSpace {
+  /** Bytes available to an unprivileged user on the filesystem. */
+  available: number;
+  total: number;
+  mountedOn: string;
+}
+
+/**
+ * Parses `df -P` / `df -Pk` output (GNU or busybox): the header names the block size
+ * ("1024-blocks", "512-blocks"), the last line is the filesystem. Mount points with spaces are kept.
+ */
+export function parseDf(output: string): DfSpace {
+  const lines = output.split(/\r?\n/).filter((l) => l.trim());
+  const unit = /(\d+)-blocks/i.exec(lines[0] ?? "");
+  if (!unit || lines.length < 2) throw new Error(`cannot read df -P output: ${JSON.stringify(output.slice(0, 200))}`);
+  const m = /^(.*?)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+%|-)\s+(.*)$/.exec(lines[lines.length - 1].trim());
+  if (!m) throw new Error(`cannot read df -P output: ${JSON.stringify(output.slice(0, 200))}`);
+  const bs = Number(unit[1]);
+  return { total: Number(m[2]) * bs, available: Number(m[4]) * bs, mountedOn: m[6] };
+}
+
+/** Bytes needed on the filesystem before the work starts, and whether they are there. */
+export function spaceCheck(available: number, parts: Array<[string, number]>): { need: number; ok: boolean; detail: string } {
+  const need = parts.reduce((s, [, n]) => s + n, 0) + SPACE_SLACK;
+  const detail = parts.filter(([, n]) => n > 0).map(([what, n]) => `${what} ${mb(n)}`).join(" + ");
+  return { need, ok: available >= need, detail: detail ? `${detail} + ${mb(SPACE_SLACK)} slack` : `${mb(SPACE_SLACK)} slack` };
+}
+
+const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+
+function paths(t: SshTarget) {
+  const p = t.path ?? DEFAULT_PATH;
+  if (!p.startsWith("/") || p.endsWith("/") || p.includes("\0") || /\/\.\.?(\/|$)/.test(p)) {
+    throw new Error(`deploy path must be an absolute file path, got ${JSON.stringify(p)}`);
+  }
+  const dir = p.slice(0, p.lastIndexOf("/")) || "/";
+  return { p, dir, prev: `${p}.prev`, tnew: `${p}.ramroot-new`, tprev: `${p}.ramroot-prev` };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session: one authenticated connection; every step has a timeout and names host, port, step.
+
+class Session {
+  readonly where: string;
+  private failure?: Error;
+  private onFail = new Set<(e: Error) => void>();
+  private sftpP?: Promise<SFTPWrapper | undefined>;
+
+  private constructor(readonly client: Client, readonly t: SshTarget, readonly timeoutMs: number) {
+    this.where = `${t.user ?? "root"}@${t.host}:${t.port ?? 22}`;
+  }
+
+  static async open(t: SshTarget, log: Log): Promise<Session> {
+    const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const pinned = parseHostKeys(t.hostKey);
+    const client = new Client();
+    const s = new Session(client, t, timeoutMs);
+    let presented: Buffer | undefined;
+    const cfg: ConnectConfig = {
+      host: t.host,
+      port: t.port ?? 22,
+      username: t.user ?? "root",
+      privateKey: t.privateKey,
+      passphrase: t.passphrase,
+      readyTimeout: timeoutMs,
+      timeout: timeoutMs,
+      keepaliveInterval: Math.max(1000, Math.min(10_000, Math.floor(timeoutMs / 3))),
+      keepaliveCountMax: 3,
+      // Ask for the pinned key's type, so that a server with several host keys presents that one.
+      algorithms: { serverHostKey: hostKeyAlgorithms(pinned) as any },
+      hostVerifier: (key: Buffer) => {
+        presented = key;
+        return pinned.some((k) => k.blob.equals(key));
+      },
+    };
+    await new Promise<void>((resolve, reject) => {
+      const fail = (err: Error) => {
+        client.removeAllListeners("ready");
+        client.end();
+        if (presented && !pinned.some((k) => k.blob.equals(presented!))) {
+          const type = presented.subarray(4, 4 + presented.readUInt32BE(0)).toString("latin1");
+          reject(new Error(
+            `${s.where}: host key verification failed: the server presented ${type} ${blobFingerprint(presented)}, ` +
+            `the pinned key is ${pinned.map((k) => `${k.type} ${blobFingerprint(k.blob)}`).join(", ")}. ` +
+            `Nothing was sent. If the host was reinstalled and you trust it, pin its key again: ` +
+            `ssh-keyscan -t ed25519${(t.port ?? 22) !== 22 ? ` -p ${t.port}` : ""} ${t.host}`));
+        } else if (!presented && /no matching|handshake failed/i.test(err.message)) {
+          reject(new Error(`${s.where}: connect: ${err.message} (the server does not offer a host key of the pinned type ${pinned.map((k) => k.type).join(", ")}; pin the one it has: ssh-keyscan ${t.host})`));
+        } else {
+          reject(new Error(`${s.where}: connect: ${err.message}`));
+        }
+      };
+      client.once("ready", () => { client.removeListener("error", fail); resolve(); });
+      client.once("error", fail);
+      try {
+        client.connect(cfg);
+      } catch (err) {
+        // ssh2 throws synchronously for an unreadable private key; its message never holds the key.
+        client.removeListener("error", fail);
+        reject(new Error(`${s.where}: the private key cannot be used: ${(err as Error).message}`));
+      }
+    });
+    client.on("error", (e) => s.fail(e));
+    client.on("close", () => s.fail(new Error("connection closed")));
+    log(`connected to ${s.where} (host key ${blobFingerprint(presented!)})`);
+    return s;
+  }
+
+  private fail(e: Error) {
+    if (this.failure) return;
+    this.failure = e;
+    for (const f of this.onFail) f(e);
+  }
+
+  /** Runs fn under a timeout and the connection's failure; errors name host, port and step. */
+  step<T>(name: string, ms: number, fn: (touch: () => void) => Promise<T>, stall = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let done = false;
+      let timer: NodeJS.Timeout;
+      const finish = (err: Error | undefined, v?: T) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this.onFail.delete(onFail);
+        if (err) reject(err.message.startsWith(`${this.where}:`) ? err : new Error(`${this.where}: ${name}: ${err.message}`));
+        else resolve(v as T);
+      };
+      const arm = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => {
+          finish(new Error(stall ? `no progress for ${ms} ms` : `timed out after ${ms} ms`));
+          this.close();
+        }, ms);
+      };
+      const onFail = (e: Error) => finish(e);
+      if (this.failure) return finish(this.failure);
+      this.onFail.add(onFail);
+      arm();
+      fn(() => { if (stall) arm(); }).then((v) => finish(undefined, v), (e) => finish(e instanceof Error ? e : new Error(String(e))));
+    });
+  }
+
+  /** Runs a POSIX sh script (via `sh -c`, whatever the login shell); resolves stdout, rejects on a non-zero exit with stderr. */
+  run(name: string, script: string, ioBytes = 0): Promise<string> {
+    const ms = this.timeoutMs + Math.ceil(ioBytes / 1024);
+    return this.step(name, ms, () => new Promise<string>((resolve, reject) => {
+      this.client.exec(`sh -c ${shq(PRELUDE + script)}`, (err, ch) => {
+        if (err) return reject(err);
+        const out: Buffer[] = [];
+        const errOut: Buffer[] = [];
+        let code: number | null = null;
+        ch.on("data", (d: Buffer) => out.push(d));
+        ch.stderr.on("data", (d: Buffer) => errOut.push(d));
+        ch.on("exit", (c: number | null) => { code = c; });
+        ch.on("close", () => {
+          const stderr = Buffer.concat(errOut).toString("utf8").trim();
+          if (code === 0) resolve(Buffer.concat(out).toString("utf8"));
+          else reject(new Error(stderr.replace(/^ramroot: /gm, "") || `remote command exited with ${code}`));
+        });
+      });
+    }));
+  }
+
+  /** The SFTP subsystem, or undefined when the server has none (then uploads go through `cat`). */
+  sftp(): Promise<SFTPWrapper | undefined> {
+    this.sftpP ??= this.step("open sftp", this.timeoutMs, () => new Promise<SFTPWrapper | undefined>((resolve, reject) => {
+      this.client.sftp((err, sftp) => {
+        if (err && /subsystem|channel open failure|unable to start/i.test(err.message)) resolve(undefined);
+        else if (err) reject(err);
+        else resolve(sftp);
+      });
+    }));
+    return this.sftpP;
+  }
+
+  /**
+   * Uploads a local file to `remote` (truncating it). Progress lines every ~10%. The timeout is
+   * an inactivity timeout: the step fails when no bytes were acknowledged for timeoutMs.
+   */
+  async upload(file: string, remote: string, size: number, log: Log): Promise<void> {
+    const started = Date.now();
+    let nextReport = 0.1;
+    const progress = (done: number) => {
+      while (size > 0 && done / size >= nextReport - 1e-9 && nextReport <= 1.0001) {
+        const secs = Math.max((Date.now() - started) / 1000, 1e-3);
+        log(`upload ${Math.round(nextReport * 100)}% (${mb(done)} of ${mb(size)}, ${(done / 1e6 / secs).toFixed(1)} MB/s)`);
+        nextReport += 0.1;
+      }
+    };
+    const sftp = await this.sftp();
+    if (sftp) {
+      await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
+        // Many large writes in flight: throughput close to scp's, far above a naive stream.
+        sftp.fastPut(file, remote, {
+          concurrency: 32, chunkSize: 256 * 1024, fileSize: size,
+          step: (done) => { touch(); progress(done); },
+        }, (err) => (err ? reject(err) : resolve()));
+      }), true);
+      if (size === 0) await this.run(`create ${remote}`, `: > ${shq(remote)}`);
+    } else {
+      log("the server has no SFTP subsystem: uploading through cat");
+      await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
+        this.client.exec(`sh -c ${shq(`cat > ${shq(remote)}`)}`, (err, ch: ClientChannel) => {
+          if (err) return reject(err);
+          let code: number | null = null;
+          const errOut: Buffer[] = [];
+          ch.stderr.on("data", (d: Buffer) => errOut.push(d));
+          ch.on("exit", (c: number | null) => { code = c; });
+          ch.on("close", () => (code === 0 ? resolve() : reject(new Error(Buffer.concat(errOut).toString().trim() || `cat exited with ${code}`))));
+          let done = 0;
+          const rs = fs.createReadStream(file, { highWaterMark: 1 << 20 });
+          rs.on("data", (d) => { done += d.length; touch(); progress(done); });
+          rs.on("error", reject);
+          rs.pipe(ch);
+        });
+      }), true);
+    }
+  }
+
+  close() {
+    this.client.end();
+    // end() is polite; make sure the socket goes away even when the peer does not answer.
+    setTimeout(() => this.client.destroy(), 1000).unref();
+  }
+}
+
+async function withSession<T>(t: SshTarget, log: Log, fn: (s: Session) => Promise<T>): Promise<T> {
+  const s = await Session.open(t, log);
+  try {
+    return await fn(s);
+  } finally {
+    s.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probe: one remote command reads everything a decision needs.
+
+interface Probe {
+  cur: string | undefined; curSize: number | undefined;
+  prev: string | undefined; prevSize: number | undefined;
+  /** The upload temporary: its size, and its hash when its size equals `newSize`. */
+  tnewSize: number | undefined; tnew: string | undefined;
+  df?: DfSpace;
+}
+
+async function probe(s: Session, opts: { newSize?: number; newSha?: string; cleanup?: boolean; df?: boolean }): Promise<Probe> {
+  const { p, dir, prev, tnew, tprev } = paths(s.t);
+  const script = `
+p=${shq(p)}; d=${shq(dir)}
+[ -d "$d" ] || die "folder $d does not exist"
+c=$(h "$p") || exit 1; cs=$(sz "$p")
+v=$(h ${shq(prev)}) || exit 1; vs=$(sz ${shq(prev)})
+ns=$(sz ${shq(tnew)}); n=-
+${opts.newSize !== undefined ? `[ "$ns" = ${opts.newSize} ] && { n=$(h ${shq(tnew)}) || exit 1; }` : ""}
+printf 'cur %s %s\\nprev %s %s\\nnew %s %s\\n' "$c" "$cs" "$v" "$vs" "$n" "$ns"
+${opts.cleanup ? `rm -f ${shq(tprev)}; [ "$n" = ${opts.newSha ?? "-"} ] || rm -f ${shq(tnew)}` : ""}
+${opts.df ? `echo df; df -Pk "$d"` : ""}
+`;
+  const out = await s.run(`read the state of ${p}`, script, opts.newSize ?? 0);
+  const [state, df] = out.split(/^df$/m);
+  const get = (key: string) => {
+    const m = new RegExp(`^${key} (\\S+) (\\S+)$`, "m").exec(state);
+    if (!m) throw new Error(`${s.where}: unexpected answer from the host: ${JSON.stringify(out.slice(0, 300))}`);
+    const num = (x: string) => (x === "-" ? undefined : Number(x));
+    return { hash: m[1] === "-" ? undefined : m[1], size: num(m[2]) };
+  };
+  const cur = get("cur"), pv = get("prev"), nw = get("new");
+  return {
+    cur: cur.hash, curSize: cur.size, prev: pv.hash, prevSize: pv.size, tnew: nw.hash, tnewSize: nw.size,
+    df: df !== undefined ? parseDf(df) : undefined,
+  };
+}
+
+/** The hash (and size) of the image at the target path and of path.prev: what refresh compares. */
+export async function remoteState(t: SshTarget, log: Log = () => {}): Promise<RemoteState> {
+  return withSession(t, log, async (s) => {
+    const r = await probe(s, {});
+    return { sha256: r.cur, size: r.curSize, prevSha256: r.prev, prevSize: r.prevSize };
+  });
+}
+
+/**
+ * Puts `file` (whose sha256 is `sha256`, hex) at the target path unless the host already has it.
+ * See the top of this file for the order of the steps and why each failure leaves a bootable host.
+ */
+export async function deployImage(t: SshTarget, file: string, sha256: string, log: Log = () => {}): Promise<DeployResult> {
+  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`deployImage: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(sha256)}`);
+  const size = (await fs.promises.stat(file)).size;
+  const { p, dir, prev, tnew, tprev } = paths(t);
+  return withSession(t, log, async (s) => {
+    const st = await probe(s, { newSize: size, newSha: sha256, cleanup: true, df: true });
+    if (st.cur === sha256) {
+      log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
+      return { changed: false, bytesSent: 0, previous: st.prev };
+    }
+    log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
+    const reuse = st.tnew === sha256;
+    const copyPrev = st.cur !== undefined && st.prev !== st.cur;
+    // The temporaries that were not reusable were just removed; what remains must fit next to
+    // the current image and the .prev (which is only replaced at the end).
+    const space = spaceCheck(st.df!.available, [["new image", reuse ? 0 : size], ["copy of the current image", copyPrev ? st.curSize ?? 0 : 0]]);
+    if (!space.ok) {
+      throw new Error(
+        `${s.where}: not enough space in ${dir} (${st.df!.mountedOn}): need ${mb(space.need)} (${space.detail}), ` +
+        `${mb(st.df!.available)} available. The current image and ${prev} stay where they are; free space on that ` +
+        `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
+    }
+
+    let bytesSent = 0;
+    if (reuse) {
+      log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
+    } else {
+      await s.upload(file, tnew, size, log);
+      bytesSent = size;
+    }
+    await s.run(`flush and verify ${tnew}`, `
+t=${shq(tnew)}
+flush "$t"
+n=$(h "$t") || exit 1
+[ "$n" = ${sha256} ] || { rm -f "$t"; die "the uploaded $t has sha256 $n, expected ${sha256} (removed it; the current image is untouched)"; }
+`, 2 * size);
+    log(`${tnew}: written, flushed, sha256 verified`);
+
+    if (copyPrev) {
+      await s.run(`keep the current image as ${prev}`, `
+c=${shq(p)}; t=${shq(tprev)}
+cp "$c" "$t" || die "copying $c to $t failed"
+flush "$t"
+n=$(h "$t") || exit 1
+[ "$n" = ${st.cur} ] || { rm -f "$t"; die "the copy $t of $c has sha256 $n, expected ${st.cur}"; }
+v=${shq(prev)}
+mv -f "$t" "$v" || die "renaming $t to $v failed"
+`, 3 * (st.curSize ?? 0));
+      log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}`);
+    }
+
+    await s.run(`rename ${tnew} to ${p}`, `
+t=${shq(tnew)}; c=${shq(p)}
+mv -f "$t" "$c" || die "renaming $t to $c failed"
+sync
+n=$(h "$c") || exit 1
+[ "$n" = ${sha256} ] || die "after the rename $c has sha256 $n, expected ${sha256}"
+`, size);
+    log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
+    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev };
+  });
+}
+
+/**
+ * Swaps the target and path.prev: the previous image goes back into place and the replaced one
+ * becomes path.prev, so calling it again goes back to the newer image. Both are copied on the
+ * host to temporaries, flushed and verified first; then the target is replaced (rename), then
+ * .prev (rename), then sync. Fails when there is no path.prev or it equals the target.
+ */
+export async function rollback(t: SshTarget, log: Log = () => {}): Promise<{ current: string; previous: string }> {
+  const { p, dir, prev, tnew, tprev } = paths(t);
+  return withSession(t, log, async (s) => {
+    const st = await probe(s, { cleanup: true, df: true });
+    if (!st.prev) throw new Error(`${s.where}: no previous image at ${prev}: nothing to roll back to (${p} is ${st.cur ?? "absent"})`);
+    if (!st.cur) throw new Error(`${s.where}: ${p} does not exist; refusing to roll back without a current image (deploy one; ${prev} is ${st.prev})`);
+    if (st.prev === st.cur) throw new Error(`${s.where}: ${prev} is the same image as ${p} (${st.cur}): nothing to roll back to`);
+    const space = spaceCheck(st.df!.available, [["copy of .prev", st.prevSize ?? 0], ["copy of the current image", st.curSize ?? 0]]);
+    if (!space.ok) {
+      throw new Error(`${s.where}: not enough space in ${dir} (${st.df!.mountedOn}) to roll back: need ${mb(space.need)} (${space.detail}), ${mb(st.df!.available)} available`);
+    }
+    log(`rolling back ${p} on ${s.where}: ${st.cur.slice(0, 12)} -> ${st.prev.slice(0, 12)}`);
+    const io = 3 * ((st.curSize ?? 0) + (st.prevSize ?? 0));
+    await s.run(`swap ${p} and ${prev}`, `
+c=${shq(p)}; v=${shq(prev)}; tn=${shq(tnew)}; tp=${shq(tprev)}
+cp "$v" "$tn" || die "copying $v to $tn failed"
+cp "$c" "$tp" || die "copying $c to $tp failed"
+flush "$tn" "$tp"
+n=$(h "$tn") || exit 1
+[ "$n" = ${st.prev} ] || { rm -f "$tn" "$tp"; die "the copy $tn of $v has sha256 $n, expected ${st.prev}"; }
+n=$(h "$tp") || exit 1
+[ "$n" = ${st.cur} ] || { rm -f "$tn" "$tp"; die "the copy $tp of $c has sha256 $n, expected ${st.cur}"; }
+mv -f "$tn" "$c" || die "renaming $tn to $c failed"
+mv -f "$tp" "$v" || die "renaming $tp to $v failed"
+sync
+n=$(h "$c") || exit 1
+[ "$n" = ${st.prev} ] || die "after the rename $c has sha256 $n, expected ${st.prev}"
+`, io);
+    log(`${p}: now ${st.prev.slice(0, 12)}; ${prev}: ${st.cur.slice(0, 12)}`);
+    return { current: st.prev, previous: st.cur };
+  });
+}

@@ -9,6 +9,7 @@ import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256, sha256File } from "../src/store";
 import { buildUki, kernelRelease, validateCmdline } from "../src/uki";
+import { resolveInRoot } from "../src/rootfs";
 import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
 
 export interface UkiArgs {
@@ -47,17 +48,15 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     return sha256(JSON.stringify(["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release"]));
   },
   async build(i, ctx) {
-    const inRoot = (p: string, what: string, fix: string) => {
-      const abs = path.isAbsolute(p) ? p : path.join(i.rootfs, p);
-      return fs.stat(abs).then((s) => {
-        if (!s.isFile()) throw new Error();
-        return abs;
-      }, () => { throw new Error(`uki: the ${what} ${p} is not in the rootfs (${i.rootfs}): ${fix}`); });
+    const inRoot = async (p: string, what: string, fix: string) => {
+      const abs = path.isAbsolute(p) ? p : await resolveInRoot(i.rootfs, p);
+      if (!(await fs.stat(abs).catch(() => undefined))?.isFile()) throw new Error(`uki: the ${what} ${p} is not in the rootfs (${i.rootfs}): ${fix}`);
+      return abs;
     };
     const kernel = await inRoot(i.kernel, "kernel", "install a kernel package (linux-lts) or set ramroot:kernel to its path under /");
     const stub = await inRoot(i.stub, "systemd-stub", "install systemd-efistub in the rootfs or set ramroot:stub to a stub file");
     const buildId = buildIdOf(i.hash);
-    const osrelPath = path.join(i.rootfs, i.osRelease ?? "etc/os-release");
+    const osrelPath = await resolveInRoot(i.rootfs, i.osRelease ?? "etc/os-release");
     const osrel = osReleaseWithBuild(await fs.readFile(osrelPath, "utf8").catch(() => undefined), buildId);
     const uname = (await kernelRelease(kernel)) ?? "";
     const release = await ctx.store.put(`release/${i.hash}.cpio`, async (tmp) => {

@@ -62,3 +62,30 @@ async function listTree(dir: string, rel = ""): Promise<string[]> {
   }
   return out;
 }
+
+/**
+ * The real path of `rel` inside the tree `root`, following symlinks as the booted system
+ * would: an absolute link target is inside the tree, never on the build host.
+ */
+export async function resolveInRoot(root: string, rel: string): Promise<string> {
+  let parts = rel.split("/").filter((p) => p && p !== ".");
+  const done: string[] = [];
+  for (let hops = 0; parts.length > 0; ) {
+    const part = parts.shift()!;
+    if (part === "..") {
+      done.pop();
+      continue;
+    }
+    const abs = path.join(root, ...done, part);
+    const st = await fs.lstat(abs).catch(() => undefined);
+    if (st?.isSymbolicLink()) {
+      if (++hops > 40) throw new Error(`${rel}: too many levels of symbolic links in ${root}`);
+      const target = await fs.readlink(abs);
+      if (target.startsWith("/")) done.length = 0;
+      parts = [...target.split("/").filter((p) => p && p !== "."), ...parts];
+      continue;
+    }
+    done.push(part);
+  }
+  return path.join(root, ...done);
+}

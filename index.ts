@@ -11,6 +11,8 @@ import { Initramfs } from "./components/initramfs";
 import { Uki } from "./components/uki";
 import { BootMedia } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
+import { Secrets } from "./components/secrets";
+import { readSecretsDeclSync } from "./src/secrets";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
 const project = path.resolve(__dirname, "..");
@@ -38,6 +40,22 @@ const initramfs = new Initramfs("initramfs", {
   level: cfg.getNumber("compressionLevel"),
 });
 
+// Secrets: declared in system/secrets (paths, modes, config keys), valued from this stack's
+// encrypted config, in a layer of their own. A declared key that is not set stops preview here.
+const secretDecls = readSecretsDeclSync(path.join(project, system));
+const secrets = secretDecls.length === 0 ? undefined : new Secrets("secrets", {
+  system,
+  rootfs: rootfs.path,
+  rootfsHash: rootfs.hash,
+  compression: cfg.get("compression") ?? "zstd",
+  values: Object.fromEntries(secretDecls.map((d) => {
+    const value = cfg.getSecret(d.key);
+    if (value === undefined)
+      throw new Error(`${path.join(system, "secrets")}:${d.line} declares ramroot:${d.key}, which is not set in stack ${stack}: pulumi config set --secret ramroot:${d.key} VALUE --stack ${stack}`);
+    return [d.key, value];
+  })),
+});
+
 const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";
 const uki = new Uki("uki", {
   rootfs: rootfs.path,
@@ -48,6 +66,8 @@ const uki = new Uki("uki", {
   cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${console_}`,
   kernel: cfg.get("kernel") ?? (base === "testsys" ? "boot/vmlinuz" : "boot/vmlinuz-lts"),
   stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/linux${arch === "aarch64" ? "aa64" : "x64"}.efi.stub`,
+  secrets: secrets?.path,
+  secretsHash: secrets?.hash,
 });
 
 export const rootfsHash = rootfs.hash;
@@ -63,10 +83,10 @@ export let persist: pulumi.Output<string> | undefined;
 export let bootSeconds: pulumi.Output<number> | undefined;
 
 if (target === "qemu") {
-  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId") });
+  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
   // The guest's own /etc/local.d script prints this line with the build id it finds in
   // /etc/os-release, so the check proves that this very build came up.
-  const marker = uki.hash.apply((h) => (cfg.get("bootMarker") ?? "ramroot: build {buildId} up").replace("{buildId}", h.slice(0, 16)));
+  const marker = uki.buildId.apply((id) => (cfg.get("bootMarker") ?? "ramroot: build {buildId} up").replace("{buildId}", id));
   const check = new BootCheck("boot", {
     arch,
     disk: media.disk,

@@ -39,6 +39,8 @@ export interface ArtifactSpec<I extends Record<string, any>, O extends Record<st
   hashKeys: Array<keyof I & string>;
   /** The content hash of what create would build. */
   hash(inputs: I): Promise<string | undefined>;
+  /** Further values known as soon as the hash is (so preview shows them), added to the inputs. */
+  derived?: { keys: string[]; compute(inputs: I & { hash: string }): Promise<Record<string, unknown>> };
   /** Builds (or finds in the store) the artifact named by inputs.hash. */
   build(inputs: I & { hash: string }, ctx: BuildContext): Promise<O>;
   /** Refresh: the outputs as they are now (e.g. read back from a host), or undefined when gone. */
@@ -75,8 +77,11 @@ export function artifactHandlers<I extends Record<string, any>, O extends Record
   const name = (inputs: Record<string, any>) => `${spec.kind}${inputs.name ? " " + inputs.name : ""}`;
   const build = async (inputs: Record<string, any>) => {
     const ctx = context(name(inputs));
-    if (!inputs.hash || inputs.hash === UNKNOWN) inputs = { ...inputs, hash: await spec.hash(inputs as I) };
-    if (!inputs.hash) throw new Error(`${spec.kind}: inputs still unknown at build time`);
+    if (!inputs.hash || inputs.hash === UNKNOWN) {
+      const hash = await spec.hash(inputs as I);
+      if (!hash) throw new Error(`${spec.kind}: inputs still unknown at build time`);
+      inputs = { ...inputs, hash, ...(await spec.derived?.compute({ ...inputs, hash } as I & { hash: string })) };
+    }
     const outs = await spec.build(inputs as I & { hash: string }, ctx);
     return { ...inputs, ...outs };
   };
@@ -84,11 +89,12 @@ export function artifactHandlers<I extends Record<string, any>, O extends Record
     async check(_olds, news) {
       const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
       delete inputs.hash;
+      for (const k of spec.derived?.keys ?? []) delete inputs[k];
       try {
         await spec.validate?.(inputs as I);
         if (spec.hashKeys.every((k) => isKnown(inputs[k]))) {
           const hash = await spec.hash(inputs as I);
-          if (hash) inputs.hash = hash;
+          if (hash) Object.assign(inputs, { hash }, await spec.derived?.compute({ ...inputs, hash } as I & { hash: string }));
         }
       } catch (e: any) {
         if (e instanceof InputError) return { inputs, failures: [{ property: e.property, reason: e.message }] };

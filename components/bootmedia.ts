@@ -19,9 +19,11 @@ export interface BootMediaArgs {
   persistName: pulumi.Input<string>;
   /** FAT volume id of the persistence disk. Default B61B19E7, as the original fstab's UUID=B61B-19E7. */
   volumeId?: pulumi.Input<string>;
+  /** The UKI holds a secrets layer: the disk image is then readable only by its owner. */
+  containsSecrets?: pulumi.Input<boolean>;
 }
 
-interface Inputs { kind: string; arch: string; uki: string; ukiHash: string; persistName: string; volumeId?: string }
+interface Inputs { kind: string; arch: string; uki: string; ukiHash: string; persistName: string; volumeId?: string; containsSecrets?: boolean }
 
 const persistPath = (projectDir: string, name: string) => path.join(projectDir, ".ramroot", "persist", `${name}.img`);
 
@@ -40,7 +42,7 @@ export const handlers = artifactHandlers<Inputs, { disk: string; persist: string
     return sha256(JSON.stringify(["bootmedia/1", i.kind, i.arch, i.ukiHash]));
   },
   async build(i, ctx) {
-    const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp }));
+    const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp }), { mode: i.containsSecrets ? 0o600 : 0o644 });
     ctx.log(`${disk.built ? "wrote" : "reused"} boot disk ${path.basename(disk.path)} with ${removableBootPath(i.arch as Arch)}`);
     const persist = persistPath(ctx.projectDir, i.persistName);
     const p = await makePersistImage({ out: persist, volumeId: i.volumeId });

@@ -25,14 +25,27 @@ export interface UkiArgs {
   stub: pulumi.Input<string>;
   /** os-release, relative to the rootfs. Default etc/os-release. */
   osRelease?: pulumi.Input<string>;
+  /** The secrets layer (components/secrets.ts), appended after everything else. */
+  secrets?: pulumi.Input<string>;
+  secretsHash?: pulumi.Input<string>;
 }
 
-interface Inputs { rootfs: string; rootfsHash: string; initramfs: string; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string }
+interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string }
+
+/**
+ * Everything that goes into the image except the secrets layer. Its hash is the build id, so a
+ * qemu build and a production build that differ only in their secrets are the same build.
+ */
+const buildInputs = async (i: Inputs) => {
+  // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
+  const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
+  return ["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release"];
+};
 
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
   kind: "uki",
   version: 1,
-  hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease"],
+  hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash"],
   async validate(i) {
     try {
       if (isKnown(i.cmdline)) validateCmdline(i.cmdline);
@@ -43,10 +56,10 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
       throw new InputError("stub", `the systemd-stub ${i.stub} does not exist: install systemd-boot-efi (Debian) or systemd-efistub (Alpine), or set ramroot:stub`);
   },
   async hash(i) {
-    // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
-    const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
-    return sha256(JSON.stringify(["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release"]));
+    const base = await buildInputs(i);
+    return sha256(JSON.stringify(i.secretsHash ? [...base, i.secretsHash] : base));
   },
+  derived: { keys: ["buildId"], compute: async (i) => ({ buildId: buildIdOf(sha256(JSON.stringify(await buildInputs(i)))) }) },
   async build(i, ctx) {
     const inRoot = async (p: string, what: string, fix: string) => {
       const abs = path.isAbsolute(p) ? p : await resolveInRoot(i.rootfs, p);
@@ -55,7 +68,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     };
     const kernel = await inRoot(i.kernel, "kernel", "install a kernel package (linux-lts) or set ramroot:kernel to its path under /");
     const stub = await inRoot(i.stub, "systemd-stub", "install systemd-efistub in the rootfs or set ramroot:stub to a stub file");
-    const buildId = buildIdOf(i.hash);
+    const buildId = buildIdOf(sha256(JSON.stringify(await buildInputs(i))));
     const osrelPath = await resolveInRoot(i.rootfs, i.osRelease ?? "etc/os-release");
     const osrel = osReleaseWithBuild(await fs.readFile(osrelPath, "utf8").catch(() => undefined), buildId);
     const uname = (await kernelRelease(kernel)) ?? "";
@@ -65,8 +78,9 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     });
     let info = { sha256: "", size: 0 };
     const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {
-      info = await buildUki({ stub, linux: kernel, initrds: [i.initramfs, release.path], cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
-    });
+      const initrds = [i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
+      info = await buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
+    }, { mode: i.secrets ? 0o600 : 0o644 });
     if (!res.built) info = { sha256: await sha256File(res.path), size: (await fs.stat(res.path)).size };
     ctx.log(`${res.built ? "assembled" : "reused"} ${path.basename(res.path)}: build ${buildId}, ${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}`);
     return { path: res.path, sha256: info.sha256, size: info.size, buildId, uname };

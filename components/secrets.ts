@@ -1,0 +1,69 @@
+// Secrets: the layer of files made from encrypted stack config (src/secrets.ts says what is and
+// is not protected). The values arrive as secret inputs, so the engine keeps them encrypted in
+// the state; the layer's hash is an HMAC under a per-store key, so it reveals nothing.
+import * as pulumi from "@pulumi/pulumi";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { dynamicProvider } from "./adapter";
+import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
+import { Store } from "../src/store";
+import { hmacKey, parseSecrets, secretsDigest, writeSecretsLayer } from "../src/secrets";
+
+export interface SecretsArgs {
+  /** The declared system folder (its `secrets` file lists the files). */
+  system: pulumi.Input<string>;
+  rootfs: pulumi.Input<string>;
+  rootfsHash: pulumi.Input<string>;
+  compression?: pulumi.Input<string>;
+  /** Config key -> value; pass pulumi secrets. */
+  values: pulumi.Input<Record<string, pulumi.Input<string>>>;
+}
+
+interface Inputs { system: string; rootfs: string; rootfsHash: string; compression?: string; values: Record<string, string> }
+
+const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
+
+async function declarations(system: string) {
+  const file = path.join(projectDir(), system, "secrets");
+  return { file, text: await fs.readFile(file, "utf8").catch(() => "") };
+}
+
+export const handlers = artifactHandlers<Inputs, { path: string }>({
+  kind: "secrets",
+  version: 1,
+  hashKeys: ["system", "rootfsHash", "compression", "values"],
+  async validate(i) {
+    if (!isKnown(i.system) || !isKnown(i.values)) return;
+    const { file, text } = await declarations(i.system);
+    let decls;
+    try {
+      decls = parseSecrets(text, path.relative(projectDir(), file));
+    } catch (e: any) {
+      throw new InputError("system", e.message);
+    }
+    for (const d of decls)
+      if (typeof i.values[d.key] !== "string") throw new InputError("values", `${path.relative(projectDir(), file)}:${d.line} declares ramroot:${d.key}, which is not set: pulumi config set --secret ramroot:${d.key} VALUE`);
+  },
+  async hash(i) {
+    const { text } = await declarations(i.system);
+    const key = await hmacKey(Store.forProject(projectDir()).root);
+    return secretsDigest(key, ["secrets/1", text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort()]);
+  },
+  async build(i, ctx) {
+    const { file, text } = await declarations(i.system);
+    const decls = parseSecrets(text, path.relative(ctx.projectDir, file));
+    const compression = (i.compression ?? "zstd") as "zstd" | "gzip" | "none";
+    const res = await ctx.store.put(`secrets/${i.hash}.cpio.${EXT[compression]}`, (tmp) => writeSecretsLayer({ decls, values: i.values, rootfs: i.rootfs, compression, out: tmp, declFile: path.relative(ctx.projectDir, file) }), { mode: 0o600 });
+    // Names and counts only: never a value.
+    ctx.log(`${res.built ? "wrote" : "reused"} the secrets layer: ${decls.length} declared (${decls.map((d) => (d.kind === "file" ? d.path : `password of ${d.user}`)).join(", ")})`);
+    return { path: res.path };
+  },
+});
+
+export class Secrets extends pulumi.dynamic.Resource {
+  declare readonly hash: pulumi.Output<string>;
+  declare readonly path: pulumi.Output<string>;
+  constructor(name: string, args: SecretsArgs, opts?: pulumi.CustomResourceOptions) {
+    super(dynamicProvider("secrets"), name, { ...args, hash: undefined, path: undefined }, { ...opts, additionalSecretOutputs: ["values"] }, "ramroot", "Secrets");
+  }
+}

@@ -22,16 +22,31 @@ const arch = cfg.get("arch") ?? "aarch64";
 if (arch !== "aarch64" && arch !== "x86_64") throw new Error(`ramroot:arch is ${arch}: use aarch64 or x86_64`);
 const target = cfg.get("target") ?? (stack === "production" ? "production" : "qemu");
 const system = cfg.get("system") ?? "system";
+// The packages stage's source: `alpine` (alpine-make-rootfs installs system/packages; needs the
+// internet), a folder or tarball (an Alpine minirootfs), or `testsys`: the Debian-made test
+// system, the default on ramroot's own machines, which cannot reach an Alpine mirror.
 const base = cfg.get("base") ?? "testsys";
 
-/** The base tree: a folder given in config, or the Debian-made test system for the arch. */
-function baseTree(): string {
+/** The base tree: undefined for alpine, a folder or tarball given in config, or the test system for the arch. */
+function baseTree(): string | undefined {
+  if (base === "alpine") return undefined;
   if (base !== "testsys") return path.resolve(project, base);
   const out = execFileSync("bash", [path.join(project, "scripts", "testsys.sh"), arch], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   return out.trim().split("\n").pop()!;
 }
 
-const rootfs = new Rootfs("rootfs", { base: baseTree(), skeleton: path.join(system, "root"), arch });
+const rootfs = new Rootfs("rootfs", {
+  arch,
+  system,
+  base: baseTree(),
+  branch: cfg.get("branch"),
+  mirror: cfg.get("mirror"),
+  refresh: cfg.get("refresh"),
+  builderUrl: cfg.get("builderUrl"),
+  builderSha256: cfg.get("builderSha256"),
+  keysDir: cfg.get("keysDir") && path.resolve(project, cfg.get("keysDir")!),
+  execDirs: cfg.getObject<string[]>("execDirs"),
+});
 
 const initramfs = new Initramfs("initramfs", {
   rootfs: rootfs.path,
@@ -78,6 +93,7 @@ export const ukiSha256 = uki.sha256;
 export const buildId = uki.buildId;
 export const targetArch = arch;
 
+export let deployed: pulumi.Output<string | undefined> | undefined;
 export let disk: pulumi.Output<string> | undefined;
 export let persist: pulumi.Output<string> | undefined;
 export let bootSeconds: pulumi.Output<number> | undefined;
@@ -101,4 +117,28 @@ if (target === "qemu") {
   disk = media.disk;
   persist = media.persist;
   bootSeconds = check.seconds;
+}
+
+if (target === "production") {
+  const host = cfg.get("host");
+  if (!host) {
+    pulumi.log.warn("ramroot:host is not set: this stack builds the image and deploys nothing (set ramroot:host, ramroot:hostKey and ramroot:sshPrivateKey to deploy)");
+  } else {
+    const media = new BootMedia("media", {
+      kind: "ssh",
+      host,
+      port: cfg.getNumber("sshPort"),
+      user: cfg.get("sshUser"),
+      privateKey: cfg.getSecret("sshPrivateKey") ?? "",
+      hostKey: cfg.get("hostKey") ?? "",
+      path: cfg.get("bootPath"),
+      uki: uki.path,
+      ukiSha256: uki.sha256,
+      buildId: uki.buildId,
+      allowUntested: cfg.getBoolean("allowUntested") ?? false,
+      afterDeploy: cfg.getObject<string[]>("afterDeploy"),
+      waitSeconds: cfg.getNumber("waitSeconds"),
+    });
+    deployed = media.remoteSha256;
+  }
 }

@@ -1,51 +1,123 @@
-// Rootfs: the base tree with the declared system's skeleton over it, in the store as
-// rootfs/<hash>/. The hash covers the base tree and the skeleton's contents, so editing a file
-// under system/root changes exactly this layer and what is built from it.
+// Rootfs: the declared system (system/: packages, root/, setup.sh) as a root filesystem tree, in
+// two cached stages (src/rootfs.ts): packages (rootfs-packages/<hash1>/, alpine-make-rootfs or
+// an offline base) and configure (rootfs/<hash2>/, skeleton + setup.sh in a chroot). The
+// resource's hash is hash2; `path` is the configured tree. Everything that can be checked before
+// a build is checked in check(), so `pulumi preview` reports it and nothing is built.
 import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
-import { sha256 } from "../src/store";
-import { assembleRootfs, hashTree } from "../src/rootfs";
+import { baseSource, buildConfigured, buildPackages, configureHash, packagesHash, type RootfsSpec } from "../src/rootfs";
+import { SystemError, validateSystem } from "../src/system";
+import { hostProblem } from "../src/configure";
+import { Store } from "../src/store";
 
 export interface RootfsArgs {
-  /** Absolute path of the base tree (an Alpine build, or a Debian-made test tree). */
-  base: pulumi.Input<string>;
-  /** The skeleton folder, relative to the project (system/root). */
-  skeleton?: pulumi.Input<string>;
   arch: pulumi.Input<string>;
+  /** The declared system folder, relative to the project (system): packages, root/, setup.sh. */
+  system?: pulumi.Input<string>;
+  /** Instead of `system`: a skeleton folder alone (no packages, no setup.sh). */
+  skeleton?: pulumi.Input<string>;
+  /** Stage 1 from an offline base, an absolute folder or tarball (.tar, .tar.gz, .tar.xz); absent: Alpine packages. */
+  base?: pulumi.Input<string>;
+  /** Alpine branch (edge), mirror (https://dl-cdn.alpinelinux.org/alpine). */
+  branch?: pulumi.Input<string>;
+  mirror?: pulumi.Input<string>;
+  /** Any string: changing it rebuilds stage 1 from the branch as it is now. */
+  refresh?: pulumi.Input<string>;
+  /** Where alpine-make-rootfs comes from, and the sha256 it must have (default v0.7.0's). */
+  builderUrl?: pulumi.Input<string>;
+  builderSha256?: pulumi.Input<string>;
+  /** apk signing keys for the builder (KEYS_DIR), absolute. */
+  keysDir?: pulumi.Input<string>;
+  /** More skeleton folders whose files must be executable, besides etc/init.d, etc/local.d, ... */
+  execDirs?: pulumi.Input<pulumi.Input<string>[]>;
 }
 
-interface Inputs { base: string; skeleton?: string; arch: string }
+interface Inputs {
+  arch: string; system?: string; skeleton?: string; base?: string; branch?: string; mirror?: string; refresh?: string;
+  builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[];
+}
 
-export const handlers = artifactHandlers<Inputs, { path: string }>({
-  kind: "rootfs",
-  version: 1,
-  hashKeys: ["base", "skeleton", "arch"],
-  async validate(i) {
-    const root = projectDir();
-    const isDir = async (p: string) => (await fs.stat(p).catch(() => undefined))?.isDirectory();
-    if (isKnown(i.base) && !(await isDir(i.base))) throw new InputError("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
-    if (i.skeleton && isKnown(i.skeleton) && !(await isDir(path.resolve(root, i.skeleton))))
+/** The inputs as a build spec, after validating the system folder (SystemError → InputError). */
+async function specOf(i: Inputs): Promise<RootfsSpec> {
+  const root = projectDir();
+  const source = i.base ? baseSource(i.base) : undefined;
+  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] } };
+  if (i.system) {
+    try {
+      const sys = await validateSystem(path.resolve(root, i.system), { shown: i.system, needPackages: !source, execDirs: i.execDirs });
+      spec = { ...spec, skeleton: sys.skeleton, setup: sys.setup, system: path.resolve(root, i.system) };
+      if (!source) spec.source = { kind: "alpine", packages: sys.packages!, branch: i.branch, mirror: i.mirror, builderUrl: i.builderUrl, builderSha256: i.builderSha256, keysDir: i.keysDir, refresh: i.refresh };
+    } catch (e) {
+      if (e instanceof SystemError) throw new InputError("system", e.message);
+      throw e;
+    }
+  } else if (i.skeleton) {
+    spec.skeleton = path.resolve(root, i.skeleton);
+    if (!(await fs.stat(spec.skeleton).catch(() => undefined))?.isDirectory())
       throw new InputError("skeleton", `the skeleton folder ${i.skeleton} does not exist: create it (root/etc/x becomes /etc/x) or set ramroot:system`);
+  } else if (!source) {
+    throw new InputError("system", "no system folder and no base: set ramroot:system (packages, root/, setup.sh) or ramroot:base");
+  }
+  return spec;
+}
+
+export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: string; packagesPath: string }>({
+  kind: "rootfs",
+  version: 2,
+  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "refresh", "builderSha256", "keysDir", "execDirs"],
+  async validate(i) {
+    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
+    if (isKnown(i.base) && i.base) {
+      const st = await fs.stat(i.base).catch(() => undefined);
+      const src = baseSource(i.base);
+      if (src.kind === "folder" && !st?.isDirectory()) throw new InputError("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
+      if (src.kind === "tarball" && !st?.isFile()) throw new InputError("base", `the base tarball ${i.base} does not exist: download it (an Alpine minirootfs) or set ramroot:base`);
+    }
+    if (isKnown(i.builderSha256) && i.builderSha256 !== undefined && !/^[0-9a-f]{64}$/.test(i.builderSha256))
+      throw new InputError("builderSha256", `ramroot:builderSha256 ${i.builderSha256} is not a sha256 (64 lowercase hex digits)`);
+    if (isKnown(i.keysDir) && i.keysDir && !(await fs.stat(i.keysDir).catch(() => undefined))?.isDirectory())
+      throw new InputError("keysDir", `the apk keys folder ${i.keysDir} does not exist: point ramroot:keysDir at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${i.arch})`);
   },
   async hash(i) {
-    const base = await hashTree(i.base);
-    const skel = i.skeleton ? await hashTree(path.resolve(projectDir(), i.skeleton), { rootOwned: true }) : "";
-    return sha256(JSON.stringify(["rootfs/1", i.arch, base, skel]));
+    const spec = await specOf(i);
+    const hash1 = await packagesHash(spec);
+    const hash2 = await configureHash(spec, hash1);
+    // Fail in preview, before anything is built, when this host cannot build what is missing.
+    const store = Store.forProject(projectDir());
+    if (!(await store.has(`rootfs/${hash2}`))) {
+      const needs = [
+        spec.source.kind === "alpine" && !(await store.has(`rootfs-packages/${hash1}`)) ? "installing Alpine packages (alpine-make-rootfs)" : undefined,
+        spec.setup ? `running ${path.join(i.system ?? "", "setup.sh")} in a chroot` : undefined,
+      ].filter(Boolean);
+      const problem = needs.length > 0 ? hostProblem(i.arch) : undefined;
+      if (problem) throw new InputError(spec.setup && needs.length === 1 ? "system" : "base", `${needs.join(" and ")} for ${i.arch}: ${problem}`);
+    }
+    return hash2;
   },
   async build(i, ctx) {
-    const res = await ctx.store.put(`rootfs/${i.hash}`, (out) => assembleRootfs({ base: i.base, skeleton: i.skeleton && path.resolve(ctx.projectDir, i.skeleton), out }), { dir: true });
-    ctx.log(res.built ? `assembled ${i.hash.slice(0, 12)}` : `reused ${i.hash.slice(0, 12)} from the store`);
-    return { path: res.path };
+    const spec = await specOf(i);
+    const hash1 = await packagesHash(spec);
+    const hash2 = await configureHash(spec, hash1);
+    if (hash2 !== i.hash) throw new Error(`rootfs: the inputs changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash2.slice(0, 12)}): run again`);
+    if (spec.source.kind !== "alpine" && i.system && (await fs.stat(path.join(ctx.projectDir, i.system, "packages")).catch(() => undefined)))
+      ctx.log(`${path.join(i.system, "packages")} is not installed: the base ${i.base} is used as it is (set ramroot:base alpine to install packages)`);
+    const stage1 = await buildPackages(ctx.store, spec, hash1, ctx.log);
+    ctx.log(`packages ${hash1.slice(0, 12)}: ${spec.source.kind === "folder" ? `the base folder ${spec.source.path}` : stage1.built ? "built" : "reused from the store"}`);
+    const stage2 = await buildConfigured(ctx.store, spec, stage1.path, hash2, ctx.log);
+    ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
+    return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
   },
 });
 
 export class Rootfs extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly path: pulumi.Output<string>;
+  declare readonly packagesHash: pulumi.Output<string>;
+  declare readonly packagesPath: pulumi.Output<string>;
   constructor(name: string, args: RootfsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("rootfs"), name, { ...args, hash: undefined, path: undefined }, opts, "ramroot", "Rootfs");
+    super(dynamicProvider("rootfs"), name, { ...args, hash: undefined, path: undefined, packagesHash: undefined, packagesPath: undefined }, opts, "ramroot", "Rootfs");
   }
 }

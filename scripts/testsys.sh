@@ -11,7 +11,10 @@
 #
 # The tree:
 #   bin/busybox + applet symlinks (busybox --list-full)   sbin/init is busybox init
-#   etc/inittab, etc/init.d/rcS, etc/local.d/, etc/fstab (UUID=B61B-19E7 /media/usb vfat ...)
+#   etc/inittab (Alpine's: openrc sysinit/boot/default/shutdown), etc/local.d/, etc/runlevels/,
+#   etc/fstab (UUID=B61B-19E7 /media/usb vfat ...)
+#   sbin/openrc, sbin/rc-update, sbin/rc-service: a tiny OpenRC stand-in (busybox sh), so that
+#     an Alpine-style system/ (inittab, setup.sh's rc-update add ...) boots on this tree
 #   etc/passwd, etc/group, etc/hostname, etc/os-release, etc/ramroot-testsys (KERNEL=<release>)
 #   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage and their deps
 #   boot/vmlinuz-<release>, boot/vmlinuz (symlink), boot/efistub (systemd-stub, also at
@@ -111,50 +114,108 @@ install_modules() {
 	depmod -b "$T" "$KVER"
 }
 
+# A stand-in for OpenRC, in busybox sh: enough for an Alpine inittab and setup.sh to work here.
+#   openrc RUNLEVEL     sysinit: /proc, /sys, /dev, /run, modules; boot: hostname, mount -a (the
+#                       persistence stick); default: /etc/local.d/*.start (OpenRC's local service);
+#                       shutdown: *.stop, unmount. Each prints the services enabled in that runlevel.
+#   rc-update add|del SVC [RUNLEVEL]   the symlink /etc/runlevels/RUNLEVEL/SVC -> /etc/init.d/SVC, as OpenRC
+#   rc-service ...      does nothing (no service scripts here)
+install_openrc_standin() {
+	cat >"$T/sbin/openrc" <<-'EOF'
+	#!/bin/sh
+	# ramroot test system: a stand-in for OpenRC's `openrc RUNLEVEL` (scripts/testsys.sh).
+	export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+	level=${1:-default}
+	case "$level" in
+	sysinit)
+		mount -t proc proc /proc
+		mount -t sysfs sysfs /sys
+		mount -t devtmpfs devtmpfs /dev 2>/dev/null
+		mkdir -p /dev/pts /dev/shm
+		mount -t devpts devpts /dev/pts
+		mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+		for m in virtio_pci virtio_blk vfat nls_cp437 nls_ascii usb-storage sd_mod xhci-pci; do
+			modprobe -q "$m" 2>/dev/null
+		done
+		;;
+	boot)
+		hostname -F /etc/hostname 2>/dev/null
+		# The persistence disk appears asynchronously: wait up to 5 s for its UUID.
+		i=0
+		while [ $i -lt 50 ] && ! findfs UUID=B61B-19E7 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+		mount -a 2>/dev/null
+		if ! grep -q ' /media/usb ' /proc/mounts && dev=$(findfs UUID=B61B-19E7 2>/dev/null); then
+			mount -t vfat -o noatime,rw,fmask=177 "$dev" /media/usb
+		fi
+		;;
+	default)
+		# OpenRC's local service, when enabled (or when nothing was ever enabled). The links
+		# point at service scripts this tree does not have: test them with -L.
+		set -- /etc/runlevels/*/*
+		if [ -L /etc/runlevels/default/local ] || ! [ -L "$1" ]; then
+			for f in /etc/local.d/*.start; do
+				[ -x "$f" ] && "$f"
+			done
+		fi
+		;;
+	shutdown)
+		for f in /etc/local.d/*.stop; do
+			[ -x "$f" ] && "$f"
+		done
+		sync
+		umount -a -r 2>/dev/null
+		;;
+	*) echo "openrc: unknown runlevel $level" >&2; exit 1 ;;
+	esac
+	echo "openrc (ramroot stand-in): $level:" $(ls /etc/runlevels/"$level" 2>/dev/null)
+	exit 0
+	EOF
+	cat >"$T/sbin/rc-update" <<-'EOF'
+	#!/bin/sh
+	# ramroot test system: OpenRC's rc-update add|del SERVICE [RUNLEVEL] (default runlevel: default).
+	usage() { echo "usage: rc-update add|del SERVICE [RUNLEVEL] | show" >&2; exit 1; }
+	case "${1:-}" in
+	add|del) [ -n "${2:-}" ] || usage; svc=$2 level=${3:-default} ;;
+	show|"") for d in /etc/runlevels/*/; do echo "$(basename "$d"):" $(ls "$d"); done; exit 0 ;;
+	*) usage ;;
+	esac
+	case "$svc$level" in */*|.*) echo "rc-update: bad name $svc $level" >&2; exit 1 ;; esac
+	mkdir -p "/etc/runlevels/$level"
+	if [ "$1" = add ]; then
+		ln -sfn "/etc/init.d/$svc" "/etc/runlevels/$level/$svc"
+		echo " * service $svc added to runlevel $level"
+	else
+		rm -f "/etc/runlevels/$level/$svc"
+		echo " * service $svc removed from runlevel $level"
+	fi
+	EOF
+	cat >"$T/sbin/rc-service" <<-'EOF'
+	#!/bin/sh
+	# ramroot test system: there are no service scripts; rc-service does nothing.
+	exit 0
+	EOF
+	chmod 0755 "$T/sbin/openrc" "$T/sbin/rc-update" "$T/sbin/rc-service"
+}
+
 write_etc() {
 	mkdir -p "$T/etc/init.d" "$T/etc/local.d" "$T/proc" "$T/sys" "$T/dev" "$T/run" "$T/tmp" \
 		"$T/media/usb" "$T/mnt" "$T/root" "$T/var/log" "$T/var/tmp" "$T/lib/firmware"
 	chmod 1777 "$T/tmp" "$T/var/tmp"
 	chmod 0700 "$T/root"
+	mkdir -p "$T/etc/runlevels/sysinit" "$T/etc/runlevels/boot" "$T/etc/runlevels/default" "$T/etc/runlevels/shutdown"
+	# Alpine's runlevels; a shell on the console (a system's own inittab replaces this one).
 	cat >"$T/etc/inittab" <<-'EOF'
-	# busybox init
-	::sysinit:/etc/init.d/rcS
+	::sysinit:/sbin/openrc sysinit
+	::sysinit:/sbin/openrc boot
+	::wait:/sbin/openrc default
 	::respawn:-/bin/sh
 	::ctrlaltdel:/sbin/reboot
-	::shutdown:/bin/sync
-	::shutdown:/bin/umount -a -r
+	::shutdown:/sbin/openrc shutdown
 	EOF
 	cat >"$T/etc/fstab" <<-'EOF'
 	UUID=B61B-19E7 /media/usb vfat noatime,rw,fmask=177 0 0
 	EOF
-	cat >"$T/etc/init.d/rcS" <<-'EOF'
-	#!/bin/sh
-	# ramroot test system: what Alpine's sysinit/boot runlevels and the local service do, in brief.
-	export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-	mount -t proc proc /proc
-	mount -t sysfs sysfs /sys
-	mount -t devtmpfs devtmpfs /dev 2>/dev/null
-	mkdir -p /dev/pts /dev/shm
-	mount -t devpts devpts /dev/pts
-	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-	hostname -F /etc/hostname
-	for m in virtio_pci virtio_blk vfat nls_cp437 nls_ascii usb-storage sd_mod xhci-pci; do
-		modprobe -q "$m" 2>/dev/null
-	done
-	# The persistence disk appears asynchronously: wait up to 5 s for its UUID.
-	i=0
-	while [ $i -lt 50 ] && ! findfs UUID=B61B-19E7 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
-	mount -a 2>/dev/null
-	if ! grep -q ' /media/usb ' /proc/mounts && dev=$(findfs UUID=B61B-19E7 2>/dev/null); then
-		mount -t vfat -o noatime,rw,fmask=177 "$dev" /media/usb
-	fi
-	# Alpine's local service: every executable /etc/local.d/*.start, in order.
-	for f in /etc/local.d/*.start; do
-		[ -x "$f" ] && "$f"
-	done
-	exit 0
-	EOF
-	chmod 0755 "$T/etc/init.d/rcS"
+	install_openrc_standin
 	cat >"$T/etc/local.d/README" <<-'EOF'
 	Executables named *.start here run at the end of boot, in order (as Alpine's local service).
 	EOF

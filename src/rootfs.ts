@@ -1,17 +1,95 @@
-// The root filesystem tree: a base (an Alpine build, or a test tree made from Debian packages)
-// with the declared system's skeleton copied over it, as alpine-make-rootfs does with
-// FS_SKEL_DIR: system/root/etc/x becomes /etc/x, modes kept, owned by root.
+// The root filesystem, in two stages, each an artifact of the store named by the hash of its
+// inputs, so that editing the skeleton reruns only the second:
+//
+//   1. packages   rootfs-packages/<hash1>/  the declared packages installed by alpine-make-rootfs
+//                 (src/alpine.ts), or a base tree extracted from a tarball. A base folder is used
+//                 where it is, named by the hash of its contents.
+//   2. configure  rootfs/<hash2>/  a copy of stage 1, the skeleton over it, setup.sh run in a
+//                 chroot (src/configure.ts). hash2 covers hash1, so a package change reruns both.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
+import { sha256, sha256File, type Store } from "./store";
+import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
+import { configureRootfs } from "./configure";
+
+/** Where stage 1 comes from. */
+export type Source =
+  | { kind: "alpine"; packages: string[]; branch?: string; mirror?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; refresh?: string }
+  | { kind: "folder"; path: string }
+  | { kind: "tarball"; path: string };
+
+export interface RootfsSpec {
+  arch: string;
+  source: Source;
+  /** The skeleton folder (system/root). */
+  skeleton?: string;
+  /** setup.sh, run in a chroot with its folder at /mnt. */
+  setup?: string;
+  /** The system folder (absolute): hashed for stage 2, minus packages (stage 1) and secrets (their own layer). */
+  system?: string;
+}
+
+export const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz)$/;
+
+/** A base given in config: a tarball or a folder. */
+export function baseSource(p: string): Source {
+  return TARBALL.test(p) ? { kind: "tarball", path: p } : { kind: "folder", path: p };
+}
+
+/** The stage-1 key: everything that decides which packages end up in the tree. */
+export async function packagesHash(spec: RootfsSpec): Promise<string> {
+  const s = spec.source;
+  switch (s.kind) {
+    case "folder":
+      return hashTree(s.path);
+    case "tarball":
+      return sha256(JSON.stringify(["rootfs-packages/tarball/1", await sha256File(s.path)]));
+    case "alpine":
+      return sha256(JSON.stringify([
+        "rootfs-packages/alpine/1", spec.arch, s.branch ?? DEFAULT_BRANCH, s.mirror ?? DEFAULT_MIRROR, s.packages,
+        s.builderSha256 ?? BUILDER.sha256, s.keysDir ? await hashTree(s.keysDir) : "", s.refresh ?? "",
+      ]));
+  }
+}
+
+/** The stage-2 key: stage 1, the skeleton, setup.sh and whatever else of system/ setup.sh can read at /mnt. */
+export async function configureHash(spec: RootfsSpec, stage1: string): Promise<string> {
+  const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true }) : "";
+  const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"] }) : "";
+  const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
+  return sha256(JSON.stringify(["rootfs/2", spec.arch, stage1, skel, sys, setup]));
+}
+
+export interface Built { path: string; built: boolean }
+
+/** Stage 1: the tree to configure (in the store, or the base folder itself). */
+export async function buildPackages(store: Store, spec: RootfsSpec, hash1: string, log?: (l: string) => void): Promise<Built> {
+  const s = spec.source;
+  if (s.kind === "folder") return { path: s.path, built: false };
+  return store.put(`rootfs-packages/${hash1}`, async (out) => {
+    if (s.kind === "tarball") {
+      const { execa } = await import("execa");
+      log?.(`extracting ${s.path}`);
+      await execa("tar", ["-xpf", s.path, "-C", out, "--numeric-owner"]);
+    } else {
+      await makeAlpineRootfs({ ...s, arch: spec.arch, out, store, log });
+    }
+  }, { dir: true });
+}
+
+/** Stage 2: rootfs/<hash2>. */
+export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
+  return store.put(`rootfs/${hash2}`, (out) => configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log }), { dir: true });
+}
 
 /**
  * A content hash of a tree: names, types, permission bits, owners, link targets, device
  * numbers and file contents, in sorted order. Timestamps are left out on purpose: they do not
  * reach the image (the initramfs normalises them), so touching a file must not rebuild.
  */
-export async function hashTree(dir: string, opts: { rootOwned?: boolean } = {}): Promise<string> {
+export async function hashTree(dir: string, opts: { rootOwned?: boolean; exclude?: string[] } = {}): Promise<string> {
   const st = await fs.lstat(dir).catch(() => undefined);
   if (!st) throw new Error(`${dir} does not exist`);
   if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
@@ -24,7 +102,7 @@ export async function hashTree(dir: string, opts: { rootOwned?: boolean } = {}):
     if (s.isDirectory()) {
       h.update(head + "d\n");
       const names = (await fs.readdir(abs)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-      for (const n of names) await visit(rel ? `${rel}/${n}` : n);
+      for (const n of names) if (rel || !opts.exclude?.includes(n)) await visit(rel ? `${rel}/${n}` : n);
     } else if (s.isSymbolicLink()) {
       h.update(head + "l" + (await fs.readlink(abs)) + "\n");
     } else if (s.isFile()) {
@@ -37,30 +115,6 @@ export async function hashTree(dir: string, opts: { rootOwned?: boolean } = {}):
   };
   await visit("");
   return h.digest("hex");
-}
-
-/** Copies `base` to `out` (an empty folder), then the skeleton over it, owned by root. */
-export async function assembleRootfs(opts: { base: string; skeleton?: string; out: string }): Promise<void> {
-  const { execa } = await import("execa");
-  await execa("cp", ["-a", "--reflink=auto", `${opts.base}/.`, opts.out]);
-  if (opts.skeleton) {
-    await execa("cp", ["-a", "--remove-destination", `${opts.skeleton}/.`, opts.out]);
-    if (process.getuid?.() === 0) {
-      for (const rel of await listTree(opts.skeleton)) await fs.lchown(path.join(opts.out, rel), 0, 0);
-    }
-  }
-  // The tree's own folder becomes / in the booted system.
-  await fs.chmod(opts.out, 0o755);
-}
-
-async function listTree(dir: string, rel = ""): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await fs.readdir(path.join(dir, rel), { withFileTypes: true })) {
-    const r = rel ? `${rel}/${e.name}` : e.name;
-    out.push(r);
-    if (e.isDirectory()) out.push(...(await listTree(dir, r)));
-  }
-  return out;
 }
 
 /**

@@ -1,0 +1,31 @@
+#!/bin/sh -e
+# Runs after the packages are installed, in a chroot of the new system, as root, with this
+# folder (system/) at /mnt, read-only, as the working directory. Plain Alpine administration:
+# whatever it changes is in the image. No secrets here: they come from the stack (system/secrets).
+
+# OpenRC runlevels, as on the original NAS.
+rc-update add devfs sysinit
+rc-update add dmesg sysinit
+rc-update add mdev sysinit
+rc-update add hwdrivers sysinit
+
+rc-update add modules boot
+rc-update add sysctl boot
+rc-update add hostname boot
+rc-update add bootmisc boot
+rc-update add syslog boot
+rc-update add localmount boot   # /media/usb from fstab: the persistence stick
+rc-update add seedrng boot      # its seed lives on the stick (conf.d/seedrng)
+rc-update add networking boot
+
+rc-update add sshd default
+rc-update add local default     # /etc/local.d/*.start
+
+rc-update add mount-ro shutdown
+rc-update add killprocs shutdown
+rc-update add savecache shutdown
+
+# Small edits, as the original does them: keys only, never passwords, for SSH.
+if [ -f /etc/ssh/sshd_config ]; then
+	sed -i 's/^#*PasswordAuthentication .*/PasswordAuthentication no/' /etc/ssh/sshd_config
+fi

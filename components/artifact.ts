@@ -43,6 +43,8 @@ export interface ArtifactSpec<I extends Record<string, any>, O extends Record<st
   derived?: { keys: string[]; compute(inputs: I & { hash: string }): Promise<Record<string, unknown>> };
   /** Builds (or finds in the store) the artifact named by inputs.hash. */
   build(inputs: I & { hash: string }, ctx: BuildContext): Promise<O>;
+  /** After a refresh: whether what exists differs from what was built (drift), so up redoes it. */
+  drifted?(olds: I & O & { hash: string }): boolean;
   /** Refresh: the outputs as they are now (e.g. read back from a host), or undefined when gone. */
   read?(props: I & O & { hash: string }, ctx: BuildContext): Promise<Partial<O> | undefined>;
   /** A line for delete: what stays where it is, and why. */
@@ -103,7 +105,7 @@ export function artifactHandlers<I extends Record<string, any>, O extends Record
       return { inputs };
     },
     async diff(_id, olds, news) {
-      const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion;
+      const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion || !!spec.drifted?.(olds as any);
       if (!changed) {
         // Inputs such as a display name may differ without changing the artifact.
         const keys = new Set([...Object.keys(news), ...Object.keys(olds)].filter((k) => k !== "__provider"));

@@ -54,7 +54,10 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       },
     });
     const record: BootRecord = { ukiSha256: i.ukiSha256, buildId: i.buildId, stack: i.stack, arch: i.arch, seconds: res.seconds, time: new Date().toISOString() };
+    // By the exact bytes, and by build id: a production UKI that differs only in its secrets
+    // layer is the same build (components/uki.ts).
     await ctx.store.writeRecord(`booted/${i.ukiSha256}.json`, record);
+    await ctx.store.writeRecord(`booted-build/${i.buildId}.json`, record);
     await ctx.store.journal({ event: "booted", uki: i.ukiSha256, buildId: i.buildId, seconds: res.seconds });
     ctx.log(`build ${i.buildId} booted in ${res.seconds.toFixed(1)} s`);
     return { seconds: res.seconds, console: res.console.split("\n").slice(-40).join("\n") };

@@ -54,11 +54,38 @@ export const handlers = artifactHandlers<Inputs, { disk: string; persist: string
   },
 });
 
+/** The ssh kind: the host's boot stick (components/deploy.ts). */
+export interface SshBootMediaArgs {
+  kind: "ssh";
+  host: pulumi.Input<string>;
+  port?: pulumi.Input<number>;
+  user?: pulumi.Input<string>;
+  /** OpenSSH private key text: pass a secret. */
+  privateKey: pulumi.Input<string>;
+  /** The host's public key, pinned ("ssh-ed25519 AAAA..."). */
+  hostKey: pulumi.Input<string>;
+  /** Default /media/usb/EFI/BOOT/BOOTAA64.EFI. */
+  path?: pulumi.Input<string>;
+  uki: pulumi.Input<string>;
+  ukiSha256: pulumi.Input<string>;
+  buildId: pulumi.Input<string>;
+  allowUntested?: pulumi.Input<boolean>;
+  afterDeploy?: pulumi.Input<pulumi.Input<string>[]>;
+  waitSeconds?: pulumi.Input<number>;
+}
+
 export class BootMedia extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly disk: pulumi.Output<string>;
   declare readonly persist: pulumi.Output<string>;
-  constructor(name: string, args: BootMediaArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("bootmedia"), name, { ...args, hash: undefined, disk: undefined, persist: undefined, efiPath: undefined }, opts, "ramroot", "BootMedia");
+  declare readonly remoteSha256: pulumi.Output<string | undefined>;
+  declare readonly previousSha256: pulumi.Output<string | undefined>;
+  declare readonly bytesSent: pulumi.Output<number>;
+  constructor(name: string, args: BootMediaArgs | SshBootMediaArgs, opts?: pulumi.CustomResourceOptions) {
+    if (args.kind === "ssh") {
+      super(dynamicProvider("deploy"), name, { ...args, hash: undefined, remoteSha256: undefined, previousSha256: undefined, bytesSent: undefined }, { ...opts, additionalSecretOutputs: ["privateKey"] }, "ramroot", "BootMedia");
+    } else {
+      super(dynamicProvider("bootmedia"), name, { ...args, hash: undefined, disk: undefined, persist: undefined, efiPath: undefined }, opts, "ramroot", "BootMedia");
+    }
   }
 }

@@ -1,6 +1,7 @@
 // The `ramroot` command: the engine-free core, for users and scripts, without Pulumi.
 //   ramroot inspect FILE [--json]
 //   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
+//   ramroot rollback [--stack NAME]
 //   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
 import { execFileSync, spawn } from "node:child_process";
@@ -11,11 +12,24 @@ import { parseArgs } from "node:util";
 import { inspectInitramfs, writeInitramfs, type Compression } from "./initramfs";
 import { buildUki, inspectUki } from "./uki";
 import { qemuCommand, type Arch } from "./qemu";
+import { rollback as rollbackHost } from "./deploy";
+
+const project = path.resolve(__dirname, "..", "..");
+
+/** Runs the project's pulumi (scripts/pulumi.sh) and parses its JSON answer. */
+function pulumiJson(args: string[], what: string): any {
+  try {
+    return JSON.parse(execFileSync("bash", [path.join(project, "scripts", "pulumi.sh"), ...args, "--json"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }));
+  } catch (e: any) {
+    throw new Error(`cannot read ${what}: ${String(e.stderr || e.message).trim()}`);
+  }
+}
 
 const usage = `usage:
   ramroot inspect FILE [--json]
   ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
   ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
+  ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE`;
 
@@ -74,14 +88,7 @@ async function qemu(args: string[]): Promise<void> {
   if (!disk) {
     // The stack's outputs say what it last built and booted.
     const stack = values.stack ?? "qemu";
-    const project = path.resolve(__dirname, "..", "..");
-    let out: string;
-    try {
-      out = execFileSync("bash", [path.join(project, "scripts", "pulumi.sh"), "stack", "output", "--json", "--stack", stack], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-    } catch (e: any) {
-      throw new Error(`cannot read the outputs of stack ${stack}: ${String(e.stderr || e.message).trim()}\nrun \`npm run up\` first (or pass --disk and --arch)`);
-    }
-    const o = JSON.parse(out);
+    const o = pulumiJson(["stack", "output", "--stack", stack], `the outputs of stack ${stack} (run \`npm run up\` first, or pass --disk and --arch)`);
     if (!o.disk) throw new Error(`stack ${stack} has no boot disk: it is not a qemu stack, or \`pulumi up\` has not finished on it`);
     disk = o.disk;
     arch = o.targetArch;
@@ -100,6 +107,22 @@ async function qemu(args: string[]): Promise<void> {
   const code = await new Promise<number>((resolve) => child.on("exit", (c) => resolve(c ?? 1)));
   await fs.rm(tmp, { recursive: true, force: true });
   process.exitCode = code;
+}
+
+/**
+ * Puts the host's previous boot image back (and the replaced one becomes .prev, so running it
+ * again returns to the newer image), with the same copy-verify-rename safety as a deploy. The
+ * stack's state still names the image it deployed: `pulumi up --refresh` would put that back.
+ */
+async function rollback(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { stack: { type: "string" } } });
+  const stack = values.stack ?? "production";
+  const config = pulumiJson(["config", "--show-secrets", "--stack", stack], `the config of stack ${stack}`);
+  const get = (k: string) => config[`ramroot:${k}`]?.value as string | undefined;
+  const host = get("host"), hostKey = get("hostKey"), privateKey = get("sshPrivateKey");
+  if (!host || !hostKey || !privateKey) throw new Error(`stack ${stack} has no deploy target: set ramroot:host, ramroot:hostKey and ramroot:sshPrivateKey`);
+  const res = await rollbackHost({ host, hostKey, privateKey, port: get("sshPort") ? Number(get("sshPort")) : undefined, user: get("sshUser"), path: get("bootPath") }, (l) => console.log(l));
+  console.log(`${host}: now ${res.current}, previous ${res.previous} (run ramroot rollback again to swap back)`);
 }
 
 async function initramfs(args: string[]): Promise<void> {
@@ -131,7 +154,7 @@ async function uki(args: string[]): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, initramfs, uki };
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki };
   try {
     if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
     await commands[cmd](rest);

@@ -1,0 +1,81 @@
+// BootMedia of the ssh kind: the production stick. Replaces EFI/BOOT/BOOTAA64.EFI on the host
+// over SSH, atomically, verified by hash, keeping the previous image as .prev (src/deploy.ts).
+// Refresh reads the hash of the file actually on the stick, so a hand-made change shows up as
+// drift and the next up puts the stack's image back. Deleting never removes the boot image.
+// The gate: production refuses a build that never passed the qemu stack's boot check in this
+// store, unless the stack says otherwise (ramroot:allowUntested).
+import * as path from "node:path";
+import { artifactHandlers, context, InputError, isKnown } from "./artifact";
+import { sha256 } from "../src/store";
+import { DEFAULT_PATH, deployImage, parseHostKeys, remoteState, runOnHost, waitForBuild, type SshTarget } from "../src/deploy";
+
+interface Inputs {
+  kind: string;
+  host: string;
+  port?: number;
+  user?: string;
+  privateKey: string;
+  hostKey: string;
+  path?: string;
+  uki: string;
+  ukiSha256: string;
+  buildId: string;
+  allowUntested?: boolean;
+  /** Run on the host, in order, after an image was replaced (not when nothing changed). */
+  afterDeploy?: string[];
+  /** After afterDeploy (a reboot), wait this long for the host to report the new build id. */
+  waitSeconds?: number;
+}
+
+interface Outputs { remoteSha256?: string; previousSha256?: string; bytesSent: number }
+
+const target = (i: Inputs): SshTarget => ({ host: i.host, port: i.port, user: i.user, privateKey: i.privateKey, hostKey: i.hostKey, path: i.path });
+const where = (i: Inputs) => `${i.user ?? "root"}@${i.host}:${i.port ?? 22}:${i.path ?? DEFAULT_PATH}`;
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
+  kind: "deploy",
+  version: 1,
+  hashKeys: ["host", "port", "user", "path", "ukiSha256"],
+  async validate(i) {
+    const need = (v: unknown, key: string, fix: string) => {
+      if (isKnown(v) && (v === undefined || v === "")) throw new InputError(key, `ramroot:${key} is not set: ${fix}`);
+    };
+    need(i.host, "host", "pulumi config set ramroot:host NAS-ADDRESS --stack production");
+    need(i.hostKey, "hostKey", `pin the host's key: ssh-keyscan -t ed25519 ${i.host || "HOST"}, then pulumi config set ramroot:hostKey "ssh-ed25519 AAAA..." --stack production`);
+    need(i.privateKey, "sshPrivateKey", "pulumi config set --secret ramroot:sshPrivateKey \"$(cat ~/.ssh/id_ed25519)\" --stack production");
+    if (isKnown(i.hostKey) && i.hostKey) {
+      try {
+        parseHostKeys(i.hostKey);
+      } catch (e: any) {
+        throw new InputError("hostKey", `ramroot:hostKey: ${e.message}`);
+      }
+    }
+    if (isKnown(i.path) && i.path !== undefined && !path.posix.isAbsolute(i.path)) throw new InputError("path", `ramroot:bootPath ${i.path} is not absolute (default ${DEFAULT_PATH})`);
+    if (isKnown(i.buildId) && isKnown(i.allowUntested) && !i.allowUntested) {
+      const booted = await context("deploy").store.readRecord(`booted-build/${i.buildId}.json`);
+      if (!booted)
+        throw new InputError("buildId", `build ${i.buildId} never passed the qemu stack's boot check in this store: run \`npm run up\` (the qemu stack) first, or set ramroot:allowUntested true on this stack to deploy it anyway`);
+    }
+  },
+  async hash(i) {
+    return sha256(JSON.stringify(["deploy/1", i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH, i.ukiSha256]));
+  },
+  drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256,
+  async build(i, ctx) {
+    const res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log);
+    ctx.log(res.changed ? `deployed build ${i.buildId} to ${where(i)} (${res.bytesSent} bytes sent)` : `${where(i)} already holds build ${i.buildId}: nothing sent`);
+    if (res.changed && i.afterDeploy?.length) {
+      await runOnHost(target(i), i.afterDeploy, ctx.log);
+      if (i.waitSeconds) await waitForBuild(target(i), i.buildId, i.waitSeconds * 1000, ctx.log);
+    }
+    return { remoteSha256: i.ukiSha256, previousSha256: res.previous, bytesSent: res.bytesSent };
+  },
+  async read(props, ctx) {
+    const st = await remoteState(target(props));
+    if (st.sha256 !== props.ukiSha256) ctx.log(`drift: ${where(props)} is ${st.sha256 ?? "absent"}, the stack deployed ${props.ukiSha256}`);
+    return { remoteSha256: st.sha256, previousSha256: st.prevSha256 };
+  },
+  async onDelete(props, ctx) {
+    ctx.log(`the boot image at ${where(props)} is left in place: deleting a stack never removes what the host boots`);
+  },
+});

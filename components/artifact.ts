@@ -75,7 +75,30 @@ export function context(name: string): BuildContext {
   };
 }
 
+/**
+ * With RAMROOT_TIMING=<file>, every handler call appends {kind, op, ms} as a JSON line: how the
+ * benchmark separates the provider's own work from the engine's.
+ */
+function timed<A extends unknown[], R>(kind: string, op: string, fn: (...a: A) => Promise<R>): (...a: A) => Promise<R> {
+  const file = process.env.RAMROOT_TIMING;
+  if (!file) return fn;
+  return async (...a: A) => {
+    const t0 = performance.now();
+    try {
+      return await fn(...a);
+    } finally {
+      fs.appendFileSync(file, JSON.stringify({ kind, op, ms: performance.now() - t0, pid: process.pid }) + "\n");
+    }
+  };
+}
+
 export function artifactHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
+  const handlers = untimedHandlers(spec);
+  const t = <K extends keyof Handlers>(op: K) => handlers[op] && timed(spec.kind, op, handlers[op] as any);
+  return { check: t("check")!, diff: t("diff")!, create: t("create")!, update: t("update")!, read: t("read"), delete: t("delete") } as Handlers;
+}
+
+function untimedHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
   const name = (inputs: Record<string, any>) => `${spec.kind}${inputs.name ? " " + inputs.name : ""}`;
   const build = async (inputs: Record<string, any>) => {
     const ctx = context(name(inputs));

@@ -42,7 +42,8 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     return sha256(JSON.stringify(["initramfs/1", i.rootfsHash, options(i)]));
   },
   async build(i, ctx) {
-    const plan = await planInitramfs(i.rootfs, options(i));
+    // Segments whose files are unchanged (inode, size, mtime, ctime) are not read again.
+    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments") });
     const res = await buildInitramfs(plan, ctx.store);
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
     const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";

@@ -7,11 +7,12 @@
 //        this runs during `pulumi preview`). The image's name is known here.
 // build: compress the segments whose key is not in the store, then concatenate.
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
-import { Cancelled, SegmentPool, type Compression, type SegmentResult } from "./compress-worker";
+import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
 import { removeTree, sha256File, type Store } from "./store";
 import { isDir, reproducible, walk } from "./walk";
@@ -31,6 +32,12 @@ export interface InitramfsOptions {
   owner?: { uid: number; gid: number };
   /** A directory holding more than this many newc bytes is split; see splitSegments. Default 32 MiB. */
   splitBytes?: number;
+  /**
+   * Where plan remembers each segment's key by a fingerprint of its records and their files'
+   * stamps (e.g. the store's cache/segments): a segment whose files are all unchanged (same
+   * inode, size, mtime and ctime) is then not read again. Not part of the plan.
+   */
+  cacheDir?: string;
 }
 
 export interface SegmentPlan {
@@ -187,6 +194,61 @@ const keyPrefix = (s: { compression: Compression; level: number }) => `${FORMAT}
 const imageHash = (keys: string[]) => createHash("sha256").update(`${FORMAT}\n${keys.join("\n")}\n`).digest("hex");
 const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT[c]}`;
 
+/**
+ * A segment's fingerprint: its records as they will be encoded, plus the stamp of every file
+ * whose content they carry. Undefined when a file changed too recently to be trusted (in the
+ * same clock tick as the walk, a later write could keep the stamp: git's "racily clean").
+ */
+function fingerprint(prefix: string, records: NewcRecord[], trustBefore: bigint): string | undefined {
+  const h = createHash("sha256").update(`${prefix}fingerprint\n`);
+  for (const r of records) {
+    if (r.source !== undefined && (r.stamp === undefined || r.ctimeNs === undefined || r.ctimeNs >= trustBefore)) return undefined;
+    h.update(`${r.name}\0${r.mode}:${r.uid}:${r.gid}:${r.nlink}:${r.mtime}:${r.ino}:${r.rdevMajor}:${r.rdevMinor}:${r.size}\0`);
+    if (r.data) h.update(r.data);
+    h.update(`\0${r.source === undefined ? "" : r.stamp}\n`);
+  }
+  return h.digest("hex");
+}
+
+interface Remembered { key: string; bytes: number; crc32: number }
+
+function recall(dir: string | undefined, fp: string | undefined): Remembered | undefined {
+  if (!dir || !fp) return undefined;
+  try {
+    const r = JSON.parse(readFileSync(path.join(dir, `${fp}.json`), "utf8"));
+    if (typeof r.key === "string" && Number.isInteger(r.bytes) && Number.isInteger(r.crc32)) return r;
+  } catch {
+    // not remembered
+  }
+  return undefined;
+}
+
+async function remember(dir: string | undefined, fp: string | undefined, r: Remembered): Promise<void> {
+  if (!dir || !fp) return;
+  const file = path.join(dir, `${fp}.json`);
+  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(16).slice(2)}`;
+  try {
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(tmp, JSON.stringify(r));
+    await fs.rename(tmp, file);
+  } catch {
+    await fs.rm(tmp, { force: true });
+  }
+}
+
+/** Walk results of a plan, for build in the same process: the tree is not walked twice. */
+const walked = new WeakMap<InitramfsPlan, Segment[]>();
+
+/**
+ * Segments smaller than this are encoded on the calling thread: starting a worker costs more
+ * than they do, and a one-file rebuild then starts no worker at all.
+ */
+const INLINE_BYTES = 2 << 20;
+
+function runJob(pool: SegmentPool, job: SegmentJob, bytes: number): Promise<SegmentResult> {
+  return bytes < INLINE_BYTES ? runSegment(job) : pool.run(job);
+}
+
 /** Runs `fn` with a pool that is closed afterwards, whatever happens. */
 async function withPool<T>(fn: (pool: SegmentPool) => Promise<T>): Promise<T> {
   const pool = new SegmentPool();
@@ -205,6 +267,8 @@ async function all<T>(ps: Promise<T>[]): Promise<T[]> {
   return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
+const encodedBytes = (records: NewcRecord[]) => records.reduce((t, r) => t + encodedSize(r.name, r.size), 0);
+
 /** Biggest first, so the last job to finish is a small one. */
 function bySizeDesc(segs: Segment[]): number[] {
   const size = segs.map((seg) => seg.records.reduce((t, r) => t + r.size, 0));
@@ -213,14 +277,27 @@ function bySizeDesc(segs: Segment[]): number[] {
 
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
+  const trustBefore = (BigInt(Date.now()) - 2000n) * 1_000_000n;
   const segs = await segmentsOf(s);
+  const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
+  const known = fps.map((fp) => recall(opts.cacheDir, fp));
   const results = await withPool((pool) => {
-    const ps = new Array<Promise<SegmentResult>>(segs.length);
-    for (const i of bySizeDesc(segs)) ps[i] = pool.run({ compression: s.compression, level: s.level, records: segs[i].records, keyPrefix: keyPrefix(s), crc: true });
+    const ps = new Array<Promise<Remembered>>(segs.length);
+    for (const i of bySizeDesc(segs)) {
+      ps[i] = known[i]
+        ? Promise.resolve(known[i]!)
+        : runJob(pool, { compression: s.compression, level: s.level, records: segs[i].records, keyPrefix: keyPrefix(s), crc: true }, encodedBytes(segs[i].records)).then(async (r) => {
+            const got = { key: r.key!, bytes: r.bytes, crc32: r.crc32! };
+            await remember(opts.cacheDir, fps[i], got);
+            return got;
+          });
+    }
     return all(ps);
   });
-  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key!, entries: seg.records.length, bytes: results[i].bytes, crc32: results[i].crc32! }));
-  return { ...s, hash: imageHash(segments.map((x) => x.key)), segments };
+  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key, entries: seg.records.length, bytes: results[i].bytes, crc32: results[i].crc32 }));
+  const plan: InitramfsPlan = { ...s, hash: imageHash(segments.map((x) => x.key)), segments };
+  walked.set(plan, segs);
+  return plan;
 }
 
 export async function buildInitramfs(
@@ -231,8 +308,9 @@ export async function buildInitramfs(
   const built: string[] = [];
   const reused: string[] = [];
   const image = `initramfs/${plan.hash}.img`;
-  if (!(await store.has(image))) {
-    const segs = await segmentsOf(settle(plan.tree, plan));
+  const missing = (await Promise.all(plan.segments.map((x) => store.has(segmentFile(x.key, plan.compression))))).some((has) => !has);
+  if (!(await store.has(image)) && missing) {
+    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, plan)));
     const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
     if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
     await withPool((pool) => {
@@ -241,7 +319,7 @@ export async function buildInitramfs(
         const { key, name, bytes, crc32 } = plan.segments[i];
         ps.push(
           store.put(segmentFile(key, plan.compression), async (tmp) => {
-            const r = await pool.run({ compression: plan.compression, level: plan.level, records: segs[i].records, crc: true, out: tmp });
+            const r = await runJob(pool, { compression: plan.compression, level: plan.level, records: segs[i].records, crc: true, out: tmp }, bytes);
             // The key names these bytes in the store: never file different bytes under it.
             // (CRC-32 rather than a second sha256 pass: it guards against accidents, at a
             // third of the cost.)
@@ -261,30 +339,58 @@ export async function buildInitramfs(
   const { path: file, built: imageBuilt } = await store.put(image, async (tmp) => {
     sha256 = await concatenate(plan.segments.map((x) => store.path(segmentFile(x.key, plan.compression))), tmp);
   });
-  if (!imageBuilt) sha256 = await sha256File(file);
   const size = (await fs.stat(file)).size;
+  // The image's sha256 is recorded beside it when built, and trusted while the size matches:
+  // reusing a 100+ MB image does not read it again.
+  const record = `initramfs/${plan.hash}.json`;
+  if (imageBuilt) await store.writeRecord(record, { sha256, size });
+  else {
+    const rec = await store.readRecord<{ sha256: string; size: number }>(record).catch(() => undefined);
+    if (rec && rec.size === size && /^[0-9a-f]{64}$/.test(rec.sha256)) sha256 = rec.sha256;
+    else {
+      sha256 = await sha256File(file);
+      await store.writeRecord(record, { sha256, size });
+    }
+  }
   log(`initramfs: ${file} ${size} bytes, ${built.length} segments compressed, ${reused.length} reused`);
   return { path: file, sha256, size, built, reused };
 }
 
-/** Concatenates files into `out` through one buffer, returning the sha256 of the result. */
+/**
+ * Concatenates files into `out`, returning the sha256 of the result. Two buffers: while one
+ * chunk is being written (on libuv's thread pool) the next is read and hashed.
+ */
 async function concatenate(files: string[], out: string): Promise<string> {
   const hash = createHash("sha256");
-  const buf = Buffer.allocUnsafe(4 << 20);
+  const bufs = [Buffer.allocUnsafe(4 << 20), Buffer.allocUnsafe(4 << 20)];
   const dst = await fs.open(out, "w");
+  const writeAll = async (chunk: Buffer) => {
+    for (let off = 0; off < chunk.length; ) off += (await dst.write(chunk, off, chunk.length - off)).bytesWritten;
+  };
+  let writing: Promise<void> = Promise.resolve();
+  let turn = 0;
   try {
     for (const f of files) {
       const src = await fs.open(f, "r");
       try {
-        for (let n; (n = (await src.read(buf, 0, buf.length)).bytesRead) > 0; ) {
-          hash.update(buf.subarray(0, n));
-          for (let off = 0; off < n; ) off += (await dst.write(buf, off, n - off)).bytesWritten;
+        for (;;) {
+          // The write two chunks ago used this buffer; it finished before the last write began.
+          const buf = bufs[turn & 1];
+          const n = (await src.read(buf, 0, buf.length)).bytesRead;
+          if (n === 0) break;
+          turn++;
+          const chunk = buf.subarray(0, n);
+          hash.update(chunk);
+          await writing;
+          writing = writeAll(chunk);
         }
       } finally {
         await src.close();
       }
     }
+    await writing;
   } finally {
+    await writing.catch(() => {});
     await dst.close();
   }
   return hash.digest("hex");

@@ -65,6 +65,8 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
       if (isRegular(mode)) {
         r.size = Number(s.size);
         r.source = full;
+        r.stamp = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+        r.ctimeNs = s.ctimeNs;
         if (s.nlink > 1n) r.linkKey = `${s.dev}:${s.ino}`;
       } else if ((mode & S_IFMT) === S_IFLNK) {
         r.data = fs.readlinkSync(full, { encoding: "buffer" });

@@ -93,10 +93,10 @@ export const ukiSha256 = uki.sha256;
 export const buildId = uki.buildId;
 export const targetArch = arch;
 
-export let deployed: pulumi.Output<string | undefined> | undefined;
-export let disk: pulumi.Output<string> | undefined;
-export let persist: pulumi.Output<string> | undefined;
-export let bootSeconds: pulumi.Output<number> | undefined;
+export let deployed: pulumi.Output<string | null> | null = null;
+export let disk: pulumi.Output<string> | null = null;
+export let persist: pulumi.Output<string> | null = null;
+export let bootSeconds: pulumi.Output<number> | null = null;
 
 if (target === "qemu") {
   const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });

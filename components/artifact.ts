@@ -92,6 +92,11 @@ function timed<A extends unknown[], R>(kind: string, op: string, fn: (...a: A) =
   };
 }
 
+/** The engine's property struct has no `undefined`: leave such keys out (use null for "none"). */
+function defined(o: Record<string, any>): Record<string, any> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+}
+
 export function artifactHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
   const handlers = untimedHandlers(spec);
   const t = <K extends keyof Handlers>(op: K) => handlers[op] && timed(spec.kind, op, handlers[op] as any);
@@ -108,7 +113,7 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       inputs = { ...inputs, hash, ...(await spec.derived?.compute({ ...inputs, hash } as I & { hash: string })) };
     }
     const outs = await spec.build(inputs as I & { hash: string }, ctx);
-    return { ...inputs, ...outs };
+    return defined({ ...inputs, ...outs });
   };
   return {
     async check(_olds, news) {
@@ -148,7 +153,7 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       const now = await spec.read(props as any, context(name(props)));
       // Gone: an empty id tells the engine the resource no longer exists.
       if (!now) return { id: "", props: {} };
-      return { id, props: { ...props, ...now } };
+      return { id, props: defined({ ...props, ...now }) };
     },
     async delete(_id, props) {
       await spec.onDelete?.(props as any, context(name(props)));

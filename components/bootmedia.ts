@@ -78,8 +78,8 @@ export class BootMedia extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly disk: pulumi.Output<string>;
   declare readonly persist: pulumi.Output<string>;
-  declare readonly remoteSha256: pulumi.Output<string | undefined>;
-  declare readonly previousSha256: pulumi.Output<string | undefined>;
+  declare readonly remoteSha256: pulumi.Output<string | null>;
+  declare readonly previousSha256: pulumi.Output<string | null>;
   declare readonly bytesSent: pulumi.Output<number>;
   constructor(name: string, args: BootMediaArgs | SshBootMediaArgs, opts?: pulumi.CustomResourceOptions) {
     if (args.kind === "ssh") {

@@ -27,7 +27,8 @@ interface Inputs {
   waitSeconds?: number;
 }
 
-interface Outputs { remoteSha256?: string; previousSha256?: string; bytesSent: number }
+/** null: no such file on the host. */
+interface Outputs { remoteSha256: string | null; previousSha256: string | null; bytesSent: number }
 
 const target = (i: Inputs): SshTarget => ({ host: i.host, port: i.port, user: i.user, privateKey: i.privateKey, hostKey: i.hostKey, path: i.path });
 const where = (i: Inputs) => `${i.user ?? "root"}@${i.host}:${i.port ?? 22}:${i.path ?? DEFAULT_PATH}`;
@@ -68,12 +69,12 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
       await runOnHost(target(i), i.afterDeploy, ctx.log);
       if (i.waitSeconds) await waitForBuild(target(i), i.buildId, i.waitSeconds * 1000, ctx.log);
     }
-    return { remoteSha256: i.ukiSha256, previousSha256: res.previous, bytesSent: res.bytesSent };
+    return { remoteSha256: i.ukiSha256, previousSha256: res.previous ?? null, bytesSent: res.bytesSent };
   },
   async read(props, ctx) {
     const st = await remoteState(target(props));
     if (st.sha256 !== props.ukiSha256) ctx.log(`drift: ${where(props)} is ${st.sha256 ?? "absent"}, the stack deployed ${props.ukiSha256}`);
-    return { remoteSha256: st.sha256, previousSha256: st.prevSha256 };
+    return { remoteSha256: st.sha256 ?? null, previousSha256: st.prevSha256 ?? null };
   },
   async onDelete(props, ctx) {
     ctx.log(`the boot image at ${where(props)} is left in place: deleting a stack never removes what the host boots`);

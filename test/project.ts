@@ -46,7 +46,7 @@ export class Project {
 
   pulumi(args: string[], opts: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<PulumiResult> {
     return new Promise((resolve, reject) => {
-      execFile("pulumi", [...args, "--non-interactive"], { cwd: this.dir, env: this.env, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 15 * 60_000 }, (err, stdout, stderr) => {
+      execFile("pulumi", ["--non-interactive", ...args], { cwd: this.dir, env: this.env, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 15 * 60_000 }, (err, stdout, stderr) => {
         const code = err ? (typeof (err as any).code === "number" ? (err as any).code : 1) : 0;
         const res = { code, stdout, stderr };
         if (code !== 0 && !opts.allowFail) reject(new Error(`pulumi ${args.join(" ")} failed (${code}):\n${stdout}\n${stderr}`));

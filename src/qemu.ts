@@ -12,7 +12,8 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 
-export type Arch = "aarch64" | "x86_64";
+import type { Arch } from "./bootmedia";
+export type { Arch };
 
 interface ArchSpec {
   binary: string;

@@ -1,0 +1,305 @@
+// Issue 4: the rootfs from a declared system (system/packages, system/root, system/setup.sh) in
+// two cached stages: packages (alpine-make-rootfs, here a stand-in served in its place, or an
+// offline base) and configure (skeleton + setup.sh in a chroot).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as http from "node:http";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Project, repo } from "./project";
+import { EXEC_DIRS, notExecutable, parsePackages, SystemError, validateSystem } from "../src/system";
+import { hostProblem, mountsUnder } from "../src/configure";
+import { BUILDER, fetchBuilder } from "../src/alpine";
+import { Store } from "../src/store";
+import { handlers as rootfs } from "../components/rootfs";
+
+const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));
+const stage = (artifacts: string[], prefix: string) => artifacts.filter((a) => a.startsWith(prefix + "/"));
+const testsys = (arch: string) => execFileSync("bash", [path.join(repo, "scripts", "testsys.sh"), arch], { encoding: "utf8" }).trim().split("\n").pop()!;
+const tmpdir = (t: { after(f: () => void): void }, prefix: string) => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+};
+const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
+
+/** A copy of the example system plus files whose effect the guest prints at boot. */
+function markSystem(dir: string, says: string): void {
+  fs.writeFileSync(path.join(dir, "root", "etc", "ramroot-skeleton-test"), `${says}\n`);
+  fs.writeFileSync(path.join(dir, "root", "etc", "local.d", "10-rootfs-test.start"),
+    "#!/bin/sh\n" +
+    'echo "ramroot: skeleton says $(cat /etc/ramroot-skeleton-test)"\n' +
+    'echo "ramroot: setup.sh says $(cat /etc/ramroot-setup-test)"\n' +
+    'echo "ramroot: default runlevel:" $(ls /etc/runlevels/default)\n' +
+    'echo "ramroot: boot runlevel:" $(ls /etc/runlevels/boot)\n', { mode: 0o755 });
+  fs.appendFileSync(path.join(dir, "setup.sh"), '\necho "ran in a chroot on $(uname -m)" > /etc/ramroot-setup-test\n');
+}
+
+test("system/ validation: packages, executable folders, setup.sh, host checks", async (t) => {
+  assert.deepEqual(parsePackages("# comment\n\nalpine-base\nlinux-lts # the kernel\nfoo=1.2-r0\nbar>=2\nbaz<3\nqux~1.2\nso:libc.musl-x86_64.so.1\ntailscale@community\n!conflict\npy3-foo_bar+x\n"),
+    ["alpine-base", "linux-lts", "foo=1.2-r0", "bar>=2", "baz<3", "qux~1.2", "so:libc.musl-x86_64.so.1", "tailscale@community", "!conflict", "py3-foo_bar+x"]);
+  for (const bad of ["foo;reboot", "$(id)", "a|b", "`x`", "foo&", "x>y>z", "a'b", "-rf", "a/b"])
+    assert.throws(() => parsePackages(`ok\n${bad}\n`, "system/packages"), (e: any) => e instanceof SystemError && e.message.startsWith("system/packages:2:") && e.message.includes("not an apk package name"), bad);
+  assert.throws(() => parsePackages("openssh openrc\n", "system/packages"), /system\/packages:1: "openssh openrc" holds several words: put one package per line/);
+
+  const dir = tmpdir(t, "ramroot-system-");
+  fs.cpSync(path.join(repo, "system"), dir, { recursive: true });
+  assert.deepEqual(await notExecutable(path.join(dir, "root")), [], "the example system has a non-executable script");
+  const sys = await validateSystem(dir, { shown: "system", needPackages: true });
+  assert.ok(sys.packages!.includes("alpine-base") && sys.packages!.includes("systemd-efistub"));
+  assert.equal(sys.setup, path.join(dir, "setup.sh"));
+  for (const rel of ["etc/init.d/foo", "etc/periodic/daily/backup", "etc/profile.d/x.sh", "usr/local/bin/tool", "opt/hooks/run"]) {
+    fs.mkdirSync(path.join(dir, "root", path.dirname(rel)), { recursive: true });
+    fs.writeFileSync(path.join(dir, "root", rel), "#!/bin/sh\n", { mode: 0o644 });
+  }
+  assert.deepEqual(await notExecutable(path.join(dir, "root")), ["etc/init.d/foo", "etc/periodic/daily/backup", "etc/profile.d/x.sh", "usr/local/bin/tool"]);
+  assert.deepEqual(await notExecutable(path.join(dir, "root"), [...EXEC_DIRS, "opt/hooks"]), ["etc/init.d/foo", "etc/periodic/daily/backup", "etc/profile.d/x.sh", "opt/hooks/run", "usr/local/bin/tool"]);
+
+  // Not root, or a foreign architecture without qemu-user binfmt: what to do, named.
+  assert.match(hostProblem("x86_64", { uid: 1000, hostArch: "x86_64" })!, /needs root .* privileged container/);
+  assert.equal(hostProblem("x86_64", { uid: 0, hostArch: "x86_64" }), undefined);
+  const binfmt = tmpdir(t, "ramroot-binfmt-");
+  assert.match(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt })!, /qemu-user .* apt-get install qemu-user-static binfmt-support/);
+  fs.writeFileSync(path.join(binfmt, "qemu-aarch64"), "disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n");
+  assert.match(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt })!, /disabled: update-binfmts --enable qemu-aarch64/);
+  fs.writeFileSync(path.join(binfmt, "qemu-aarch64"), "enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: \n");
+  assert.match(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt })!, /without the F flag/);
+  fs.writeFileSync(path.join(binfmt, "qemu-aarch64"), "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n");
+  assert.equal(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt }), undefined);
+});
+
+test("the builder is refused unless its sha256 is the pinned one, before it runs", async (t) => {
+  const dir = tmpdir(t, "ramroot-builder-");
+  const store = new Store(path.join(dir, "store"));
+  const script = path.join(dir, "builder.sh");
+  fs.writeFileSync(script, `#!/bin/sh\ntouch ${dir}/ran\n`);
+  const url = `file://${script}`;
+  await assert.rejects(fetchBuilder(store, url, BUILDER.sha256), new RegExp(`refusing to run ${url}: its sha256 is ${sha256(fs.readFileSync(script))}, expected ${BUILDER.sha256}`));
+  assert.deepEqual(fs.existsSync(path.join(store.root, "builders")) ? fs.readdirSync(path.join(store.root, "builders")) : [], [], "a refused builder was kept");
+  const ok = await fetchBuilder(store, url, sha256(fs.readFileSync(script)));
+  assert.equal(fs.readFileSync(ok, "utf8"), fs.readFileSync(script, "utf8"));
+  assert.ok(!fs.existsSync(path.join(dir, "ran")));
+});
+
+test("Alpine path with a stand-in builder: what it is given, the boot, and which stage reruns", { timeout: 30 * 60_000 }, async (t) => {
+  const arch = "x86_64";
+  const p = Project.create();
+  t.after(() => p.remove());
+  // The stand-in, served over HTTP in place of the download, under its own sha256.
+  const calls = path.join(p.dir, "builder-calls.log");
+  const script = fs.readFileSync(path.join(repo, "test", "fixtures", "alpine-make-rootfs-standin.sh"), "utf8").replaceAll("@TREE@", testsys(arch)).replaceAll("@CALLS@", calls);
+  const server = http.createServer((req, res) => (req.url === "/alpine-make-rootfs" ? res.end(script) : res.writeHead(404).end()));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as any).port}/alpine-make-rootfs`;
+  const runs = () => (fs.existsSync(calls) ? fs.readFileSync(calls, "utf8").split("\n").filter(Boolean).length : 0);
+
+  const system = path.join(p.dir, "system");
+  markSystem(system, "one");
+  await p.pulumi(["stack", "init", "qemu"]);
+  for (const [k, v] of Object.entries({ arch, base: "alpine", kernel: "boot/vmlinuz", builderUrl: url, builderSha256: sha256(script) }))
+    await p.pulumi(["config", "set", `ramroot:${k}`, v, "--stack", "qemu"]);
+  const store = path.join(p.dir, ".ramroot", "store");
+
+  await t.test("first up: both stages built, the builder got what the original passes, the guest shows skeleton and setup.sh", async () => {
+    const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+    const b = built(p, 0);
+    assert.equal(stage(b, "rootfs-packages").length, 1);
+    assert.equal(stage(b, "rootfs").length, 1);
+    assert.equal(runs(), 1);
+    const o = JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", "qemu"])).stdout);
+    const tree = path.join(store, stage(b, "rootfs-packages")[0]);
+    const rec = Object.fromEntries(fs.readFileSync(path.join(tree, "etc", "ramroot-builder.env"), "utf8").split("\n").filter((l) => l.includes("=")).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+    assert.equal(rec.ALPINE_BRANCH, "edge");
+    assert.equal(rec.ALPINE_MIRROR, "https://dl-cdn.alpinelinux.org/alpine");
+    assert.equal(rec.PACKAGES, parsePackages(fs.readFileSync(path.join(system, "packages"), "utf8")).join(" "));
+    assert.match(rec.PACKAGES, /^alpine-base openrc linux-lts linux-firmware-none systemd-efistub openssh/);
+    assert.equal(rec.APK_OPTS, `--no-progress --arch ${arch} --cache-dir ${path.join(store, "apk-cache", arch)} --update-cache`);
+    assert.equal(rec.TRIGGER, "disable_trigger=yes ");
+    assert.equal(rec.ARGC, "1");
+    assert.match(rec.ARG1, new RegExp(`^${store}/rootfs-packages/[0-9a-f]{64}\\.tmp-`));
+    assert.ok(fs.statSync(path.join(store, "apk-cache", arch)).isDirectory());
+    assert.deepEqual(Object.keys(rec).filter((k) => /PULUMI|PASSPHRASE|RAMROOT/.test(k)), [], "the build host's environment reached the builder");
+    // The booted guest: its skeleton file, what setup.sh did in the chroot, the rc-update links.
+    assert.match(res.stdout, new RegExp(`console: ramroot: build ${o.buildId} up`));
+    assert.match(res.stdout, /console: ramroot: skeleton says one/);
+    assert.match(res.stdout, /console: ramroot: setup.sh says ran in a chroot on x86_64/);
+    assert.match(res.stdout, /console: ramroot: default runlevel: local sshd/);
+    assert.match(res.stdout, /console: ramroot: boot runlevel: bootmisc hostname localmount modules networking seedrng sysctl syslog/);
+  });
+
+  await t.test("a skeleton-only change reruns only the configure stage", async () => {
+    fs.writeFileSync(path.join(system, "root", "etc", "ramroot-skeleton-test"), "two\n");
+    assert.deepEqual(await p.previewSteps("qemu"), ["update boot", "update initramfs", "update media", "update rootfs", "update uki"]);
+    const mark = p.journal().length;
+    const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+    const b = built(p, mark);
+    assert.deepEqual(stage(b, "rootfs-packages"), []);
+    assert.equal(stage(b, "rootfs").length, 1);
+    assert.equal(runs(), 1, "the builder ran again");
+    assert.match(res.stdout, /console: ramroot: skeleton says two/);
+  });
+
+  await t.test("a package-list change reruns both stages", async () => {
+    fs.appendFileSync(path.join(system, "packages"), "\n# added by the test\ntzdata\n");
+    const mark = p.journal().length;
+    await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+    const b = built(p, mark);
+    assert.equal(stage(b, "rootfs-packages").length, 1);
+    assert.equal(stage(b, "rootfs").length, 1);
+    assert.equal(runs(), 2);
+    const rec = fs.readFileSync(path.join(store, stage(b, "rootfs-packages")[0], "etc", "ramroot-builder.env"), "utf8");
+    assert.match(rec, /^PACKAGES=.* openssh dosfstools tzdata$/m);
+  });
+
+  await t.test("a comment in the package list changes nothing; ramroot:refresh rebuilds from the moving branch", async () => {
+    fs.appendFileSync(path.join(system, "packages"), "# just a comment\n");
+    assert.deepEqual(await p.previewSteps("qemu"), []);
+    await p.pulumi(["config", "set", "ramroot:refresh", "2026-11-26", "--stack", "qemu"]);
+    assert.deepEqual(await p.previewSteps("qemu"), ["update boot", "update initramfs", "update media", "update rootfs", "update uki"]);
+    await p.pulumi(["config", "rm", "ramroot:refresh", "--stack", "qemu"]);
+  });
+
+  await t.test("a builder whose sha256 is not the configured one is refused before it runs", async () => {
+    const wrong = "0".repeat(64);
+    await p.pulumi(["config", "set", "ramroot:builderSha256", wrong, "--stack", "qemu"]);
+    const mark = p.journal().length;
+    const res = await p.pulumi(["up", "--yes", "--stack", "qemu"], { allowFail: true });
+    assert.notEqual(res.code, 0);
+    assert.match(res.stdout + res.stderr, new RegExp(`refusing to run ${url.replace(/[.]/g, "\\.")}: its sha256 is ${sha256(script)}, expected ${wrong}`));
+    assert.equal(runs(), 2, "the refused builder ran");
+    assert.deepEqual(built(p, mark), []);
+    assert.deepEqual(fs.readdirSync(store, { recursive: true }).map(String).filter((f) => f.includes(".tmp")), []);
+  });
+});
+
+test("offline base, aarch64: skeleton and setup.sh in a foreign-architecture chroot, booted by the qemu stack", { timeout: 15 * 60_000 }, async (t) => {
+  const problem = hostProblem("aarch64");
+  if (problem) {
+    console.log(`# skipped: ${problem}`);
+    t.skip(problem);
+    return;
+  }
+  const p = Project.create();
+  t.after(() => p.remove());
+  markSystem(path.join(p.dir, "system"), "from the skeleton");
+  await p.pulumi(["stack", "init", "qemu"]);
+  await p.pulumi(["config", "set", "ramroot:arch", "aarch64", "--stack", "qemu"]);
+  await p.pulumi(["config", "set", "ramroot:base", "testsys", "--stack", "qemu"]);
+  const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
+  // Offline base: the folder is used where it is; only the configure stage is in the store.
+  assert.deepEqual(stage(built(p, 0), "rootfs-packages"), []);
+  assert.match(res.stdout, /console: ramroot: skeleton says from the skeleton/);
+  assert.match(res.stdout, /console: ramroot: setup.sh says ran in a chroot on aarch64/);
+  assert.match(res.stdout, /console: ramroot: default runlevel: local sshd/);
+  const o = JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", "qemu"])).stdout);
+  const tree = path.join(p.dir, ".ramroot", "store", "rootfs", o.rootfsHash);
+  assert.equal(fs.readlinkSync(path.join(tree, "etc", "runlevels", "default", "sshd")), "/etc/init.d/sshd");
+  assert.equal(fs.statSync(path.join(tree, "etc", "local.d", "10-rootfs-test.start")).uid, 0);
+  assert.equal(fs.statSync(tree).mode & 0o7777, 0o755);
+  assert.deepEqual(await mountsUnder(p.dir), []);
+});
+
+test("a failing setup.sh: its output in the error, no artifact, no mounts left", { timeout: 5 * 60_000 }, async (t) => {
+  const dir = tmpdir(t, "ramroot-failing-");
+  const system = path.join(dir, "system");
+  fs.cpSync(path.join(repo, "system"), system, { recursive: true });
+  fs.writeFileSync(path.join(system, "setup.sh"), '#!/bin/sh -e\necho "setup: mounted: $(grep -c . /proc/mounts) mounts, /dev/null is $(ls /dev/null)"\necho "setup: about to fail" >&2\nfalse\necho never\n', { mode: 0o755 });
+  const store = path.join(dir, "store");
+  const env = process.env.RAMROOT_STORE;
+  process.env.RAMROOT_STORE = store;
+  t.after(() => (env === undefined ? delete process.env.RAMROOT_STORE : (process.env.RAMROOT_STORE = env)));
+  const checked = await rootfs.check({}, { arch: "x86_64", system, base: testsys("x86_64") });
+  assert.deepEqual(checked.failures, undefined);
+  await assert.rejects(rootfs.create(checked.inputs!), (e: any) => {
+    assert.match(e.message, /configure: setup.sh failed \(exit 1\) in the chroot; its output:/);
+    assert.match(e.message, /setup: mounted: \d+ mounts, \/dev\/null is \/dev\/null/);
+    assert.match(e.message, /setup: about to fail/);
+    assert.doesNotMatch(e.message, /never/);
+    return true;
+  });
+  assert.deepEqual(fs.existsSync(path.join(store, "rootfs")) ? fs.readdirSync(path.join(store, "rootfs")) : [], []);
+  assert.deepEqual(await mountsUnder(dir), []);
+  assert.ok(!fs.readFileSync("/proc/mounts", "utf8").includes(dir), "a mount is left under the store");
+});
+
+test("validation errors from pulumi preview name the file and the fix, and nothing is built", { timeout: 20 * 60_000 }, async (t) => {
+  const p = Project.create();
+  t.after(() => p.remove());
+  await p.pulumi(["stack", "init", "qemu"]);
+  await p.pulumi(["config", "set", "ramroot:arch", "x86_64", "--stack", "qemu"]);
+  const sys = path.join(p.dir, "system");
+  const fails = async (pattern: RegExp) => {
+    const res = await p.pulumi(["preview", "--stack", "qemu"], { allowFail: true });
+    assert.notEqual(res.code, 0, "preview succeeded");
+    assert.match(res.stdout + res.stderr, pattern);
+  };
+  /** Applies a change to the project, checks preview fails with `pattern`, then undoes it. */
+  const failsWith = async (name: string, change: () => Promise<void> | void, undo: () => Promise<void> | void, pattern: RegExp) =>
+    t.test(name, async () => {
+      await change();
+      try {
+        await fails(pattern);
+      } finally {
+        await undo();
+      }
+    });
+  const file = (rel: string, text: string, mode = 0o644) => () => {
+    fs.mkdirSync(path.dirname(path.join(sys, rel)), { recursive: true });
+    fs.writeFileSync(path.join(sys, rel), text, { mode });
+  };
+  const rm = (rel: string) => () => fs.rmSync(path.join(sys, rel), { recursive: true, force: true });
+  const keep = (rel: string) => {
+    const saved = fs.readFileSync(path.join(sys, rel));
+    const mode = fs.statSync(path.join(sys, rel)).mode;
+    return () => {
+      fs.writeFileSync(path.join(sys, rel), saved);
+      fs.chmodSync(path.join(sys, rel), mode);
+    };
+  };
+
+  await failsWith("no skeleton folder", () => fs.renameSync(path.join(sys, "root"), path.join(sys, "root.away")), () => fs.renameSync(path.join(sys, "root.away"), path.join(sys, "root")),
+    /the skeleton folder system\/root does not exist: create it/);
+  await failsWith("a local.d script that is not executable", file("root/etc/local.d/50-x.start", "#!/bin/sh\n"), rm("root/etc/local.d/50-x.start"),
+    /system\/root\/etc\/local.d\/50-x.start is in a folder whose files the system executes but not executable: chmod \+x system\/root\/etc\/local.d\/50-x.start/);
+  await failsWith("a periodic job that is not executable", file("root/etc/periodic/daily/backup", "#!/bin/sh\n"), rm("root/etc/periodic"),
+    /system\/root\/etc\/periodic\/daily\/backup is in a folder whose files the system executes but not executable/);
+  await failsWith("a folder the stack declares in ramroot:execDirs",
+    async () => {
+      file("root/opt/hooks/run", "#!/bin/sh\n")();
+      await p.pulumi(["config", "set", "ramroot:execDirs", '["opt/hooks"]', "--stack", "qemu"]);
+    },
+    async () => {
+      rm("root/opt")();
+      await p.pulumi(["config", "rm", "ramroot:execDirs", "--stack", "qemu"]);
+    },
+    /system\/root\/opt\/hooks\/run is in a folder whose files the system executes but not executable/);
+  const packages = keep("packages");
+  await failsWith("a package line with shell metacharacters", () => fs.appendFileSync(path.join(sys, "packages"), "curl;reboot\n"), packages,
+    /system\/packages:\d+: "curl;reboot" is not an apk package name/);
+  await failsWith("two packages on one line", () => fs.appendFileSync(path.join(sys, "packages"), "curl wget\n"), packages,
+    /system\/packages:\d+: "curl wget" holds several words: put one package per line/);
+  const setup = keep("setup.sh");
+  await failsWith("setup.sh without a shebang", file("setup.sh", "rc-update add sshd default\n", 0o755), setup,
+    /system\/setup.sh does not start with a shebang: make its first line #!\/bin\/sh -e/);
+  await failsWith("setup.sh not executable", () => fs.chmodSync(path.join(sys, "setup.sh"), 0o644), setup,
+    /system\/setup.sh is not executable: chmod \+x system\/setup.sh/);
+  await failsWith("ramroot:base alpine without system/packages",
+    async () => {
+      rm("packages")();
+      await p.pulumi(["config", "set", "ramroot:base", "alpine", "--stack", "qemu"]);
+    },
+    async () => {
+      packages();
+      await p.pulumi(["config", "rm", "ramroot:base", "--stack", "qemu"]);
+    },
+    /system\/packages does not exist: list the Alpine packages there/);
+
+  await t.test("nothing was built, and the restored system previews cleanly", async () => {
+    assert.deepEqual(built(p, 0), []);
+    assert.deepEqual(await p.previewSteps("qemu"), ["create boot", "create initramfs", "create media", "create rootfs", "create uki"]);
+  });
+});

@@ -72,6 +72,8 @@ export interface DeployResult {
   bytesSent: number;
   /** sha256 of the image now kept as path.prev (undefined when there is none). */
   previous?: string;
+  /** Wall time of the upload alone (0 when nothing was sent). */
+  uploadMs: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,13 +128,16 @@ export function shq(s: string): string {
 
 /**
  * Shell functions every remote script starts with. h: sha256 of a regular file, "-" if absent.
- * sz: size in bytes, "-" if absent. flush: sync the named files if sync takes names, else all.
+ * sz: size in bytes, "-" if absent. flush: sync the named files if sync takes names (GNU, busybox
+ * >= 1.27), else everything; flushdir: the same for a renamed file and its folder.
  */
 const PRELUDE = `set -u
 die() { printf 'ramroot: %s\\n' "$*" >&2; exit 1; }
 h() { if [ -f "$1" ]; then r=$(sha256sum < "$1") || die "sha256sum $1 failed"; printf '%s' "\${r%% *}"; elif [ -e "$1" ]; then die "$1 is not a regular file"; else printf -; fi; }
 sz() { if [ -f "$1" ]; then set -f; set -- $(ls -ln "$1"); set +f; printf '%s' "$5"; else printf -; fi; }
 flush() { sync "$@" 2>/dev/null || sync; }
+# After a rename: the folder holds the new directory entry; sync it and the file.
+flushdir() { sync "$1" "\${1%/*}" 2>/dev/null || sync; }
 `;
 
 export interface DfSpace {
@@ -191,6 +196,9 @@ class Session {
     const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const pinned = parseHostKeys(t.hostKey);
     const client = new Client();
+    // ssh2 can emit more than one error for one failure (e.g. a timeout, then "connection lost");
+    // the first one is reported through the phase that is waiting, the rest must not crash.
+    client.on("error", () => {});
     const s = new Session(client, t, timeoutMs);
     let presented: Buffer | undefined;
     const cfg: ConnectConfig = {
@@ -429,7 +437,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     const st = await probe(s, { newSize: size, newSha: sha256, cleanup: true, df: true });
     if (st.cur === sha256) {
       log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
-      return { changed: false, bytesSent: 0, previous: st.prev };
+      return { changed: false, bytesSent: 0, previous: st.prev, uploadMs: 0 };
     }
     log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
     const reuse = st.tnew === sha256;
@@ -445,10 +453,13 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     }
 
     let bytesSent = 0;
+    let uploadMs = 0;
     if (reuse) {
       log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
     } else {
+      const t0 = performance.now();
       await s.upload(file, tnew, size, log);
+      uploadMs = performance.now() - t0;
       bytesSent = size;
     }
     await s.run(`flush and verify ${tnew}`, `
@@ -468,6 +479,7 @@ n=$(h "$t") || exit 1
 [ "$n" = ${st.cur} ] || { rm -f "$t"; die "the copy $t of $c has sha256 $n, expected ${st.cur}"; }
 v=${shq(prev)}
 mv -f "$t" "$v" || die "renaming $t to $v failed"
+flushdir "$v"
 `, 3 * (st.curSize ?? 0));
       log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}`);
     }
@@ -475,12 +487,12 @@ mv -f "$t" "$v" || die "renaming $t to $v failed"
     await s.run(`rename ${tnew} to ${p}`, `
 t=${shq(tnew)}; c=${shq(p)}
 mv -f "$t" "$c" || die "renaming $t to $c failed"
-sync
+flushdir "$c"
 n=$(h "$c") || exit 1
 [ "$n" = ${sha256} ] || die "after the rename $c has sha256 $n, expected ${sha256}"
 `, size);
     log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
-    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev };
+    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs };
   });
 }
 
@@ -514,7 +526,7 @@ n=$(h "$tp") || exit 1
 [ "$n" = ${st.cur} ] || { rm -f "$tn" "$tp"; die "the copy $tp of $c has sha256 $n, expected ${st.cur}"; }
 mv -f "$tn" "$c" || die "renaming $tn to $c failed"
 mv -f "$tp" "$v" || die "renaming $tp to $v failed"
-sync
+flushdir "$c"; flushdir "$v"
 n=$(h "$c") || exit 1
 [ "$n" = ${st.prev} ] || die "after the rename $c has sha256 $n, expected ${st.prev}"
 `, io);

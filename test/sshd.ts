@@ -96,19 +96,22 @@ export async function startSshd(opts: { timeoutMs?: number } = {}): Promise<Sshd
       "",
     ].join("\n"));
     fs.rmSync(pidFile, { force: true });
-    // sshd daemonizes; the parent exits once it has bound (or failed).
-    const code = await new Promise<number>((resolve) => {
-      const p = spawn("/usr/sbin/sshd", ["-f", config, "-E", logFile], { stdio: "ignore" });
-      p.on("error", () => resolve(-1));
-      p.on("exit", (c) => resolve(c ?? -1));
-    });
-    if (code !== 0) { lastErr = readLog(logFile); continue; }
+    // -D: sshd stays our child (not a daemon), so Node reaps it; PID 1 in a container may not
+    // reap a daemonized one. It still writes the pid file, which is how stop() finds it.
+    const child = spawn("/usr/sbin/sshd", ["-D", "-f", config, "-E", logFile], { stdio: "ignore" });
+    child.on("error", () => {});
+    child.unref();
+    let exited = false;
+    child.on("exit", () => { exited = true; });
     const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-    while (Date.now() < deadline) {
-      if (await tryConnect(port)) { started = true; break; }
+    while (Date.now() < deadline && !exited) {
+      if (fs.existsSync(pidFile) && await tryConnect(port)) { started = true; break; }
       await new Promise((r) => setTimeout(r, 50));
     }
-    if (!started) { lastErr = readLog(logFile); await killByPidFile(pidFile); }
+    if (!started) {
+      lastErr = readLog(logFile);
+      if (!exited) child.kill("SIGKILL");
+    }
   }
   if (!started) {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -151,7 +154,10 @@ async function killByPidFile(pidFile: string): Promise<void> {
   let pid: number;
   try { pid = Number(fs.readFileSync(pidFile, "utf8").trim()); } catch { return; }
   if (!Number.isInteger(pid) || pid <= 1) return;
-  const alive = () => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = () => {
+    // A zombie (exited, not yet reaped) counts as gone.
+    try { return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8")); } catch { return false; }
+  };
   try { process.kill(pid, "SIGTERM"); } catch { return; }
   const deadline = Date.now() + 5000;
   while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -242,4 +248,25 @@ export async function startProxy(targetPort: number, targetHost = "127.0.0.1"): 
       return new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** Copies a file to the test server with the OpenSSH client's scp; resolves the wall time in ms. */
+export function scpTo(sshd: Sshd, file: string, remote: string): Promise<number> {
+  const args = sshd.sshArgs.map((a) => (a === "-p" ? "-P" : a));
+  return timed("scp", [...args, "-q", file, `root@127.0.0.1:${remote}`]);
+}
+
+/** Copies a file to the test server with `rsync -e ssh` (whole file, as the original deploy did); resolves ms. */
+export function rsyncTo(sshd: Sshd, file: string, remote: string): Promise<number> {
+  return timed("rsync", ["-e", `ssh ${sshd.sshArgs.join(" ")}`, file, `root@127.0.0.1:${remote}`]);
+}
+
+function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, (err, _stdout, stderr) => {
+      if (err) reject(new Error(`${cmd}: ${err.message}\n${stderr}`));
+      else resolve(performance.now() - t0);
+    });
+  });
 }

@@ -1,0 +1,377 @@
+// The engine-free SSH deploy against a real OpenSSH server on 127.0.0.1 (throw-away keys), through
+// a TCP proxy that counts bytes and can cut the connection. The "USB stick" is a temp folder the
+// server sees at the same path (server and tests share this machine), so the tests read the
+// results directly from disk.
+import { test, type TestContext } from "node:test";
+import * as assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import {
+  deployImage, fingerprint, parseDf, parseHostKeys, remoteState, rollback, spaceCheck, type SshTarget,
+} from "../src/deploy";
+import { rsyncTo, scpTo, startProxy, startSshd, type Proxy, type Sshd } from "./sshd";
+
+const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+const fileSha = (f: string) => (fs.existsSync(f) ? sha256(fs.readFileSync(f)) : undefined);
+
+interface Env {
+  sshd: Sshd;
+  proxy: Proxy;
+  /** Scratch folder of this test (images are written here). */
+  dir: string;
+  /** The target file on the "stick". */
+  target: string;
+  /** Through the proxy. */
+  t: SshTarget;
+  lines: string[];
+  log: (l: string) => void;
+  image(size: number): { file: string; sha: string };
+  /** Registers a cleanup; all run last-in first-out after the test, even when one fails. */
+  defer(fn: () => unknown): void;
+  /** Files in the target's folder. */
+  stick(): string[];
+}
+
+async function setup(t: TestContext, opts: { stickDir?: string } = {}): Promise<Env> {
+  const cleanups: Array<() => unknown> = [];
+  const defer = (fn: () => unknown) => { cleanups.push(fn); };
+  t.after(async () => {
+    const errors: unknown[] = [];
+    for (const fn of cleanups.reverse()) { try { await fn(); } catch (err) { errors.push(err); } }
+    if (errors.length) throw errors[0];
+  });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-deploy-test-"));
+  defer(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sshd = await startSshd();
+  defer(() => sshd.stop());
+  const proxy = await startProxy(sshd.port);
+  defer(() => proxy.close());
+  const stickDir = path.join(dir, opts.stickDir ?? "media/usb/EFI/BOOT");
+  fs.mkdirSync(stickDir, { recursive: true });
+  const target = path.join(stickDir, "BOOTAA64.EFI");
+  const lines: string[] = [];
+  let n = 0;
+  return {
+    sshd, proxy, dir, target, lines, defer,
+    log: (l) => lines.push(l),
+    t: { host: "127.0.0.1", port: proxy.port, privateKey: sshd.clientKey, hostKey: sshd.hostKey, path: target, timeoutMs: 10_000 },
+    image(size) {
+      const bytes = randomBytes(size);
+      const file = path.join(dir, `image-${n++}.efi`);
+      fs.writeFileSync(file, bytes);
+      return { file, sha: sha256(bytes) };
+    },
+    stick: () => fs.readdirSync(stickDir).sort(),
+  };
+}
+
+const MB = 1024 * 1024;
+
+test("deploy: the remote file's hash equals ours; a second, different deploy keeps the first as .prev", async (t) => {
+  const e = await setup(t);
+  const a = e.image(8 * MB);
+  const r1 = await deployImage(e.t, a.file, a.sha, e.log);
+  assert.deepEqual({ ...r1, uploadMs: 0 }, { changed: true, bytesSent: 8 * MB, previous: undefined, uploadMs: 0 });
+  assert.equal(fileSha(e.target), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI"], "no .prev without a previous image, no temporaries");
+  // Progress lines every 10%.
+  const progress = e.lines.filter((l) => l.startsWith("upload "));
+  assert.equal(progress.length, 10, progress.join("\n"));
+  assert.match(progress[9], /^upload 100% \(8\.4 MB of 8\.4 MB, [\d.]+ MB\/s\)$/);
+
+  const b = e.image(8 * MB + 12345);
+  const r2 = await deployImage(e.t, b.file, b.sha, e.log);
+  assert.equal(r2.changed, true);
+  assert.equal(r2.previous, a.sha);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+  assert.deepEqual(await remoteState(e.t), { sha256: b.sha, size: 8 * MB + 12345, prevSha256: a.sha, prevSize: 8 * MB });
+  // The private key never shows up in what the deploy says.
+  const keyBody = e.sshd.clientKey.split("\n")[1];
+  assert.ok(!e.lines.join("\n").includes(keyBody));
+});
+
+test("deploy: paths with spaces and quotes are quoted safely", async (t) => {
+  const e = await setup(t, { stickDir: "media/u s'b $(touch pwned)/EFI/BOOT" });
+  const a = e.image(100_000);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  const b = e.image(100_001);
+  await deployImage(e.t, b.file, b.sha, e.log);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.ok(!fs.existsSync(path.join(e.sshd.dir, "..", "pwned")) && !fs.existsSync("/root/pwned"));
+  await rollback(e.t, e.log);
+  assert.equal(fileSha(e.target), a.sha);
+});
+
+test("deploy of the image the host already has sends no image bytes and reports changed=false", async (t) => {
+  const e = await setup(t);
+  const a = e.image(8 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  const before = fs.statSync(e.target);
+  e.proxy.reset();
+  const r = await deployImage(e.t, a.file, a.sha, e.log);
+  assert.deepEqual(r, { changed: false, bytesSent: 0, previous: undefined, uploadMs: 0 });
+  const traffic = e.proxy.up + e.proxy.down;
+  t.diagnostic(`no-op deploy: ${e.proxy.up} bytes up, ${e.proxy.down} down`);
+  assert.ok(traffic < 100_000, `traffic ${traffic} bytes for an unchanged 8 MiB image`);
+  assert.ok(e.proxy.up > 0, "the proxy did see the connection");
+  const after = fs.statSync(e.target);
+  assert.equal(after.mtimeMs, before.mtimeMs, "the target was not rewritten");
+});
+
+test("a connection cut anywhere during the upload leaves the old image in place; the next deploy completes", async (t) => {
+  const e = await setup(t);
+  const a = e.image(8 * MB);
+  const b = e.image(8 * MB);
+  const c = e.image(8 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  // Measure a full changed deploy (upload + .prev copy) to place the cuts.
+  e.proxy.reset();
+  await deployImage(e.t, b.file, b.sha, e.log);
+  const total = e.proxy.up;
+  t.diagnostic(`a full 8 MiB deploy sends ${total} bytes client->server`);
+  assert.ok(total > 8 * MB && total < 8.5 * MB, `unexpected total ${total}`);
+
+  for (const frac of [0.002, 0.1, 0.35, 0.6, 0.85, 0.99]) {
+    const cut = Math.floor(frac * 8 * MB);
+    e.proxy.cutAfter = cut;
+    const cuts = e.proxy.cuts;
+    const t0 = Date.now();
+    await assert.rejects(deployImage(e.t, c.file, c.sha, e.log), (err: Error) => {
+      assert.match(err.message, new RegExp(`^root@127\\.0\\.0\\.1:${e.proxy.port}: (connect|read the state|open sftp|upload to )`), err.message);
+      return true;
+    }, `cut after ${cut} bytes`);
+    assert.ok(Date.now() - t0 < 9000, "the cut was noticed before the step timeout");
+    assert.equal(e.proxy.cuts, cuts + 1, "the proxy did cut");
+    assert.equal(fileSha(e.target), b.sha, `old image intact after a cut at ${cut} bytes`);
+    assert.equal(fileSha(`${e.target}.prev`), a.sha, ".prev untouched");
+  }
+
+  // A cut after the upload (in the verify / .prev / rename steps): the target holds a complete
+  // image, old or new, never a partial one.
+  e.proxy.cutAfter = total - 600;
+  const late = await deployImage(e.t, c.file, c.sha, e.log).then(() => "completed", (err: Error) => err.message);
+  t.diagnostic(`late cut: ${late}`);
+  assert.ok([b.sha, c.sha].includes(fileSha(e.target)!), "a complete image at the target after a late cut");
+
+  e.proxy.cutAfter = undefined;
+  const r = await deployImage(e.t, c.file, c.sha, e.log);
+  assert.equal(fileSha(e.target), c.sha);
+  assert.equal(fileSha(`${e.target}.prev`), r.changed ? b.sha : b.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+});
+
+test("an interrupted deploy is finished: a verified upload is reused, stale temporaries are replaced", async (t) => {
+  const e = await setup(t);
+  const a = e.image(2 * MB);
+  const b = e.image(2 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  // Stopped after the upload and the .prev copy, before the final rename.
+  fs.copyFileSync(b.file, `${e.target}.ramroot-new`);
+  fs.copyFileSync(a.file, `${e.target}.prev`);
+  e.proxy.reset();
+  const r = await deployImage(e.t, b.file, b.sha, e.log);
+  assert.equal(r.changed, true);
+  assert.equal(r.bytesSent, 0);
+  assert.ok(e.proxy.up < 100_000, `${e.proxy.up} bytes sent`);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+
+  // Garbage temporaries (a partial upload of the right size, a partial .prev copy) are replaced.
+  const c = e.image(2 * MB);
+  fs.writeFileSync(`${e.target}.ramroot-new`, randomBytes(2 * MB));
+  fs.writeFileSync(`${e.target}.ramroot-prev`, randomBytes(1000));
+  const r2 = await deployImage(e.t, c.file, c.sha, e.log);
+  assert.equal(r2.bytesSent, 2 * MB);
+  assert.equal(fileSha(e.target), c.sha);
+  assert.equal(fileSha(`${e.target}.prev`), b.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+
+  // A local file that does not match the promised hash fails the remote verification and
+  // leaves everything as it was.
+  const d = e.image(1 * MB);
+  await assert.rejects(deployImage(e.t, d.file, "0".repeat(64), e.log), /has sha256 [0-9a-f]{64}, expected 0{64}/);
+  assert.equal(fileSha(e.target), c.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+});
+
+test("a wrong pinned host key is refused before authentication, with both fingerprints; nothing is written", async (t) => {
+  const e = await setup(t);
+  const a = e.image(1 * MB);
+  const other = path.join(e.dir, "other_ed25519");
+  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", other]);
+  const otherPub = fs.readFileSync(`${other}.pub`, "utf8");
+  const serverFp = execFileSync("ssh-keygen", ["-lf", path.join(e.sshd.dir, "host_ed25519.pub")], { encoding: "utf8" }).split(" ")[1];
+  const pinnedFp = execFileSync("ssh-keygen", ["-lf", `${other}.pub`], { encoding: "utf8" }).split(" ")[1];
+  const logBefore = e.sshd.log();
+  e.proxy.reset();
+  await assert.rejects(deployImage({ ...e.t, hostKey: otherPub }, a.file, a.sha, e.log), (err: Error) => {
+    assert.match(err.message, /host key verification failed/);
+    assert.ok(err.message.includes(serverFp), `server fingerprint ${serverFp} in: ${err.message}`);
+    assert.ok(err.message.includes(pinnedFp), `pinned fingerprint ${pinnedFp} in: ${err.message}`);
+    assert.ok(err.message.includes(`ssh-keyscan -t ed25519 -p ${e.proxy.port} 127.0.0.1`), err.message);
+    assert.ok(err.message.startsWith(`root@127.0.0.1:${e.proxy.port}: `));
+    return true;
+  });
+  assert.deepEqual(e.stick(), [], "nothing written on the server");
+  assert.ok(e.proxy.up < 4000, `${e.proxy.up} bytes went to the server (key exchange only)`);
+  const newLog = e.sshd.log().slice(logBefore.length);
+  assert.doesNotMatch(newLog, /Accepted publickey/, "the client never authenticated");
+
+  // A pinned key of a type the server does not have: a clear error too.
+  const ecdsa = path.join(e.dir, "other_ecdsa");
+  execFileSync("ssh-keygen", ["-q", "-t", "ecdsa", "-N", "", "-f", ecdsa]);
+  await assert.rejects(remoteState({ ...e.t, hostKey: fs.readFileSync(`${ecdsa}.pub`, "utf8") }), /ecdsa-sha2-nistp256.*ssh-keyscan/);
+  assert.deepEqual(e.stick(), []);
+});
+
+test("host keys: ssh-keyscan output, known_hosts lines and .pub files pin the same key; fingerprint as ssh-keygen prints it", async (t) => {
+  const e = await setup(t);
+  const scanned = execFileSync("ssh-keyscan", ["-t", "ed25519", "-p", String(e.sshd.port), "127.0.0.1"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+  assert.match(scanned, /^\[127\.0\.0\.1\]:\d+ ssh-ed25519 AAAA/m);
+  const known = fs.readFileSync(e.sshd.knownHostsFile, "utf8");
+  for (const hostKey of [scanned, known, e.sshd.hostKey, `# comment\n\n${e.sshd.hostKey}\n`]) {
+    assert.deepEqual(await remoteState({ ...e.t, hostKey }), { sha256: undefined, size: undefined, prevSha256: undefined, prevSize: undefined });
+  }
+  const fp = execFileSync("ssh-keygen", ["-lf", path.join(e.sshd.dir, "host_ed25519.pub")], { encoding: "utf8" }).split(" ")[1];
+  assert.equal(fingerprint(e.sshd.hostKey), fp);
+  assert.equal(fingerprint(scanned), fp);
+  assert.throws(() => parseHostKeys(""), /no SSH host key/);
+  assert.throws(() => parseHostKeys("hello world"), /not an SSH public key/);
+  // A type name that does not match the key inside.
+  assert.throws(() => parseHostKeys(e.sshd.hostKey.replace("ssh-ed25519", "ssh-rsa")), /holds a ssh-ed25519 key/);
+  await assert.rejects(remoteState({ ...e.t, hostKey: "" }), /no SSH host key/);
+  await assert.rejects(remoteState({ ...e.t, privateKey: "not a key" }), (err: Error) => {
+    assert.match(err.message, /^root@127\.0\.0\.1:\d+: the private key cannot be used/);
+    return true;
+  });
+  await assert.rejects(remoteState({ ...e.t, path: "relative/BOOTAA64.EFI" }), /absolute file path/);
+});
+
+test("a file changed by hand on the host shows up in remoteState; deploy restores it", async (t) => {
+  const e = await setup(t);
+  const a = e.image(2 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  assert.equal((await remoteState(e.t)).sha256, a.sha);
+  const edited = Buffer.concat([fs.readFileSync(a.file).subarray(0, MB), Buffer.from("edited by hand")]);
+  fs.writeFileSync(e.target, edited);
+  const drift = await remoteState(e.t);
+  assert.equal(drift.sha256, sha256(edited));
+  assert.equal(drift.size, edited.length);
+  const r = await deployImage(e.t, a.file, a.sha, e.log);
+  assert.equal(r.changed, true);
+  assert.equal(fileSha(e.target), a.sha);
+  assert.equal(fileSha(`${e.target}.prev`), sha256(edited), "the replaced file is kept as .prev, never just deleted");
+  assert.equal((await remoteState(e.t)).sha256, a.sha);
+});
+
+test("rollback puts the previous image back; a second rollback returns to the newer one", async (t) => {
+  const e = await setup(t);
+  const a = e.image(3 * MB);
+  const b = e.image(3 * MB + 1);
+  await assert.rejects(rollback(e.t, e.log), /no previous image at .*BOOTAA64\.EFI\.prev/);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  await assert.rejects(rollback(e.t, e.log), /no previous image/);
+  await deployImage(e.t, b.file, b.sha, e.log);
+
+  e.proxy.reset();
+  assert.deepEqual(await rollback(e.t, e.log), { current: a.sha, previous: b.sha });
+  assert.ok(e.proxy.up < 100_000, "rollback copies on the host, it sends no image");
+  assert.equal(fileSha(e.target), a.sha);
+  assert.equal(fileSha(`${e.target}.prev`), b.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+
+  assert.deepEqual(await rollback(e.t, e.log), { current: b.sha, previous: a.sha });
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+
+  // Identical .prev and target: nothing to roll back to.
+  fs.copyFileSync(b.file, `${e.target}.prev`);
+  await assert.rejects(rollback(e.t, e.log), /is the same image as/);
+  assert.equal(fileSha(e.target), b.sha);
+});
+
+test("parseDf reads GNU and busybox df -P output", () => {
+  const gnu = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n/dev/vda         264212084 18170172  77331092      20% /\n";
+  assert.deepEqual(parseDf(gnu), { total: 264212084 * 1024, available: 77331092 * 1024, mountedOn: "/" });
+  const busybox = "Filesystem           1024-blocks    Used Available Capacity Mounted on\n/dev/sda1              7812864   123456   7689408   2% /media/usb\n";
+  assert.deepEqual(parseDf(busybox), { total: 7812864 * 1024, available: 7689408 * 1024, mountedOn: "/media/usb" });
+  const posix512 = "Filesystem 512-blocks Used Available Capacity Mounted on\n/dev/sdb1 2000 1000 1000 50% /mnt/my stick\n";
+  assert.deepEqual(parseDf(posix512), { total: 2000 * 512, available: 1000 * 512, mountedOn: "/mnt/my stick" });
+  assert.throws(() => parseDf("df: /nope: No such file or directory\n"), /cannot read df -P output/);
+  assert.throws(() => parseDf(""), /cannot read df -P output/);
+
+  const fits = spaceCheck(100 * MB, [["new image", 40 * MB], ["copy of the current image", 40 * MB]]);
+  assert.equal(fits.ok, true);
+  assert.equal(fits.need, 81 * MB);
+  assert.equal(spaceCheck(80 * MB, [["new image", 40 * MB], ["copy of the current image", 40 * MB]]).ok, false);
+  // This machine's own df, through the parser.
+  const here = parseDf(execFileSync("df", ["-Pk", os.tmpdir()], { encoding: "utf8" }));
+  assert.ok(here.available > 0 && here.total >= here.available);
+});
+
+test("free space: a deploy that does not fit next to the current image and .prev fails clearly and changes nothing", async (t) => {
+  const e = await setup(t);
+  const stickDir = path.dirname(e.target);
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=12m", "tmpfs", stickDir], { stdio: "ignore" });
+  } catch {
+    t.skip("cannot mount a tmpfs here (not root?); parseDf/spaceCheck are unit-tested above");
+    return;
+  }
+  e.defer(() => execFileSync("umount", [stickDir]));
+  const a = e.image(4 * MB);
+  const b = e.image(4 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log); // 4 MiB + 1 MiB slack fits in 12 MiB
+  e.proxy.reset();
+  await assert.rejects(deployImage(e.t, b.file, b.sha, e.log), (err: Error) => {
+    assert.match(err.message, /not enough space in .*: need 9\.4 MB \(new image 4\.2 MB \+ copy of the current image 4\.2 MB \+ 1\.0 MB slack\), 8\.4 MB available/);
+    return true;
+  });
+  assert.ok(e.proxy.up < 100_000, "nothing uploaded");
+  assert.equal(fileSha(e.target), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI"]);
+});
+
+test("every network step has a timeout that names host, port and step", async (t) => {
+  // A server that accepts TCP and never says a word.
+  const sockets = new Set<net.Socket>();
+  const silent = net.createServer((s) => { sockets.add(s); s.on("error", () => {}); });
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+  t.after(() => { for (const s of sockets) s.destroy(); return new Promise<void>((r) => silent.close(() => r())); });
+  const port = (silent.address() as net.AddressInfo).port;
+  const e = await setup(t);
+  const t0 = Date.now();
+  await assert.rejects(remoteState({ ...e.t, port, timeoutMs: 500 }), new RegExp(`^Error: root@127\\.0\\.0\\.1:${port}: connect: Timed out`, "i"));
+  assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+
+  // Nothing listening: refused at once, with host and port.
+  fs.rmSync(e.target, { force: true });
+  const closed = await new Promise<number>((resolve) => { const s = net.createServer(); s.listen(0, "127.0.0.1", () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
+  await assert.rejects(remoteState({ ...e.t, port: closed }), new RegExp(`root@127\\.0\\.0\\.1:${closed}: connect: .*ECONNREFUSED`));
+});
+
+test("throughput: a changed 64 MiB image over loopback, against scp and rsync -e ssh", async (t) => {
+  const e = await setup(t);
+  const size = 64 * MB;
+  const a = e.image(size);
+  const b = e.image(size);
+  const direct: SshTarget = { ...e.t, port: e.sshd.port };
+  await deployImage(direct, a.file, a.sha);
+  const t0 = performance.now();
+  const r = await deployImage(direct, b.file, b.sha);
+  const deployMs = performance.now() - t0;
+  assert.equal(fileSha(e.target), b.sha);
+  const scpMs = await scpTo(e.sshd, b.file, path.join(e.dir, "scp.efi"));
+  const rsyncMs = await rsyncTo(e.sshd, b.file, path.join(e.dir, "rsync.efi"));
+  assert.equal(fileSha(path.join(e.dir, "rsync.efi")), b.sha);
+  const rate = (ms: number) => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+  t.diagnostic(`sftp upload ${rate(r.uploadMs)}; whole deploy (upload, sync, remote sha256, .prev copy, rename) ${rate(deployMs)}; scp ${rate(scpMs)}; rsync -e ssh ${rate(rsyncMs)}`);
+});

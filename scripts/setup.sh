@@ -13,6 +13,7 @@ apt_packages=(
 	binutils binutils-aarch64-linux-gnu                     # objdump reads UKIs in tests
 	systemd-boot-efi                                        # the x86_64 systemd-stub
 	openssh-server openssh-client rsync                     # deploy tests against a real sshd
+	qemu-user-static binfmt-support                         # setup.sh in a chroot of another arch
 	git curl ca-certificates xz-utils
 )
 missing=()
@@ -27,6 +28,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 	else
 		echo "setup: missing Debian packages: ${missing[*]} (install them as root: apt-get install ${missing[*]})" >&2
 	fi
+fi
+
+# Running the aarch64 rootfs's setup.sh on this host needs qemu-user through binfmt_misc. In a
+# container the binfmt_misc filesystem may not be mounted; the kernel's registration may be off.
+if [ "$(id -u)" = 0 ] && [ "$(uname -m)" != aarch64 ] && command -v update-binfmts >/dev/null; then
+	mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
+		echo "setup: cannot mount binfmt_misc: aarch64 chroots (setup.sh) will not run here" >&2
+	[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 ||
+		echo "setup: cannot enable qemu-aarch64 in binfmt_misc: aarch64 chroots (setup.sh) will not run here" >&2
 fi
 
 # npm dependencies; the devDependency `node` brings Node 22 into node_modules/.bin.

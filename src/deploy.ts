@@ -14,10 +14,11 @@
 //   P.ramroot-prev    copy of P on its way to P.prev (a temporary; may be partial)
 // Temporaries are verified by sha256 on the host before they are renamed, and removed or
 // replaced by the next run. At every point the target path holds a complete image: the old one
-// until the final rename, the new one after it. Deploy order: upload to P.ramroot-new, sync,
-// verify; copy P to P.ramroot-prev, sync, verify, rename to P.prev; rename P.ramroot-new to P;
-// sync. Running deployImage again after any failure finishes the job (a verified upload is
-// reused; a .prev that already equals P is not copied again).
+// until the final rename, the new one after it. Deploy order: upload to P.ramroot-new while the
+// host copies P to P.ramroot-prev (sync, verify); sync and verify the upload; rename
+// P.ramroot-prev to P.prev, sync; rename P.ramroot-new to P, sync. Running deployImage again
+// after any failure finishes the job (a verified upload is reused; a .prev that already equals P
+// is not copied again). A failed upload leaves P.prev as it was.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from "ssh2";
@@ -306,6 +307,12 @@ class Session {
     }));
   }
 
+  /** Best effort, for cleanups: runs a script when the connection is still up, ignores any failure. */
+  async tryRun(script: string): Promise<void> {
+    if (this.failure) return;
+    try { await this.run("clean up", script); } catch { /* the next run cleans up */ }
+  }
+
   /** The SFTP subsystem, or undefined when the server has none (then uploads go through `cat`). */
   sftp(): Promise<SFTPWrapper | undefined> {
     this.sftpP ??= this.step("open sftp", this.timeoutMs, () => new Promise<SFTPWrapper | undefined>((resolve, reject) => {
@@ -452,45 +459,63 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
         `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
     }
 
+    // The upload and the host-side copy of the current image (to the .prev temporary) run at the
+    // same time: one is network-bound, the other disk-bound. The copy is renamed to .prev only
+    // after the upload is verified, so a failed upload never costs the rollback image.
     let bytesSent = 0;
     let uploadMs = 0;
-    if (reuse) {
-      log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
-    } else {
+    const upload = async () => {
+      if (reuse) {
+        log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
+        return;
+      }
       const t0 = performance.now();
       await s.upload(file, tnew, size, log);
       uploadMs = performance.now() - t0;
       bytesSent = size;
-    }
-    await s.run(`flush and verify ${tnew}`, `
-t=${shq(tnew)}
-flush "$t"
-n=$(h "$t") || exit 1
-[ "$n" = ${sha256} ] || { rm -f "$t"; die "the uploaded $t has sha256 $n, expected ${sha256} (removed it; the current image is untouched)"; }
-`, 2 * size);
-    log(`${tnew}: written, flushed, sha256 verified`);
-
-    if (copyPrev) {
-      await s.run(`keep the current image as ${prev}`, `
+    };
+    const copyCurrent = async () => {
+      if (!copyPrev) return;
+      await s.run(`copy the current image to ${tprev}`, `
 c=${shq(p)}; t=${shq(tprev)}
 cp "$c" "$t" || die "copying $c to $t failed"
-flush "$t"
+flush "$t" & f=$!
 n=$(h "$t") || exit 1
+wait $f
 [ "$n" = ${st.cur} ] || { rm -f "$t"; die "the copy $t of $c has sha256 $n, expected ${st.cur}"; }
-v=${shq(prev)}
-mv -f "$t" "$v" || die "renaming $t to $v failed"
-flushdir "$v"
 `, 3 * (st.curSize ?? 0));
-      log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}`);
-    }
+    };
+    try {
+      const settled = await Promise.allSettled([upload(), copyCurrent()]);
+      for (const r of settled) if (r.status === "rejected") throw r.reason;
 
+      // Flush and hash at the same time (the hash reads the page cache); rename only once both are done.
+      await s.run(`flush and verify ${tnew}`, `
+t=${shq(tnew)}
+flush "$t" & f=$!
+n=$(h "$t") || exit 1
+wait $f
+[ "$n" = ${sha256} ] || { rm -f "$t"; die "the uploaded $t has sha256 $n, expected ${sha256} (removed it; the current image is untouched)"; }
+`, 2 * size);
+    } catch (err) {
+      // The connection may still be up (a remote error, a bad hash): take the temporaries away so
+      // they do not hold space on the stick. When it is gone, the next run removes them.
+      await s.tryRun(`rm -f ${shq(tprev)} ${shq(tnew)}`);
+      throw err;
+    }
+    log(`${tnew}: written, flushed, sha256 verified`);
+
+    // Two renames within the folder, each flushed. Between them the target still holds the
+    // current image and .prev a verified copy of it; a rerun skips the copy and does the last one.
+    // (A rename does not touch the content, so the verified hash stays true.)
     await s.run(`rename ${tnew} to ${p}`, `
-t=${shq(tnew)}; c=${shq(p)}
+t=${shq(tnew)}; c=${shq(p)}; tp=${shq(tprev)}; v=${shq(prev)}
+${copyPrev ? `mv -f "$tp" "$v" || die "renaming $tp to $v failed"
+flushdir "$v"` : ""}
 mv -f "$t" "$c" || die "renaming $t to $c failed"
 flushdir "$c"
-n=$(h "$c") || exit 1
-[ "$n" = ${sha256} ] || die "after the rename $c has sha256 $n, expected ${sha256}"
-`, size);
+`);
+    if (copyPrev) log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}`);
     log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
     return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs };
   });

@@ -133,9 +133,11 @@ test("a connection cut anywhere during the upload leaves the old image in place;
   await deployImage(e.t, a.file, a.sha, e.log);
   // Measure a full changed deploy (upload + .prev copy) to place the cuts.
   e.proxy.reset();
-  await deployImage(e.t, b.file, b.sha, e.log);
+  let uploaded = 0;
+  await deployImage(e.t, b.file, b.sha, (l) => { if (l.startsWith("upload 100%")) uploaded = e.proxy.up; });
   const total = e.proxy.up;
-  t.diagnostic(`a full 8 MiB deploy sends ${total} bytes client->server`);
+  t.diagnostic(`a full 8 MiB deploy sends ${total} bytes client->server, ${uploaded} of them by the end of the upload`);
+  assert.ok(uploaded > 8 * MB && uploaded < total, `upload ended at ${uploaded} of ${total}`);
   assert.ok(total > 8 * MB && total < 8.5 * MB, `unexpected total ${total}`);
 
   for (const frac of [0.002, 0.1, 0.35, 0.6, 0.85, 0.99]) {
@@ -153,18 +155,29 @@ test("a connection cut anywhere during the upload leaves the old image in place;
     assert.equal(fileSha(`${e.target}.prev`), a.sha, ".prev untouched");
   }
 
-  // A cut after the upload (in the verify / .prev / rename steps): the target holds a complete
-  // image, old or new, never a partial one.
-  e.proxy.cutAfter = total - 600;
-  const late = await deployImage(e.t, c.file, c.sha, e.log).then(() => "completed", (err: Error) => err.message);
-  t.diagnostic(`late cut: ${late}`);
-  assert.ok([b.sha, c.sha].includes(fileSha(e.target)!), "a complete image at the target after a late cut");
+  // Cuts after the upload (in the verify / .prev / rename steps): the target holds a complete
+  // image, old or new, never a partial one; .prev is the image before it; a rerun finishes.
+  for (const cut of [uploaded + 50, Math.floor((uploaded + total) / 2), total - 100]) {
+    e.proxy.cutAfter = cut;
+    const late = await deployImage(e.t, c.file, c.sha, e.log).then(() => "completed", (err: Error) => err.message.replace(/\/tmp\/\S+\//g, ""));
+    t.diagnostic(`cut after ${cut} bytes: ${late}`);
+    const now = fileSha(e.target);
+    const prev = fileSha(`${e.target}.prev`);
+    if (now === b.sha) assert.ok(prev === a.sha || prev === b.sha, "old image in place, .prev the one before or a copy of it");
+    else assert.ok(now === c.sha && prev === b.sha, "new image in place, the old one as .prev");
 
-  e.proxy.cutAfter = undefined;
-  const r = await deployImage(e.t, c.file, c.sha, e.log);
-  assert.equal(fileSha(e.target), c.sha);
-  assert.equal(fileSha(`${e.target}.prev`), r.changed ? b.sha : b.sha);
-  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+    e.proxy.cutAfter = undefined;
+    const r = await deployImage(e.t, c.file, c.sha, e.log);
+    assert.equal(fileSha(e.target), c.sha);
+    assert.equal(fileSha(`${e.target}.prev`), b.sha);
+    // Where exactly the cut lands varies by a few hundred bytes (the host-side copy runs beside
+    // the upload); reuse of a verified upload is checked deterministically in the next test.
+    assert.ok(r.bytesSent === 0 || r.bytesSent === 8 * MB);
+    assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+    // Back to the old image for the next cut.
+    await rollback(e.t, e.log);
+    fs.copyFileSync(a.file, `${e.target}.prev`);
+  }
 });
 
 test("an interrupted deploy is finished: a verified upload is reused, stale temporaries are replaced", async (t) => {

@@ -331,13 +331,14 @@ class Session {
    */
   async upload(file: string, remote: string, size: number, log: Log): Promise<void> {
     const started = Date.now();
-    let nextReport = 0.1;
+    let reported = 0;
     const progress = (done: number) => {
-      while (size > 0 && done / size >= nextReport - 1e-9 && nextReport <= 1.0001) {
-        const secs = Math.max((Date.now() - started) / 1000, 1e-3);
-        log(`upload ${Math.round(nextReport * 100)}% (${mb(done)} of ${mb(size)}, ${(done / 1e6 / secs).toFixed(1)} MB/s)`);
-        nextReport += 0.1;
-      }
+      // One line per tenth reached (the highest one when a chunk crosses several).
+      const tenth = size > 0 ? Math.floor((done * 10) / size) : 10;
+      if (tenth <= reported) return;
+      reported = tenth;
+      const secs = Math.max((Date.now() - started) / 1000, 1e-3);
+      log(`upload ${tenth * 10}% (${mb(done)} of ${mb(size)}, ${(done / 1e6 / secs).toFixed(1)} MB/s)`);
     };
     const sftp = await this.sftp();
     if (sftp) {
@@ -359,8 +360,9 @@ class Session {
           ch.stderr.on("data", (d: Buffer) => errOut.push(d));
           ch.on("exit", (c: number | null) => { code = c; });
           ch.on("close", () => (code === 0 ? resolve() : reject(new Error(Buffer.concat(errOut).toString().trim() || `cat exited with ${code}`))));
+          ch.resume(); // cat prints nothing, but ssh2 only closes a channel whose output was read
           let done = 0;
-          const rs = fs.createReadStream(file, { highWaterMark: 1 << 20 });
+          const rs = fs.createReadStream(file, { highWaterMark: 256 * 1024 });
           rs.on("data", (d) => { done += d.length; touch(); progress(done); });
           rs.on("error", reject);
           rs.pipe(ch);

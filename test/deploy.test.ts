@@ -36,7 +36,7 @@ interface Env {
   stick(): string[];
 }
 
-async function setup(t: TestContext, opts: { stickDir?: string } = {}): Promise<Env> {
+async function setup(t: TestContext, opts: { stickDir?: string; sftp?: boolean } = {}): Promise<Env> {
   const cleanups: Array<() => unknown> = [];
   const defer = (fn: () => unknown) => { cleanups.push(fn); };
   t.after(async () => {
@@ -46,7 +46,7 @@ async function setup(t: TestContext, opts: { stickDir?: string } = {}): Promise<
   });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-deploy-test-"));
   defer(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const sshd = await startSshd();
+  const sshd = await startSshd({ sftp: opts.sftp });
   defer(() => sshd.stop());
   const proxy = await startProxy(sshd.port);
   defer(() => proxy.close());
@@ -212,6 +212,28 @@ test("an interrupted deploy is finished: a verified upload is reused, stale temp
   await assert.rejects(deployImage(e.t, d.file, "0".repeat(64), e.log), /has sha256 [0-9a-f]{64}, expected 0{64}/);
   assert.equal(fileSha(e.target), c.sha);
   assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+});
+
+test("a server without SFTP: the upload goes through cat, with the same checks", async (t) => {
+  const e = await setup(t, { sftp: false });
+  const a = e.image(3 * MB);
+  const b = e.image(3 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  const r = await deployImage(e.t, b.file, b.sha, e.log);
+  assert.equal(r.bytesSent, 3 * MB);
+  assert.ok(e.lines.some((l) => /no SFTP subsystem: uploading through cat/.test(l)), e.lines.join("\n"));
+  assert.equal(e.lines.filter((l) => l.startsWith("upload ")).length, 20, "progress lines for both uploads");
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+  // A cut during a cat upload leaves the old image too.
+  const c = e.image(3 * MB);
+  e.proxy.cutAfter = 1 * MB; // per connection
+  await assert.rejects(deployImage(e.t, c.file, c.sha, e.log), /upload to .*(connection closed|ECONNRESET)/);
+  assert.equal(fileSha(e.target), b.sha);
+  e.proxy.cutAfter = undefined;
+  await deployImage(e.t, c.file, c.sha, e.log);
+  assert.equal(fileSha(e.target), c.sha);
 });
 
 test("a wrong pinned host key is refused before authentication, with both fingerprints; nothing is written", async (t) => {

@@ -60,7 +60,7 @@ function tryConnect(port: number): Promise<boolean> {
 }
 
 /** Starts a throw-away sshd and waits until it speaks SSH. Call stop() in t.after. */
-export async function startSshd(opts: { timeoutMs?: number } = {}): Promise<Sshd> {
+export async function startSshd(opts: { timeoutMs?: number; /** Default true; false: no SFTP subsystem (like dropbear without sftp-server). */ sftp?: boolean } = {}): Promise<Sshd> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-sshd-"));
   fs.mkdirSync("/run/sshd", { recursive: true });
   const hostKeyFile = path.join(dir, "host_ed25519");
@@ -90,7 +90,7 @@ export async function startSshd(opts: { timeoutMs?: number } = {}): Promise<Sshd
       "KbdInteractiveAuthentication no",
       "UsePAM no",
       "UseDNS no",
-      "Subsystem sftp internal-sftp",
+      ...(opts.sftp === false ? [] : ["Subsystem sftp internal-sftp"]),
       // Tests open many short connections in a row.
       "MaxStartups 100",
       "",

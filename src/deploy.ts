@@ -345,7 +345,7 @@ class Session {
       await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
         // Many large writes in flight: throughput close to scp's, far above a naive stream.
         sftp.fastPut(file, remote, {
-          concurrency: 32, chunkSize: 256 * 1024, fileSize: size,
+          concurrency: 16, chunkSize: 1024 * 1024, fileSize: size,
           step: (done) => { touch(); progress(done); },
         }, (err) => (err ? reject(err) : resolve()));
       }), true);
@@ -403,11 +403,14 @@ async function probe(s: Session, opts: { newSize?: number; newSha?: string; clea
   const script = `
 p=${shq(p)}; d=${shq(dir)}
 [ -d "$d" ] || die "folder $d does not exist"
-c=$(h "$p") || exit 1; cs=$(sz "$p")
-v=$(h ${shq(prev)}) || exit 1; vs=$(sz ${shq(prev)})
+# The files are hashed at the same time, each in a subshell that prints one short line.
+line() { x=$(h "$2") || exit 1; printf '%s %s %s\\n' "$1" "$x" "$(sz "$2")"; }
+line cur "$p" & j1=$!
+line prev ${shq(prev)} & j2=$!
 ns=$(sz ${shq(tnew)}); n=-
 ${opts.newSize !== undefined ? `[ "$ns" = ${opts.newSize} ] && { n=$(h ${shq(tnew)}) || exit 1; }` : ""}
-printf 'cur %s %s\\nprev %s %s\\nnew %s %s\\n' "$c" "$cs" "$v" "$vs" "$n" "$ns"
+wait $j1 || exit 1; wait $j2 || exit 1
+printf 'new %s %s\\n' "$n" "$ns"
 ${opts.cleanup ? `rm -f ${shq(tprev)}; [ "$n" = ${opts.newSha ?? "-"} ] || rm -f ${shq(tnew)}` : ""}
 ${opts.df ? `echo df; df -Pk "$d"` : ""}
 `;

@@ -564,3 +564,49 @@ n=$(h "$c") || exit 1
     return { current: st.prev, previous: st.cur };
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// After a deploy: commands on the host (a reboot), and waiting for it to come back.
+
+/**
+ * Runs each command on the host in order (POSIX sh); stops at the first that fails. A command
+ * that ends the connection (reboot) counts as done.
+ */
+export async function runOnHost(t: SshTarget, commands: string[], log: Log = () => {}): Promise<void> {
+  await withSession(t, log, async (s) => {
+    for (const cmd of commands) {
+      log(`on ${s.where}: ${cmd}`);
+      try {
+        const out = await s.run(cmd, cmd);
+        for (const line of out.trimEnd().split("\n").filter(Boolean)) log(`  ${line}`);
+      } catch (e: any) {
+        if (/reboot|poweroff|shutdown/.test(cmd) && /closed|ECONNRESET|end/i.test(String(e.message))) return;
+        throw new Error(`${s.where}: \`${cmd}\` failed: ${e.message}`);
+      }
+    }
+  });
+}
+
+/**
+ * Waits until the host answers over SSH and reports `buildId` in /etc/ramroot-release (what
+ * every ramroot image carries), retrying until `timeoutMs`.
+ */
+export async function waitForBuild(t: SshTarget, buildId: string, timeoutMs: number, log: Log = () => {}): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "no answer yet";
+  while (Date.now() < deadline) {
+    try {
+      const seen = await withSession({ ...t, timeoutMs: Math.min(t.timeoutMs ?? DEFAULT_TIMEOUT_MS, 15_000) }, () => {}, (s) =>
+        s.run("read /etc/ramroot-release", `sed -n 's/^BUILD_ID="\\{0,1\\}\\([0-9a-f]*\\)"\\{0,1\\}$/\\1/p' /etc/ramroot-release 2>/dev/null || true`));
+      if (seen.trim() === buildId) {
+        log(`${t.host} is up and runs build ${buildId}`);
+        return;
+      }
+      last = `it runs build ${seen.trim() || "(unknown)"}`;
+    } catch (e: any) {
+      last = e.message;
+    }
+    await new Promise((r) => setTimeout(r, 3000));
+  }
+  throw new Error(`${t.host} did not come back with build ${buildId} within ${Math.round(timeoutMs / 1000)} s (${last}); the new image is in place and the previous one is at .prev: \`ramroot rollback --stack production\` puts it back`);
+}

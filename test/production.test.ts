@@ -54,19 +54,25 @@ test("production: deploy over SSH, atomic, verified, gated, reversible", { timeo
     assert.deepEqual(fs.readdirSync(path.dirname(target)), []);
   });
 
-  await t.test("up deploys the UKI that booted in qemu; the remote hash equals it", async () => {
+  const afterLog = path.join(sshd.dir, "after-deploy.log");
+  const afterRuns = () => (fs.existsSync(afterLog) ? fs.readFileSync(afterLog, "utf8").split("\n").filter(Boolean).length : 0);
+
+  await t.test("up deploys the UKI that booted in qemu; the remote hash equals it; after-deploy commands run", async () => {
     await set("hostKey", sshd.hostKey);
+    await p.pulumi(["config", "set", "--path", "ramroot:afterDeploy[0]", ...prod, "--", `echo deployed >> ${afterLog}`]);
     await up();
     const o = await out("production");
     assert.equal(o.ukiSha256, qemu.ukiSha256);
     assert.equal(sha(target), o.ukiSha256);
+    assert.equal(afterRuns(), 1);
   });
 
-  await t.test("a second up (with refresh) sends no image bytes", async () => {
+  await t.test("a second up (with refresh) sends no image bytes and runs no after-deploy command", async () => {
     proxy.reset();
     const r = await p.pulumi(["up", "--yes", "--refresh", ...prod]);
     assert.doesNotMatch(r.stdout, /deployed build/);
     assert.ok(proxy.up < 100_000, `${proxy.up} bytes went to the server`);
+    assert.equal(afterRuns(), 1);
   });
 
   await t.test("the gate refuses a build that never booted in qemu; the override lets it through; .prev keeps the previous image", async () => {

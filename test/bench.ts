@@ -359,7 +359,8 @@ function hashTree(dir, opts = {}) {
     target: {
       what: "No-op `pulumi up`: <= 1 s of provider work beyond the CLI's own",
       met: median(providerMs) <= 1000,
-      detail: `handlers ${median(providerMs).toFixed(0)} ms in total (${kinds}); whole command ${s2(med(noop).wall)} s vs ${s2(med(base).wall)} s for an empty program (+${s2(beyond)} s, which also holds the program's run and the provider processes' start)`,
+      why: `met only with Rootfs's check on src/treehash.ts, which the bench patches into its copy of the project. With the committed src/rootfs.ts hashTree, which reads the whole base tree in both the preview and the update pass, the handlers take ${committed.providerMs.toFixed(0)} ms. The lead has to switch src/rootfs.ts to src/treehash.ts.`,
+      detail: `with src/treehash.ts: handlers ${median(providerMs).toFixed(0)} ms in total (${kinds}); whole command ${s2(med(noop).wall)} s vs ${s2(med(base).wall)} s for an empty program (+${s2(beyond)} s, which also holds the program's run and the provider processes' start)`,
     },
   };
 }
@@ -435,7 +436,7 @@ async function deployBench(work: string, ukiA: string, ukiB: string, rows: Row[]
     what: "Deploy: changed image throughput >= rsync's",
     met: tp(ours) >= tp(rsync),
     why: "the end-to-end SFTP deploy also does host-side work: sha256 of the upload, a copy of the current image to .prev (in parallel with the upload), " +
-      "and syncs. Its upload alone runs at about scp's speed. rsync's delta transfer sends only about 0.2 MB, because the two images differ in " +
+      `and syncs. Its upload alone runs at ${(sizeB / upload / 1e6).toFixed(0)} MB/s (scp ${tp(scp).toFixed(0)} MB/s). rsync's delta transfer sends only ${mb(wRsync)} MB, because the two images differ in ` +
       "one initramfs segment, and it skips the .prev copy and the verification. src/deploy.ts belongs to another engineer. Closing the gap needs " +
       "a delta upload, or fewer host-side passes over the image.",
     detail: `${mb(sizeB)} MB image: SFTP deploy ${tp(ours).toFixed(0)} MB/s (${s2(med(ours).wall)} s end to end; its upload alone ${(sizeB / upload / 1e6).toFixed(0)} MB/s), rsync ${tp(rsync).toFixed(0)} MB/s (${s2(med(rsync).wall)} s, ${mb(wRsync)} MB on the wire), scp ${tp(scp).toFixed(0)} MB/s (${s2(med(scp).wall)} s)`,
@@ -479,8 +480,8 @@ function report(r: {
   out.push("", "## Targets (issue 7)", "");
   out.push("| target | | measured |", "|---|---|---|");
   for (const t of r.targets) out.push(`| ${cell(t.what)} | ${t.met === undefined ? "not measured" : t.met ? "met" : "**missed**"} | ${cell(t.detail)} |`);
-  const misses = r.targets.filter((t) => t.met !== true && t.why);
-  if (misses.length) out.push("", "### Why the misses", "", ...misses.map((t) => `- **${t.what}**: ${t.why}`));
+  const misses = r.targets.filter((t) => t.why && (t.met !== true || t.what.startsWith("No-op")));
+  if (misses.length) out.push("", "### Why the misses (and conditions)", "", ...misses.map((t) => `- **${t.what}**: ${t.why}`));
   if (r.notes.length) out.push("", "## Notes", "", ...r.notes.map((n) => `- ${n}`));
   out.push("");
   return out.join("\n");

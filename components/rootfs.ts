@@ -7,7 +7,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
+import { artifactHandlers, context, InputError, isKnown, projectDir } from "./artifact";
 import { baseSource, buildConfigured, buildPackages, configureHash, packagesHash, type RootfsSpec } from "../src/rootfs";
 import { SystemError, validateSystem } from "../src/system";
 import { hostProblem } from "../src/configure";
@@ -44,7 +44,7 @@ interface Inputs {
 async function specOf(i: Inputs): Promise<RootfsSpec> {
   const root = projectDir();
   const source = i.base ? baseSource(i.base) : undefined;
-  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] } };
+  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: context("rootfs").store.path("cache/treehash") };
   if (i.system) {
     try {
       const sys = await validateSystem(path.resolve(root, i.system), { shown: i.system, needPackages: !source, execDirs: i.execDirs });

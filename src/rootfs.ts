@@ -6,13 +6,12 @@
 //                 where it is, named by the hash of its contents.
 //   2. configure  rootfs/<hash2>/  a copy of stage 1, the skeleton over it, setup.sh run in a
 //                 chroot (src/configure.ts). hash2 covers hash1, so a package change reruns both.
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { sha256, sha256File, type Store } from "./store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
+import { hashTree } from "./treehash";
 
 /** Where stage 1 comes from. */
 export type Source =
@@ -29,6 +28,8 @@ export interface RootfsSpec {
   setup?: string;
   /** The system folder (absolute): hashed for stage 2, minus packages (stage 1) and secrets (their own layer). */
   system?: string;
+  /** Where tree hashes remember file hashes (src/treehash.ts), so a no-op preview reads nothing. */
+  hashCache?: string;
 }
 
 export const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz)$/;
@@ -43,21 +44,21 @@ export async function packagesHash(spec: RootfsSpec): Promise<string> {
   const s = spec.source;
   switch (s.kind) {
     case "folder":
-      return hashTree(s.path);
+      return hashTree(s.path, { cacheDir: spec.hashCache });
     case "tarball":
       return sha256(JSON.stringify(["rootfs-packages/tarball/1", await sha256File(s.path)]));
     case "alpine":
       return sha256(JSON.stringify([
         "rootfs-packages/alpine/1", spec.arch, s.branch ?? DEFAULT_BRANCH, s.mirror ?? DEFAULT_MIRROR, s.packages,
-        s.builderSha256 ?? BUILDER.sha256, s.keysDir ? await hashTree(s.keysDir) : "", s.refresh ?? "",
+        s.builderSha256 ?? BUILDER.sha256, s.keysDir ? await hashTree(s.keysDir, { cacheDir: spec.hashCache }) : "", s.refresh ?? "",
       ]));
   }
 }
 
 /** The stage-2 key: stage 1, the skeleton, setup.sh and whatever else of system/ setup.sh can read at /mnt. */
 export async function configureHash(spec: RootfsSpec, stage1: string): Promise<string> {
-  const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true }) : "";
-  const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"] }) : "";
+  const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
+  const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
   return sha256(JSON.stringify(["rootfs/2", spec.arch, stage1, skel, sys, setup]));
 }
@@ -82,39 +83,6 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
 /** Stage 2: rootfs/<hash2>. */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
   return store.put(`rootfs/${hash2}`, (out) => configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log }), { dir: true });
-}
-
-/**
- * A content hash of a tree: names, types, permission bits, owners, link targets, device
- * numbers and file contents, in sorted order. Timestamps are left out on purpose: they do not
- * reach the image (the initramfs normalises them), so touching a file must not rebuild.
- */
-export async function hashTree(dir: string, opts: { rootOwned?: boolean; exclude?: string[] } = {}): Promise<string> {
-  const st = await fs.lstat(dir).catch(() => undefined);
-  if (!st) throw new Error(`${dir} does not exist`);
-  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
-  const h = createHash("sha256");
-  const visit = async (rel: string): Promise<void> => {
-    const abs = path.join(dir, rel);
-    const s = await fs.lstat(abs);
-    const owner = opts.rootOwned ? "0:0" : `${s.uid}:${s.gid}`;
-    const head = `${rel}\0${s.mode.toString(8)}\0${owner}\0`;
-    if (s.isDirectory()) {
-      h.update(head + "d\n");
-      const names = (await fs.readdir(abs)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-      for (const n of names) if (rel || !opts.exclude?.includes(n)) await visit(rel ? `${rel}/${n}` : n);
-    } else if (s.isSymbolicLink()) {
-      h.update(head + "l" + (await fs.readlink(abs)) + "\n");
-    } else if (s.isFile()) {
-      h.update(head + `f${s.size}\0`);
-      for await (const chunk of createReadStream(abs, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-      h.update("\n");
-    } else {
-      h.update(head + `r${s.rdev}\n`);
-    }
-  };
-  await visit("");
-  return h.digest("hex");
 }
 
 /**

@@ -134,12 +134,9 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
     },
     async diff(_id, olds, news) {
       const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion || !!spec.drifted?.(olds as any);
-      if (!changed) {
-        // Inputs such as a display name may differ without changing the artifact.
-        const keys = new Set([...Object.keys(news), ...Object.keys(olds)].filter((k) => k !== "__provider"));
-        for (const k of keys) if (k in news && JSON.stringify(olds[k]) !== JSON.stringify(news[k])) return { changes: true };
-      }
-      return { changes: changed };
+      // An input outside the hash (a path, a timeout) still updates the resource when it changes.
+      const other = Object.keys(news).some((k) => k !== "__provider" && JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+      return { changes: changed || other };
     },
     async create(inputs) {
       const outs = await build(inputs);

@@ -31,7 +31,7 @@ test("the serialized provider loads and runs in a fresh node process", { timeout
   t.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
   const base = path.join(tmp, "base");
   fs.mkdirSync(path.join(base, "etc"), { recursive: true });
-  fs.writeFileSync(path.join(base, "etc", "hostname"), "ser\n");
+  fs.writeFileSync(path.join(base, "etc", "from-base"), "ser\n");
   const r = new Rootfs("rootfs", { base, skeleton: "system/root", arch: "aarch64" });
   await new Promise((resolve) => r.urn.apply(resolve));
   const text = captured.rootfs?.__provider;
@@ -62,7 +62,8 @@ test("the serialized provider loads and runs in a fresh node process", { timeout
   const { checked, created, diff } = JSON.parse(out.trim().split("\n").pop()!);
   assert.match(checked.inputs.hash, /^[0-9a-f]{64}$/);
   assert.equal(created.id, checked.inputs.hash);
-  assert.ok(fs.existsSync(path.join(created.outs.path, "etc", "hostname")), "create did not assemble the rootfs");
-  assert.equal(fs.readFileSync(path.join(created.outs.path, "etc", "hostname"), "utf8"), "ser\n");
+  // The base tree with the skeleton over it.
+  assert.equal(fs.readFileSync(path.join(created.outs.path, "etc", "from-base"), "utf8"), "ser\n");
+  assert.equal(fs.readFileSync(path.join(created.outs.path, "etc", "hostname"), "utf8"), fs.readFileSync(path.join(repo, "system", "root", "etc", "hostname"), "utf8"));
   assert.equal(diff.changes, false);
 });

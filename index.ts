@@ -112,6 +112,7 @@ if (target === "qemu") {
     buildId: uki.buildId,
     marker,
     timeoutSeconds: cfg.getNumber("bootTimeout"),
+    memoryMiB: cfg.getNumber("qemuMemory"),
     stack,
   });
   disk = media.disk;

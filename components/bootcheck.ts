@@ -19,11 +19,13 @@ export interface BootCheckArgs {
   /** Text the guest prints on the serial console once it is up. */
   marker: pulumi.Input<string>;
   timeoutSeconds?: pulumi.Input<number>;
+  /** Guest memory. Default 1024 MiB; the kernel unpacks the initramfs into at most half of it. */
+  memoryMiB?: pulumi.Input<number>;
   /** Who asked, for the record (the stack name). */
   stack: pulumi.Input<string>;
 }
 
-interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; stack: string }
+interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string }
 
 export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string }
 
@@ -46,6 +48,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       persist: i.persist,
       marker: i.marker,
       timeoutMs: (i.timeoutSeconds ?? 180) * 1000,
+      memoryMiB: i.memoryMiB,
       // The marker line is printed after the guest synced the persistence disk.
       exitGraceMs: 500,
       // The guest's own lines, not the kernel's timestamped ones: progress without a flood.

@@ -14,7 +14,7 @@ apt_packages=(
 	systemd-boot-efi                                        # the x86_64 systemd-stub
 	openssh-server openssh-client rsync                     # deploy tests against a real sshd
 	qemu-user-static binfmt-support                         # setup.sh in a chroot of another arch
-	git curl ca-certificates xz-utils
+	git curl ca-certificates xz-utils time                  # time: npm run bench measures peak memory
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -152,6 +152,15 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
   }
 }
 
+/**
+ * Console lines after which the marker can never come: fail at once, saying why, instead of
+ * waiting out the timeout.
+ */
+const FATAL: Array<[RegExp, string]> = [
+  [/Initramfs unpacking failed/, "the kernel could not unpack the initramfs (a write error means it did not fit: the kernel unpacks it into a filesystem capped at half the RAM; give the guest more memory (ramroot:qemuMemory) or boot with root=/dev/ram0 on the cmdline, which lifts the cap)"],
+  [/Kernel panic - not syncing/, "the kernel panicked"],
+];
+
 function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: number, graceMs: number,
   log?: (line: string) => void): Promise<BootResult> {
   const pattern = typeof marker === "string" ? undefined : new RegExp(marker.source, marker.flags.replace(/[gy]/g, ""));
@@ -199,6 +208,8 @@ function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: 
         lines.push(line);
         log?.(line);
         if (matches(line)) seen();
+        const fatal = seconds === undefined && FATAL.find(([re]) => re.test(line));
+        if (fatal) finish(new Error(`qemu: ${fatal[1]}: "${line.trim()}"; last console lines:\n${tail()}`));
       }
       if (partial && matches(cleanConsole(partial))) seen();
     });

@@ -17,8 +17,8 @@ import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from 
 import { Store, sha256File } from "../src/store";
 import { buildUki } from "../src/uki";
 import { hashTree } from "../src/treehash";
+import { cacheDir, pulumiEnv, repo } from "./project";
 
-const repo = path.resolve(__dirname, "..", "..");
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const EXCLUDE = ["boot"];
 
@@ -250,29 +250,6 @@ async function main(): Promise<void> {
   } finally {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
   }
-}
-
-function cacheDir(): string {
-  return process.env.RAMROOT_CACHE || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "ramroot");
-}
-
-/** A copy of the committed project (git archive HEAD), compiled, with its own Pulumi backend. */
-function pulumiEnv(dir: string): NodeJS.ProcessEnv {
-  const bin = fs.readFileSync(path.join(cacheDir(), "pulumi-bin-3.274.1"), "utf8").trim();
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PATH: `${path.join(repo, "node_modules", ".bin")}:${bin}:${process.env.PATH}`,
-    PULUMI_HOME: path.join(dir, ".pulumi-home"),
-    PULUMI_BACKEND_URL: `file://${path.join(dir, ".ramroot", "state")}`,
-    PULUMI_CONFIG_PASSPHRASE: "throw-away bench passphrase",
-    PULUMI_SKIP_UPDATE_CHECK: "true",
-    PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
-    PULUMI_SKIP_CONFIRMATIONS: "true",
-    NO_COLOR: "1",
-    RAMROOT_STORE: "",
-  };
-  delete env.PULUMI_CONFIG_PASSPHRASE_FILE;
-  return env;
 }
 
 async function pulumiBench(work: string, tree: string, rows: Row[], notes: string[]): Promise<{ target: Target }> {

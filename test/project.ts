@@ -12,20 +12,7 @@ export interface PulumiResult { code: number; stdout: string; stderr: string }
 export class Project {
   readonly env: NodeJS.ProcessEnv;
   private constructor(readonly dir: string) {
-    const bin = fs.readFileSync(path.join(cacheDir(), `pulumi-bin-${process.env.PULUMI_VERSION ?? "3.274.1"}`), "utf8").trim();
-    this.env = {
-      ...process.env,
-      PATH: `${path.join(repo, "node_modules", ".bin")}:${bin}:${process.env.PATH}`,
-      PULUMI_HOME: path.join(dir, ".pulumi-home"),
-      PULUMI_BACKEND_URL: `file://${path.join(dir, ".ramroot", "state")}`,
-      PULUMI_CONFIG_PASSPHRASE: "throw-away test passphrase",
-      PULUMI_SKIP_UPDATE_CHECK: "true",
-      PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
-      PULUMI_SKIP_CONFIRMATIONS: "true",
-      NO_COLOR: "1",
-      RAMROOT_STORE: "",
-    };
-    delete this.env.PULUMI_CONFIG_PASSPHRASE_FILE;
+    this.env = pulumiEnv(dir);
   }
 
   /** Copies the project's own files (what git tracks, plus dist) into a new temp folder. */
@@ -74,6 +61,25 @@ export class Project {
   remove(): void {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** The environment of a throw-away Pulumi project in `dir`: its own home, file backend and passphrase. */
+export function pulumiEnv(dir: string): NodeJS.ProcessEnv {
+  const bin = fs.readFileSync(path.join(cacheDir(), `pulumi-bin-${process.env.PULUMI_VERSION ?? "3.274.1"}`), "utf8").trim();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PATH: `${path.join(repo, "node_modules", ".bin")}:${bin}:${process.env.PATH}`,
+    PULUMI_HOME: path.join(dir, ".pulumi-home"),
+    PULUMI_BACKEND_URL: `file://${path.join(dir, ".ramroot", "state")}`,
+    PULUMI_CONFIG_PASSPHRASE: "throw-away test passphrase",
+    PULUMI_SKIP_UPDATE_CHECK: "true",
+    PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
+    PULUMI_SKIP_CONFIRMATIONS: "true",
+    NO_COLOR: "1",
+    RAMROOT_STORE: "",
+  };
+  delete env.PULUMI_CONFIG_PASSPHRASE_FILE;
+  return env;
 }
 
 export function cacheDir(): string {

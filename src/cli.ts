@@ -2,7 +2,7 @@
 //   ramroot inspect FILE [--json]
 //   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
 //   ramroot rollback [--stack NAME]
-//   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
+//   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
 import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs/promises";
@@ -30,7 +30,7 @@ const usage = `usage:
   ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
   ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
   ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
-  ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]...
+  ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]... [--single]
   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE`;
 
 class UsageError extends Error {}
@@ -128,13 +128,14 @@ async function rollback(args: string[]): Promise<void> {
 async function initramfs(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: { output: { type: "string", short: "o" }, compression: { type: "string" }, level: { type: "string" }, exclude: { type: "string", multiple: true } },
+    options: { output: { type: "string", short: "o" }, compression: { type: "string" }, level: { type: "string" }, exclude: { type: "string", multiple: true }, single: { type: "boolean" } },
     allowPositionals: true,
   });
   if (positionals.length !== 1 || !values.output) throw new UsageError("initramfs takes DIR and -o FILE");
   const compression = (values.compression ?? "zstd") as Compression;
   if (!["zstd", "gzip", "none"].includes(compression)) throw new UsageError(`--compression ${compression}: use zstd, gzip or none`);
-  await writeInitramfs(positionals[0], values.output, { compression, level: values.level ? Number(values.level) : undefined, exclude: values.exclude ?? [] });
+  // --single: one archive instead of segments, for tools that stop at the first TRAILER!!!.
+  await writeInitramfs(positionals[0], values.output, { compression, level: values.level ? Number(values.level) : undefined, exclude: values.exclude ?? [], splitBytes: values.single ? Infinity : undefined });
 }
 
 async function uki(args: string[]): Promise<void> {

@@ -30,7 +30,11 @@ export interface InitramfsOptions {
   exclude?: string[];
   /** Force every entry to this owner. */
   owner?: { uid: number; gid: number };
-  /** A directory holding more than this many newc bytes is split; see splitSegments. Default 32 MiB. */
+  /**
+   * A directory holding more than this many newc bytes is split; see splitSegments. Default 32
+   * MiB. Infinity: one archive, for tools that read only the first (GNU cpio stops at the first
+   * TRAILER!!!).
+   */
   splitBytes?: number;
   /**
    * Where plan remembers each segment's key by a fingerprint of its records and their files'
@@ -118,6 +122,7 @@ export interface SegmentRange {
  */
 export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_BYTES): SegmentRange[] {
   const n = records.length;
+  if (splitBytes === Infinity) return n ? [{ name: ".", start: 0, end: n }] : [];
   const end = new Array<number>(n);
   const weight = new Array<number>(n).fill(0);
   const stack: number[] = [];

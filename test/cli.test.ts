@@ -56,6 +56,13 @@ test("ramroot initramfs, uki and inspect", { timeout: 5 * 60_000 }, async (t) =>
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`initramfs segments \\(${members.length}\\):`));
 
+  // --single: one archive, which GNU cpio reads whole from the decompressed stream.
+  const single = path.join(work, "single.img");
+  r = ramroot("initramfs", tree, "-o", single, "--compression", "zstd", "--exclude", "boot", "--single");
+  assert.equal(r.status, 0, r.stderr);
+  const all = execFileSync("sh", ["-c", `zstd -dc ${single} | cpio -t --quiet`], { encoding: "utf8", maxBuffer: 64 << 20 }).split("\n").filter(Boolean);
+  assert.deepEqual(all.sort(), listed.filter(Boolean).sort());
+
   r = ramroot("uki", "--stub", "/etc/hostname", "--linux", path.join(tree, "boot/vmlinuz"), "--initrd", initrd, "--cmdline", "x", "-o", path.join(work, "bad.efi"));
   assert.equal(r.status, 1);
   assert.match(r.stderr, /is not a PE\/COFF image/);

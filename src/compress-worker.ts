@@ -34,6 +34,8 @@ export interface SegmentResult {
 function compressor(c: Compression, level: number, size: number): Writable & NodeJS.ReadableStream {
   const chunkSize = 1 << 18;
   if (c === "gzip") return zlib.createGzip({ level, chunkSize });
+  if (typeof zlib.createZstdCompress !== "function")
+    throw new Error(`zstd needs Node >= 22.15 (this is ${process.version}): run ramroot with the project's Node (npm run setup puts it in node_modules/.bin), or use gzip`);
   // The exact size up front lets zstd size its window to the segment (less memory for small
   // ones) and record the size in the frame header.
   return zlib.createZstdCompress({ chunkSize, pledgedSrcSize: size, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });

@@ -1,6 +1,6 @@
 // The ramroot program: the declared system (system/) becomes a root filesystem, an initramfs of
-// content-addressed segments, a UKI, and then a qemu boot check (the qemu stack) or, later, a
-// deploy (production). Each layer is a resource named by the hash of its inputs, so `pulumi
+// content-addressed segments, a UKI, and then a qemu boot check (the qemu stack) or a deploy to
+// the host's boot stick over SSH (production). Each layer is a resource named by the hash of its inputs, so `pulumi
 // preview` says which layer changes, and both stacks share one store: production gets the very
 // bytes the qemu stack booted.
 import * as pulumi from "@pulumi/pulumi";
@@ -21,6 +21,7 @@ const cfg = new pulumi.Config("ramroot");
 const arch = cfg.get("arch") ?? "aarch64";
 if (arch !== "aarch64" && arch !== "x86_64") throw new Error(`ramroot:arch is ${arch}: use aarch64 or x86_64`);
 const target = cfg.get("target") ?? (stack === "production" ? "production" : "qemu");
+if (target !== "qemu" && target !== "production") throw new Error(`ramroot:target is ${target}: use qemu (boot the image under QEMU) or production (deploy it over SSH)`);
 const system = cfg.get("system") ?? "system";
 // The packages stage's source: `alpine` (alpine-make-rootfs installs system/packages; needs the
 // internet), a folder or tarball (an Alpine minirootfs), or `testsys`: the Debian-made test

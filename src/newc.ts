@@ -139,18 +139,7 @@ function* withTrailer(records: Iterable<NewcRecord>): Generator<NewcRecord> {
 }
 
 /** A header as read back (content is skipped). */
-export interface NewcEntry {
-  name: string;
-  mode: number;
-  uid: number;
-  gid: number;
-  nlink: number;
-  mtime: number;
-  ino: number;
-  size: number;
-  rdevMajor: number;
-  rdevMinor: number;
-}
+export type NewcEntry = Pick<NewcRecord, "name" | "mode" | "uid" | "gid" | "nlink" | "mtime" | "ino" | "size" | "rdevMajor" | "rdevMinor">;
 
 /**
  * Incremental newc reader, for inspecting archives: push decompressed bytes in any split,

@@ -76,7 +76,7 @@ const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";
 const uki = new Uki("uki", {
   rootfs: rootfs.path,
   rootfsHash: rootfs.hash,
-  initramfs: initramfs.path,
+  initramfs: initramfs.files,
   initramfsHash: initramfs.hash,
   arch,
   cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${console_}`,

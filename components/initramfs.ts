@@ -28,9 +28,17 @@ const options = (i: Inputs) => ({
   epoch: i.epoch ?? 0,
 });
 
-export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; segments: number; compressed: number }>({
+/**
+ * path: the manifest (initramfs/<hash>.json: the segments in order, with their files).
+ * files: the compressed segments in boot order; the initramfs is their concatenation, which
+ * Uki writes straight into its .initrd section (`ramroot initramfs` writes it as one file).
+ */
+interface Outputs { path: string; files: string[]; size: number; segments: number; compressed: number }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "initramfs",
-  version: 1,
+  // 2: files instead of one concatenated image (path is the manifest).
+  version: 2,
   hashKeys: ["rootfsHash", "compression", "level", "exclude", "epoch"],
   async validate(i) {
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
@@ -48,16 +56,16 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
     const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";
     ctx.log(`${res.built.length} of ${plan.segments.length} segments compressed${which}, ${res.reused.length} reused; ${res.size} bytes`);
-    return { path: res.path, sha256: res.sha256, size: res.size, segments: plan.segments.length, compressed: res.built.length };
+    return { path: res.manifest, files: res.files, size: res.size, segments: plan.segments.length, compressed: res.built.length };
   },
 });
 
 export class Initramfs extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly path: pulumi.Output<string>;
-  declare readonly sha256: pulumi.Output<string>;
+  declare readonly files: pulumi.Output<string[]>;
   declare readonly size: pulumi.Output<number>;
   constructor(name: string, args: InitramfsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("initramfs"), name, { ...args, hash: undefined, path: undefined, sha256: undefined, size: undefined, segments: undefined, compressed: undefined }, opts, "ramroot", "Initramfs");
+    super(dynamicProvider("initramfs"), name, { ...args, hash: undefined, path: undefined, files: undefined, size: undefined, segments: undefined, compressed: undefined }, opts, "ramroot", "Initramfs");
   }
 }

@@ -15,7 +15,8 @@ import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src
 export interface UkiArgs {
   rootfs: pulumi.Input<string>;
   rootfsHash: pulumi.Input<string>;
-  initramfs: pulumi.Input<string>;
+  /** The initramfs's segment files in order (Initramfs.files). */
+  initramfs: pulumi.Input<pulumi.Input<string>[]>;
   initramfsHash: pulumi.Input<string>;
   cmdline: pulumi.Input<string>;
   arch: pulumi.Input<string>;
@@ -30,7 +31,7 @@ export interface UkiArgs {
   secretsHash?: pulumi.Input<string>;
 }
 
-interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string }
+interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string[]; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string }
 
 /**
  * Everything that goes into the image except the secrets layer. Its hash is the build id, so a
@@ -78,7 +79,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     });
     let info = { sha256: "", size: 0 };
     const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {
-      const initrds = [i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
+      const initrds = [...i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
       info = await buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
     }, { mode: i.secrets ? 0o600 : 0o644 });
     if (!res.built) info = { sha256: await sha256File(res.path), size: (await fs.stat(res.path)).size };

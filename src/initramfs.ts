@@ -5,7 +5,7 @@
 //
 // plan:  walk the tree, split it, hash each segment's exact newc bytes -> keys (no compression;
 //        this runs during `pulumi preview`). The image's name is known here.
-// build: compress the segments whose key is not in the store, then concatenate.
+// build: compress the segments whose key is not in the store. Uki concatenates them.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as fs from "node:fs/promises";
@@ -14,7 +14,7 @@ import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
-import { removeTree, sha256File, type Store } from "./store";
+import { removeTree, type Store } from "./store";
 import { isDir, reproducible, walk } from "./walk";
 
 export type { Compression } from "./compress-worker";
@@ -126,7 +126,12 @@ export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_
   const end = new Array<number>(n);
   const weight = new Array<number>(n).fill(0);
   const stack: number[] = [];
-  const depthOf = records.map((r, i) => (i === 0 ? 0 : r.name.split("/").length));
+  const depthOf = records.map((r, i) => {
+    if (i === 0) return 0;
+    let d = 1;
+    for (let at = r.name.indexOf("/"); at !== -1; at = r.name.indexOf("/", at + 1)) d++;
+    return d;
+  });
   const depth = (i: number) => depthOf[i];
   for (let i = 0; i < n; i++) {
     while (stack.length && depth(stack[stack.length - 1]) >= depth(i)) end[stack.pop()!] = i;
@@ -204,15 +209,15 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
  * whose content they carry. Undefined when a file changed too recently to be trusted (in the
  * same clock tick as the walk, a later write could keep the stamp: git's "racily clean").
  */
-function fingerprint(prefix: string, records: NewcRecord[], trustBefore: bigint): string | undefined {
-  const h = createHash("sha256").update(`${prefix}fingerprint\n`);
+function fingerprint(prefix: string, records: NewcRecord[], trustBefore: number): string | undefined {
+  // One string per segment, hashed once: thousands of small update() calls cost more.
+  let text = `${prefix}fingerprint\n`;
   for (const r of records) {
-    if (r.source !== undefined && (r.stamp === undefined || r.ctimeNs === undefined || r.ctimeNs >= trustBefore)) return undefined;
-    h.update(`${r.name}\0${r.mode}:${r.uid}:${r.gid}:${r.nlink}:${r.mtime}:${r.ino}:${r.rdevMajor}:${r.rdevMinor}:${r.size}\0`);
-    if (r.data) h.update(r.data);
-    h.update(`\0${r.source === undefined ? "" : r.stamp}\n`);
+    if (r.source !== undefined && (r.stamp === undefined || r.ctimeMs === undefined || r.ctimeMs >= trustBefore)) return undefined;
+    const data = r.data ? Buffer.from(r.data).toString("hex") : "";
+    text += `${r.name}\0${r.mode}:${r.uid}:${r.gid}:${r.nlink}:${r.mtime}:${r.ino}:${r.rdevMajor}:${r.rdevMinor}:${r.size}\0${data}\0${r.source === undefined ? "" : r.stamp}\n`;
   }
-  return h.digest("hex");
+  return createHash("sha256").update(text).digest("hex");
 }
 
 interface Remembered { key: string; bytes: number; crc32: number }
@@ -282,7 +287,7 @@ function bySizeDesc(segs: Segment[]): number[] {
 
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
-  const trustBefore = (BigInt(Date.now()) - 2000n) * 1_000_000n;
+  const trustBefore = Date.now() - 2000;
   const segs = await segmentsOf(s);
   const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
   const known = fps.map((fp) => recall(opts.cacheDir, fp));
@@ -305,16 +310,30 @@ export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): 
   return plan;
 }
 
-export async function buildInitramfs(
-  plan: InitramfsPlan,
-  store: Store,
-  log: (line: string) => void = () => {},
-): Promise<{ path: string; sha256: string; size: number; built: string[]; reused: string[] }> {
+export interface InitramfsBuild {
+  /** initramfs/<hash>.json in the store: the segments in order, with their files and sizes. */
+  manifest: string;
+  /** The compressed segment files, in boot order: the initramfs is their concatenation. */
+  files: string[];
+  /** Bytes of the concatenation. */
+  size: number;
+  /** Keys of the segments compressed by this call, and of those found in the store. */
+  built: string[];
+  reused: string[];
+}
+
+/**
+ * Compresses the segments whose key is not in the store yet. The image is never concatenated
+ * here: Uki streams the segment files into its .initrd section one after another (it copies
+ * every byte anyway), so a one-file change costs one small segment, not a 100 MB copy.
+ */
+export async function buildInitramfs(plan: InitramfsPlan, store: Store, log: (line: string) => void = () => {}): Promise<InitramfsBuild> {
   const built: string[] = [];
   const reused: string[] = [];
-  const image = `initramfs/${plan.hash}.img`;
-  const missing = (await Promise.all(plan.segments.map((x) => store.has(segmentFile(x.key, plan.compression))))).some((has) => !has);
-  if (!(await store.has(image)) && missing) {
+  const rels = plan.segments.map((x) => segmentFile(x.key, plan.compression));
+  const have = await Promise.all(rels.map((rel) => store.has(rel)));
+  if (have.every(Boolean)) reused.push(...plan.segments.map((x) => x.key));
+  else {
     const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, plan)));
     const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
     if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
@@ -322,8 +341,12 @@ export async function buildInitramfs(
       const ps: Promise<unknown>[] = [];
       for (const i of bySizeDesc(segs)) {
         const { key, name, bytes, crc32 } = plan.segments[i];
+        if (have[i]) {
+          reused.push(key);
+          continue;
+        }
         ps.push(
-          store.put(segmentFile(key, plan.compression), async (tmp) => {
+          store.put(rels[i], async (tmp) => {
             const r = await runJob(pool, { compression: plan.compression, level: plan.level, records: segs[i].records, crc: true, out: tmp }, bytes);
             // The key names these bytes in the store: never file different bytes under it.
             // (CRC-32 rather than a second sha256 pass: it guards against accidents, at a
@@ -337,32 +360,20 @@ export async function buildInitramfs(
       }
       return all(ps);
     });
-  } else {
-    reused.push(...plan.segments.map((x) => x.key));
   }
-  let sha256 = "";
-  const { path: file, built: imageBuilt } = await store.put(image, async (tmp) => {
-    sha256 = await concatenate(plan.segments.map((x) => store.path(segmentFile(x.key, plan.compression))), tmp);
+  const files = rels.map((rel) => store.path(rel));
+  const sizes = await Promise.all(files.map(async (f) => (await fs.stat(f)).size));
+  const size = sizes.reduce((t, n) => t + n, 0);
+  const { path: manifest } = await store.put(`initramfs/${plan.hash}.json`, async (tmp) => {
+    const segments = plan.segments.map((x, i) => ({ name: x.name, key: x.key, entries: x.entries, bytes: x.bytes, file: rels[i], size: sizes[i] }));
+    await fs.writeFile(tmp, `${JSON.stringify({ format: FORMAT, compression: plan.compression, level: plan.level, size, segments }, null, 1)}\n`);
   });
-  const size = (await fs.stat(file)).size;
-  // The image's sha256 is recorded beside it when built, and trusted while the size matches:
-  // reusing a 100+ MB image does not read it again.
-  const record = `initramfs/${plan.hash}.json`;
-  if (imageBuilt) await store.writeRecord(record, { sha256, size });
-  else {
-    const rec = await store.readRecord<{ sha256: string; size: number }>(record).catch(() => undefined);
-    if (rec && rec.size === size && /^[0-9a-f]{64}$/.test(rec.sha256)) sha256 = rec.sha256;
-    else {
-      sha256 = await sha256File(file);
-      await store.writeRecord(record, { sha256, size });
-    }
-  }
-  log(`initramfs: ${file} ${size} bytes, ${built.length} segments compressed, ${reused.length} reused`);
-  return { path: file, sha256, size, built, reused };
+  log(`initramfs: ${plan.segments.length} segments, ${size} bytes, ${built.length} compressed, ${reused.length} reused`);
+  return { manifest, files, size, built, reused };
 }
 
 /**
- * Concatenates files into `out`, returning the sha256 of the result. Two buffers: while one
+ * Concatenates files into `out` (the single-file initramfs of writeInitramfs), returning the sha256 of the result. Two buffers: while one
  * chunk is being written (on libuv's thread pool) the next is read and hashed.
  */
 async function concatenate(files: string[], out: string): Promise<string> {

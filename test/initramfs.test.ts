@@ -105,6 +105,14 @@ function extract(image: Array<{ data: Buffer }>, into: string): void {
 
 const sha = (p: string) => createHash("sha256").update(fs.readFileSync(p)).digest("hex");
 
+/** The image a build stands for (what Uki writes into .initrd): its segment files, concatenated. */
+let images = 0;
+function imageOf(res: { files: string[] }): string {
+  const file = path.join(work, `image-${images++}.img`);
+  fs.writeFileSync(file, Buffer.concat(res.files.map((f) => fs.readFileSync(f))));
+  return file;
+}
+
 before(() => {
   work = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-initramfs-"));
   makeTree();
@@ -119,11 +127,14 @@ for (const compression of ["zstd", "gzip", "none"] as const) {
     const plan = await planInitramfs(tree, opts(compression));
     assert.ok(plan.segments.length >= 4, `several segments, got ${plan.segments.map((s) => s.name)}`);
     const res = await buildInitramfs(plan, store);
-    assert.equal(res.sha256, sha(res.path));
-    assert.equal(res.size, fs.statSync(res.path).size);
+    const img = imageOf(res);
+    assert.equal(res.size, fs.statSync(img).size);
     assert.deepEqual([...res.built].sort(), plan.segments.map((s) => s.key).sort());
+    const manifest = JSON.parse(fs.readFileSync(res.manifest, "utf8"));
+    assert.deepEqual(manifest.segments.map((m: { file: string }) => store.path(m.file)), res.files);
+    assert.equal(manifest.size, res.size);
 
-    const image = await members(res.path);
+    const image = await members(img);
     assert.deepEqual(image.map((m) => m.compression), plan.segments.map(() => compression));
     const all = image.flatMap((m) => headers(m.data));
     assert.equal(all[0].name, ".");
@@ -167,12 +178,13 @@ for (const compression of ["zstd", "gzip", "none"] as const) {
 test("inspect reports the planned segments, and writeInitramfs writes the same bytes", async () => {
   const plan = await planInitramfs(tree, opts("zstd"));
   const res = await buildInitramfs(plan, new Store(fs.mkdtempSync(path.join(work, "store-"))));
-  const found = await inspectInitramfs(res.path);
+  const img = imageOf(res);
+  const found = await inspectInitramfs(img);
   assert.deepEqual(found.map((m) => m.entries), plan.segments.map((s) => s.entries));
   assert.equal(found.reduce((t, m) => t + m.size, 0), res.size);
   const direct = path.join(work, "direct.img");
   await writeInitramfs(tree, direct, opts("zstd"));
-  assert.equal(sha(direct), res.sha256);
+  assert.equal(sha(direct), sha(img));
   assert.deepEqual(fs.readdirSync(work).filter((n) => n.includes(".tmp")), [], "no temporary files left");
 });
 
@@ -184,8 +196,8 @@ test("builds are reproducible: two empty stores, and a copy of the tree elsewher
   assert.equal(p2.hash, p1.hash);
   const r1 = await buildInitramfs(p1, new Store(fs.mkdtempSync(path.join(work, "store-"))));
   const r2 = await buildInitramfs(p2, new Store(fs.mkdtempSync(path.join(work, "store-"))));
-  assert.ok(fs.readFileSync(r1.path).equals(fs.readFileSync(r2.path)));
-  assert.equal(path.basename(r1.path), `${p1.hash}.img`);
+  assert.ok(fs.readFileSync(imageOf(r1)).equals(fs.readFileSync(imageOf(r2))));
+  assert.equal(path.basename(r1.manifest), `${p1.hash}.json`);
   fs.rmSync(copy, { recursive: true });
 });
 
@@ -205,6 +217,8 @@ test("changing one file in etc/ changes one segment, and only it is compressed a
     const res = await buildInitramfs(next, store);
     assert.deepEqual(res.built, [changed[0].key]);
     assert.equal(res.reused.length, next.segments.length - 1);
+    // Nothing is concatenated: the store's initramfs/ holds only the two manifests.
+    assert.deepEqual(fs.readdirSync(store.path("initramfs")).sort(), [`${before.hash}.json`, `${next.hash}.json`].sort());
   } finally {
     fs.writeFileSync(hostname, old);
   }

@@ -2,7 +2,9 @@
 // atomically, verified by hash, keeping the replaced image as `.prev` so that it can be rolled back.
 //
 // Only ssh2 (no OpenSSH client) and, on the host, POSIX sh with commands that both GNU coreutils
-// and busybox have: sha256sum, df -Pk, ls -ln, cp, mv, rm, sync, test.
+// and busybox have: sha256sum, df -Pk, ls -ln, cp, ln, mv, rm, sync, test. Where the host has
+// `openssl`, files are hashed with `openssl dgst -sha256` (same sha256, several times faster
+// where the CPU has SHA instructions), else with sha256sum.
 //
 // The host's key is pinned: the connection is refused before authentication unless the server
 // presents exactly the pinned key. Nothing is sent then.
@@ -11,17 +13,31 @@
 //   P                 the boot image; never deleted, only replaced by rename within its folder
 //   P.prev            the image P held before the last deploy (or rollback)
 //   P.ramroot-new     upload / copy in progress (a temporary; may be partial)
-//   P.ramroot-prev    copy of P on its way to P.prev (a temporary; may be partial)
+//   P.ramroot-prev    P on its way to P.prev: a hard link to P, or where the filesystem has
+//                     none (FAT), a copy (a temporary; may be partial)
 // Temporaries are verified by sha256 on the host before they are renamed, and removed or
 // replaced by the next run. At every point the target path holds a complete image: the old one
-// until the final rename, the new one after it. Deploy order: upload to P.ramroot-new while the
-// host copies P to P.ramroot-prev (sync, verify); sync and verify the upload; rename
-// P.ramroot-prev to P.prev, sync; rename P.ramroot-new to P, sync. Running deployImage again
-// after any failure finishes the job (a verified upload is reused; a .prev that already equals P
-// is not copied again). A failed upload leaves P.prev as it was.
+// until the final rename, the new one after it.
+//
+// Deploy order. One remote shell does the host's part of a deploy: it reads the state (sha256 of
+// P, size and, when it may equal P, sha256 of P.prev; a leftover P.ramroot-new), then takes
+// commands on its stdin: `prev` links P to P.ramroot-prev (copies, syncs and verifies it where
+// links fail); `finish` syncs and verifies P.ramroot-new, renames P.ramroot-prev to P.prev
+// (sync), then P.ramroot-new to P (sync). Meanwhile the client writes P.ramroot-new over SFTP:
+//   - a delta, when one of the local `bases` (e.g. the image deployed last time) is the host's
+//     current image (same sha256) and the server has the SFTP copy-data extension (OpenSSH >= 9.0):
+//     the ranges the new image shares with it (content-defined chunks, src/delta.ts) are copied
+//     on the host from P, only the rest is sent. Where the host's image has a base's size, this
+//     starts before its hash is known, so the host copies while it hashes; bytes of the image are
+//     only sent once the host's image is known not to be the new one (other size, or its hash).
+//     A delta that does not verify (a base that is not what it claims) is followed by a full upload.
+//   - else the whole file (SFTP, or `cat` on a server without SFTP).
+// Running deployImage again after any failure finishes the job (a verified upload is reused;
+// a .prev that already equals P is left alone). A failed upload leaves P.prev as it was.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from "ssh2";
+import { chunkFile, chunkListOf, computeDelta, writeChunkCache, type ChunkList, type Delta } from "./delta";
 
 export interface SshTarget {
   host: string;
@@ -73,8 +89,36 @@ export interface DeployResult {
   bytesSent: number;
   /** sha256 of the image now kept as path.prev (undefined when there is none). */
   previous?: string;
-  /** Wall time of the upload alone (0 when nothing was sent). */
+  /** Wall time of the upload alone, or of writing the delta (0 when nothing was sent). */
   uploadMs: number;
+  /**
+   * Only when the new image was written from a delta: the base (sha256 of the host's image it
+   * was built from), the bytes copied on the host from it, the bytes sent, the number of ranges.
+   */
+  delta?: { base: string; copied: number; literal: number; ranges: number };
+}
+
+/** A local file that may be the host's current image. */
+export interface DeployBase {
+  path: string;
+  /** Its sha256 (hex), when known; computed (once per chunk cache) otherwise. */
+  sha256?: string;
+}
+
+export interface DeployOptions {
+  /**
+   * Local files that may hold what the host has now, e.g. the image deployed there last time.
+   * When the host's image has the sha256 of one of them and the server has the SFTP copy-data
+   * extension (OpenSSH >= 9.0), only the bytes the new image does not share with it are sent;
+   * the rest is copied on the host. Missing files are skipped.
+   */
+  bases?: Array<string | DeployBase>;
+  /**
+   * A folder for chunk lists by sha256 (src/delta.ts), e.g. the store's cache/chunks: a base
+   * listed there is not read again, and the list of the image deployed now is kept for the next
+   * deploy (computed during a full upload, too).
+   */
+  chunkCache?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,13 +172,21 @@ export function shq(s: string): string {
 }
 
 /**
- * Shell functions every remote script starts with. h: sha256 of a regular file, "-" if absent.
+ * Shell functions every remote script starts with. h: sha256 of a regular file, "-" if absent
+ * (openssl where it works, else sha256sum).
  * sz: size in bytes, "-" if absent. flush: sync the named files if sync takes names (GNU, busybox
  * >= 1.27), else everything; flushdir: the same for a renamed file and its folder.
  */
 const PRELUDE = `set -u
 die() { printf 'ramroot: %s\\n' "$*" >&2; exit 1; }
-h() { if [ -f "$1" ]; then r=$(sha256sum < "$1") || die "sha256sum $1 failed"; printf '%s' "\${r%% *}"; elif [ -e "$1" ]; then die "$1 is not a regular file"; else printf -; fi; }
+h() {
+  if [ -f "$1" ]; then
+    r=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) || r=; r=\${r%% *}
+    case $r in *[!0-9a-f]*) r= ;; esac
+    [ \${#r} = 64 ] || { r=$(sha256sum < "$1") || die "sha256sum $1 failed"; r=\${r%% *}; }
+    printf '%s' "$r"
+  elif [ -e "$1" ]; then die "$1 is not a regular file"; else printf -; fi
+}
 sz() { if [ -f "$1" ]; then set -f; set -- $(ls -ln "$1"); set +f; printf '%s' "$5"; else printf -; fi; }
 flush() { sync "$@" 2>/dev/null || sync; }
 # After a rename: the folder holds the new directory entry; sync it and the file.
@@ -240,6 +292,9 @@ class Session {
       client.once("error", fail);
       try {
         client.connect(cfg);
+        // Small SSH packets (channel requests, SFTP requests) go out at once instead of waiting
+        // for the previous one's ACK (Nagle): each exchange otherwise costs up to a delayed ACK.
+        client.setNoDelay(true);
       } catch (err) {
         // ssh2 throws synchronously for an unreadable private key; its message never holds the key.
         client.removeListener("error", fail);
@@ -305,6 +360,17 @@ class Session {
         });
       });
     }));
+  }
+
+  /**
+   * Starts a POSIX sh script that talks: it prints lines, and reads commands from its stdin.
+   * `expect` waits (under a step timeout) for a line starting with one of the given prefixes.
+   */
+  async converse(name: string, script: string): Promise<Conversation> {
+    const ch = await this.step(name, this.timeoutMs, () => new Promise<ClientChannel>((resolve, reject) => {
+      this.client.exec(`sh -c ${shq(PRELUDE + script)}`, (err, ch) => (err ? reject(err) : resolve(ch)));
+    }));
+    return new Conversation(this, ch);
   }
 
   /** Best effort, for cleanups: runs a script when the connection is still up, ignores any failure. */
@@ -378,6 +444,73 @@ class Session {
   }
 }
 
+/** A remote script's output, line by line, and its stdin (Session.converse). */
+class Conversation {
+  private lines: string[] = [];
+  private partial = "";
+  private errOut: Buffer[] = [];
+  private code: number | null = null;
+  private ended?: Error;
+  private wake?: () => void;
+  readonly closed: Promise<void>;
+
+  constructor(private s: Session, private ch: ClientChannel) {
+    ch.on("data", (d: Buffer) => {
+      const parts = (this.partial + d.toString("utf8")).split("\n");
+      this.partial = parts.pop()!;
+      this.lines.push(...parts);
+      this.wake?.();
+    });
+    ch.stderr.on("data", (d: Buffer) => this.errOut.push(d));
+    ch.on("exit", (c: number | null) => { this.code = c; });
+    this.closed = new Promise((resolve) => ch.on("close", () => {
+      const stderr = Buffer.concat(this.errOut).toString("utf8").trim().replace(/^ramroot: /gm, "");
+      this.ended = new Error(stderr || (this.code === 0 ? "the remote script ended early" : `remote script exited with ${this.code}`));
+      this.wake?.();
+      resolve();
+    }));
+  }
+
+  send(line: string): void {
+    if (!this.ended) this.ch.write(line + "\n");
+  }
+
+  /** No more commands: the script exits at the end of its stdin (leaving temporaries for the next run). */
+  end(): void {
+    if (!this.ended) this.ch.end();
+  }
+
+  /**
+   * Waits for a line that starts with one of `prefixes`; resolves [the lines before it, that
+   * line]. Rejects when the script ends first (with its stderr) or the step times out.
+   */
+  expect(step: string, ms: number, ...prefixes: string[]): Promise<{ before: string[]; line: string }> {
+    return this.s.step(step, ms, () => new Promise((resolve, reject) => {
+      const check = () => {
+        const i = this.lines.findIndex((l) => prefixes.some((p) => l.startsWith(p)));
+        if (i >= 0) {
+          this.wake = undefined;
+          const before = this.lines.splice(0, i + 1);
+          resolve({ before: before.slice(0, -1), line: before[i] });
+        } else if (this.ended) {
+          this.wake = undefined;
+          reject(this.ended);
+        }
+      };
+      this.wake = check;
+      check();
+    }));
+  }
+
+  /** Asks the script to remove the temporaries and exit, and waits (briefly) until it has. */
+  async abort(): Promise<void> {
+    if (this.ended) return;
+    this.send("abort");
+    this.ch.end();
+    await Promise.race([this.closed, new Promise((r) => setTimeout(r, 5000).unref())]);
+  }
+}
+
 async function withSession<T>(t: SshTarget, log: Log, fn: (s: Session) => Promise<T>): Promise<T> {
   const s = await Session.open(t, log);
   try {
@@ -437,92 +570,370 @@ export async function remoteState(t: SshTarget, log: Log = () => {}): Promise<Re
   });
 }
 
+interface DeployState {
+  cur?: string; curSize?: number;
+  /** The sha256 of path.prev, when it was read (it is only when it may equal the current image). */
+  prev?: string; prevSize?: number;
+  /** path.prev is (or is known to be) a different image from the current one. */
+  prevDiffers: boolean;
+  /** The upload temporary: its size, and its hash when its size equals the new image's. */
+  tnew?: string; tnewSize?: number;
+  df: DfSpace;
+}
+
+/**
+ * The remote half of a deploy (see the top of this file): prints the state, then "@probed";
+ * then runs the commands `prev`, `finish` (answering "@prev linked|copied", "@finished" or
+ * "@badhash SHA"), `hashprev` ("@prevhash SHA") and `abort`. At the end of its stdin it exits, leaving what is there for the
+ * next run. `speculative`: the client may already be writing the upload temporary, so the script
+ * leaves it alone.
+ */
+function deployScript(t: SshTarget, size: number, sha256: string, speculative: boolean): string {
+  const { p, dir, prev, tnew, tprev } = paths(t);
+  return `
+p=${shq(p)}; v=${shq(prev)}; tn=${shq(tnew)}; tp=${shq(tprev)}; d=${shq(dir)}
+[ -d "$d" ] || die "folder $d does not exist"
+line() { x=$(h "$2") || exit 1; printf '%s %s %s\\n' "$1" "$x" "$(sz "$2")"; }
+# .prev is hashed only when it may be the same image as P: no P, or the same size. "=": the same file.
+j2=
+if [ -e "$p" ] && [ -e "$v" ] && [ "$p" -ef "$v" ]; then printf 'prev = %s\\n' "$(sz "$v")"
+elif [ ! -e "$p" ] || [ "$(sz "$p")" = "$(sz "$v")" ]; then line prev "$v" & j2=$!
+else printf 'prev ? %s\\n' "$(sz "$v")"; fi
+j3=
+${speculative ? `printf 'new - -\\n'` : `tnl() { ns=$(sz "$tn"); n=-; if [ "$ns" = ${size} ]; then n=$(h "$tn") || exit 1; fi; [ "$n" = ${sha256} ] || rm -f "$tn"; printf 'new %s %s\\n' "$n" "$ns"; }
+tnl & j3=$!`}
+c=$(h "$p") || exit 1
+printf 'cur %s %s\\n' "$c" "$(sz "$p")"
+[ -z "$j2" ] || wait $j2 || exit 1
+[ -z "$j3" ] || wait $j3 || exit 1
+rm -f "$tp"
+echo df; df -Pk "$d"
+echo @probed
+made=
+while IFS= read -r cmd; do
+  case $cmd in
+  prev)
+    rm -f "$tp"
+    if ln "$p" "$tp" 2>/dev/null; then made=linked
+    else
+      cp "$p" "$tp" || die "copying $p to $tp failed"
+      flush "$tp" & f=$!
+      x=$(h "$tp") || exit 1
+      wait $f
+      [ "$x" = "$c" ] || { rm -f "$tp"; die "the copy $tp of $p has sha256 $x, expected $c"; }
+      made=copied
+    fi
+    echo "@prev $made" ;;
+  finish)
+    # Flush and hash at the same time (the hash reads the page cache); rename only once both are done.
+    flush "$tn" & f=$!
+    x=$(h "$tn") || exit 1
+    wait $f
+    if [ "$x" != ${sha256} ]; then rm -f "$tn"; echo "@badhash $x"; continue; fi
+    # Two renames within the folder, each flushed. Between them P still holds the current image
+    # and .prev the same image; a rerun leaves .prev alone and does the last one.
+    if [ -n "$made" ]; then mv -f "$tp" "$v" || die "renaming $tp to $v failed"; flushdir "$v"; fi
+    mv -f "$tn" "$p" || die "renaming $tn to $p failed"
+    flushdir "$p"
+    echo @finished; exit 0 ;;
+  hashprev) echo "@prevhash $(h "$v")" ;;
+  abort) rm -f "$tn" "$tp"; exit 0 ;;
+  esac
+done
+`;
+}
+
+function parseDeployState(where: string, lines: string[]): DeployState {
+  const i = lines.indexOf("df");
+  const state = lines.slice(0, i < 0 ? lines.length : i);
+  const get = (key: string) => {
+    const l = state.find((x) => x.startsWith(`${key} `));
+    const m = l && /^\S+ (\S+) (\S+)$/.exec(l);
+    if (!m || i < 0) throw new Error(`${where}: unexpected answer from the host: ${JSON.stringify(lines.join("\n").slice(0, 300))}`);
+    return { hash: m[1] === "-" ? undefined : m[1], size: m[2] === "-" ? undefined : Number(m[2]) };
+  };
+  const cur = get("cur"), pv = get("prev"), nw = get("new");
+  const prev = pv.hash === "=" ? cur.hash : pv.hash === "?" ? undefined : pv.hash;
+  return {
+    cur: cur.hash, curSize: cur.size, prev, prevSize: pv.size, prevDiffers: pv.hash === "?" || (pv.hash !== "=" && pv.hash !== cur.hash),
+    tnew: nw.hash, tnewSize: nw.size, df: parseDf(lines.slice(i + 1).join("\n")),
+  };
+}
+
+const sftpCall = <T>(fn: (cb: (err: Error | undefined | null, v?: T) => void) => void) =>
+  new Promise<T>((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
+
+/** Runs fn over items with at most `limit` at a time; stops taking new items after a failure; rejects with the first. */
+async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    while (failed === undefined && next < items.length) {
+      const item = items[next++];
+      try { await fn(item); } catch (e) { failed ??= e; }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failed !== undefined) throw failed;
+}
+
+/**
+ * Writes `dst` on the host from `delta`: ranges copied from `src` on the host (SFTP copy-data,
+ * 8 MiB per request, a few in flight), and ranges of the local `file` sent as SFTP writes (many
+ * in flight), the latter only once `gate` says yes. Resolves the bytes sent; -1 when the gate
+ * said no (then `dst` is incomplete).
+ */
+async function writeDelta(sftp: SFTPWrapper, src: string, dst: string, file: string, delta: Delta, gate: Promise<boolean>, touch: () => void): Promise<number> {
+  const COPY = 8 << 20;
+  const WRITE = Math.max(32 * 1024, Math.min(256 * 1024, (sftp as any)._maxWriteLen ?? 32 * 1024));
+  const copies: Array<{ src: number; dst: number; len: number }> = [];
+  const writes: Array<{ dst: number; len: number }> = [];
+  for (const op of delta.ops) {
+    const piece = op.src !== undefined ? COPY : WRITE;
+    for (let o = 0; o < op.len; o += piece) {
+      const len = Math.min(piece, op.len - o);
+      if (op.src !== undefined) copies.push({ src: op.src + o, dst: op.dst + o, len });
+      else writes.push({ dst: op.dst + o, len });
+    }
+  }
+  const local = await fs.promises.open(file, "r");
+  const handles: Buffer[] = [];
+  try {
+    const hs = await sftpCall<Buffer>((cb) => sftp.open(src, "r", cb));
+    handles.push(hs);
+    const hd = await sftpCall<Buffer>((cb) => sftp.open(dst, "w", cb));
+    handles.push(hd);
+    const copyAll = pool(copies, 4, (c) => sftpCall<void>((cb) => (sftp as any).ext_copy_data(hs, c.src, c.len, hd, c.dst, cb)).then(touch));
+    const writeAll = (async () => {
+      if (!writes.length) return 0;
+      // Waiting for the host's hash is no stall of this step (the probe has its own timeout).
+      const keep = setInterval(touch, 1000);
+      const go = await gate.finally(() => clearInterval(keep));
+      if (!go) return -1;
+      await pool(writes, 32, async (w) => {
+        const buf = Buffer.allocUnsafe(w.len);
+        const { bytesRead } = await local.read(buf, 0, w.len, w.dst);
+        if (bytesRead !== w.len) throw new Error(`${file} changed while it was being sent (short read at ${w.dst})`);
+        await sftpCall<void>((cb) => sftp.write(hd, buf, 0, w.len, w.dst, cb));
+        touch();
+      });
+      return delta.literal;
+    })();
+    const [c, w] = await Promise.allSettled([copyAll, writeAll]);
+    if (c.status === "rejected") throw c.reason;
+    if (w.status === "rejected") throw w.reason;
+    return w.value;
+  } finally {
+    await local.close();
+    await Promise.all(handles.map((h) => sftpCall<void>((cb) => sftp.close(h, cb)).catch(() => {})));
+  }
+}
+
+interface Candidate { path: string; sha256?: string; size: number }
+
 /**
  * Puts `file` (whose sha256 is `sha256`, hex) at the target path unless the host already has it.
- * See the top of this file for the order of the steps and why each failure leaves a bootable host.
+ * With `opts.bases`, sends only a delta when the host's image is one of them. See the top of this
+ * file for the order of the steps and why each failure leaves a bootable host.
  */
-export async function deployImage(t: SshTarget, file: string, sha256: string, log: Log = () => {}): Promise<DeployResult> {
+export async function deployImage(t: SshTarget, file: string, sha256: string, log: Log = () => {}, opts: DeployOptions = {}): Promise<DeployResult> {
   if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`deployImage: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(sha256)}`);
   const size = (await fs.promises.stat(file)).size;
-  const { p, dir, prev, tnew, tprev } = paths(t);
-  return withSession(t, log, async (s) => {
-    const st = await probe(s, { newSize: size, newSha: sha256, cleanup: true, df: true });
-    if (st.cur === sha256) {
-      log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
-      return { changed: false, bytesSent: 0, previous: st.prev, uploadMs: 0 };
+  const { p, dir, prev, tnew } = paths(t);
+
+  // The bases that exist (a base that is the new image itself is no use).
+  const cands: Candidate[] = [];
+  for (const b of opts.bases ?? []) {
+    const c = typeof b === "string" ? { path: b } : b;
+    if (c.sha256 === sha256) continue;
+    const st = await fs.promises.stat(c.path).catch(() => undefined);
+    if (st?.isFile()) cands.push({ path: c.path, sha256: c.sha256, size: st.size });
+    else log(`base ${c.path}: not found, not used`);
+  }
+  // Chunk lists (src/delta.ts), each computed once, from the cache when it is there.
+  const lists = new Map<Candidate, Promise<ChunkList>>();
+  const listOf = (c: Candidate) => {
+    let l = lists.get(c);
+    if (!l) {
+      l = chunkListOf(c.path, { sha256: c.sha256, cacheDir: opts.chunkCache, verify: true });
+      l.catch(() => {});
+      lists.set(c, l);
     }
-    log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
-    const reuse = st.tnew === sha256;
-    const copyPrev = st.cur !== undefined && st.prev !== st.cur;
-    // The temporaries that were not reusable were just removed; what remains must fit next to
-    // the current image and the .prev (which is only replaced at the end).
-    const space = spaceCheck(st.df!.available, [["new image", reuse ? 0 : size], ["copy of the current image", copyPrev ? st.curSize ?? 0 : 0]]);
-    if (!space.ok) {
-      throw new Error(
-        `${s.where}: not enough space in ${dir} (${st.df!.mountedOn}): need ${mb(space.need)} (${space.detail}), ` +
-        `${mb(st.df!.available)} available. The current image and ${prev} stay where they are; free space on that ` +
-        `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
+    return l;
+  };
+  const shaOf = async (c: Candidate) => c.sha256 ?? (await listOf(c)).sha256;
+  const saveList = async (list: ChunkList | undefined) => {
+    if (!opts.chunkCache || !list) return;
+    await writeChunkCache(opts.chunkCache, sha256, list).catch((e) => log(`chunk cache ${opts.chunkCache}: ${e.message} (not kept)`));
+  };
+  const deltaFrom = async (c: Candidate) => {
+    const base = await listOf(c);
+    const next = await chunkFile(file, { like: base });
+    return { next, delta: computeDelta(base, next) };
+  };
+
+  return withSession(t, log, async (s) => {
+    const timeout = s.timeoutMs;
+    let sftp: SFTPWrapper | undefined;
+    let copyData = false;
+    // Speculation: when the host's image has the size of a base, the delta is written while the
+    // host hashes its image (copies from it right away; the bytes of ours only once the image is
+    // known not to be ours: its size differs from ours, or its hash says so).
+    let spec: { base: Candidate; gate: (go: boolean) => void; write: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number }> } | undefined;
+    if (cands.length) {
+      sftp = await s.sftp();
+      copyData = (sftp as any)?._extensions?.["copy-data"] === "1";
+      if (sftp && copyData) {
+        const stat = (f: string) => sftpCall<any>((cb) => sftp!.stat(f, cb)).catch(() => undefined);
+        const room = sftpCall<any>((cb) => (sftp as any).ext_openssh_statvfs(dir, cb)).then((v) => Number(v.f_bavail) * Number(v.f_frsize), () => undefined);
+        const [cur, tn, avail] = await Promise.all([stat(p), stat(tnew), room.catch(() => undefined)]);
+        const base = cur?.isFile() ? cands.find((c) => c.size === cur.size) : undefined;
+        // A leftover temporary of our size may be a verified upload: the probe decides about it.
+        if (base && tn?.size !== size && avail !== undefined && spaceCheck(avail, [["new image", size], ["copy", cur.size]]).ok) {
+          let gate!: (go: boolean) => void;
+          const gateP = new Promise<boolean>((r) => { gate = r; });
+          if (cur.size !== size) gate(true);
+          const write = s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
+            const d = await deltaFrom(base);
+            const t0 = performance.now();
+            const sent = await writeDelta(sftp!, p, tnew, file, d.delta, gateP, touch);
+            return { ...d, sent, ms: performance.now() - t0 };
+          }, true);
+          write.catch(() => {});
+          spec = { base, gate, write };
+        }
+      }
     }
 
-    // The upload and the host-side copy of the current image (to the .prev temporary) run at the
-    // same time: one is network-bound, the other disk-bound. The copy is renamed to .prev only
-    // after the upload is verified, so a failed upload never costs the rollback image.
+    const conv = await s.converse(`read the state of ${p}`, deployScript(t, size, sha256, !!spec));
+    let st: DeployState;
+    try {
+      const probed = await conv.expect(`read the state of ${p}`, timeout + Math.ceil(2 * size / 1024), "@probed");
+      st = parseDeployState(s.where, probed.before);
+    } catch (err) {
+      spec?.gate(false);
+      throw err;
+    }
+    if (st.cur === sha256) {
+      spec?.gate(false);
+      await spec?.write.catch(() => {});
+      let previous = st.prev;
+      try {
+        if (previous === undefined && st.prevSize !== undefined) {
+          conv.send("hashprev");
+          const r = await conv.expect(`read the hash of ${prev}`, timeout + Math.ceil(st.prevSize / 1024), "@prevhash");
+          previous = r.line.slice(10);
+        }
+      } finally {
+        // Only host-side copies were made, if any: take them away.
+        if (spec) await conv.abort(); else conv.end();
+      }
+      log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
+      return { changed: false, bytesSent: 0, previous, uploadMs: 0 };
+    }
+    log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
+    const reuse = !spec && st.tnew === sha256;
+    const copyPrev = st.cur !== undefined && st.prevDiffers;
+    if (!spec) {
+      // The temporaries that were not reusable were just removed; what remains must fit next to
+      // the current image and the .prev (which is only replaced at the end). (A speculative delta
+      // checked this before it started, and is filling the space now.)
+      const space = spaceCheck(st.df.available, [["new image", reuse ? 0 : size], ["copy of the current image", copyPrev ? st.curSize ?? 0 : 0]]);
+      if (!space.ok) {
+        conv.end();
+        throw new Error(
+          `${s.where}: not enough space in ${dir} (${st.df.mountedOn}): need ${mb(space.need)} (${space.detail}), ` +
+          `${mb(st.df.available)} available. The current image and ${prev} stay where they are; free space on that ` +
+          `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
+      }
+    }
+
     let bytesSent = 0;
     let uploadMs = 0;
-    const upload = async () => {
-      if (reuse) {
-        log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
-        return;
+    let deltaInfo: DeployResult["delta"];
+    let nextList: ChunkList | undefined;
+    let fullList: Promise<ChunkList | undefined> | undefined;
+    const fullUpload = async () => {
+      // The chunk list of what is deployed now, for the next deploy's delta (CPU beside the network).
+      if (opts.chunkCache && !fullList) {
+        fullList = chunkFile(file).catch(() => undefined);
       }
       const t0 = performance.now();
       await s.upload(file, tnew, size, log);
-      uploadMs = performance.now() - t0;
-      bytesSent = size;
-    };
-    const copyCurrent = async () => {
-      if (!copyPrev) return;
-      await s.run(`copy the current image to ${tprev}`, `
-c=${shq(p)}; t=${shq(tprev)}
-cp "$c" "$t" || die "copying $c to $t failed"
-flush "$t" & f=$!
-n=$(h "$t") || exit 1
-wait $f
-[ "$n" = ${st.cur} ] || { rm -f "$t"; die "the copy $t of $c has sha256 $n, expected ${st.cur}"; }
-`, 3 * (st.curSize ?? 0));
+      uploadMs += performance.now() - t0;
+      bytesSent += size;
     };
     try {
-      const settled = await Promise.allSettled([upload(), copyCurrent()]);
-      for (const r of settled) if (r.status === "rejected") throw r.reason;
+      // .prev: a hard link (or a verified copy) of the current image, made while the new one is written.
+      if (copyPrev) conv.send("prev");
 
-      // Flush and hash at the same time (the hash reads the page cache); rename only once both are done.
-      await s.run(`flush and verify ${tnew}`, `
-t=${shq(tnew)}
-flush "$t" & f=$!
-n=$(h "$t") || exit 1
-wait $f
-[ "$n" = ${sha256} ] || { rm -f "$t"; die "the uploaded $t has sha256 $n, expected ${sha256} (removed it; the current image is untouched)"; }
-`, 2 * size);
+      // Which base is the host's image?
+      let base: Candidate | undefined;
+      if (!reuse && st.cur && copyData) {
+        for (const c of cands) {
+          if (c.size === st.curSize && (await shaOf(c).catch(() => undefined)) === st.cur) { base = c; break; }
+        }
+      }
+      let written: { sent: number; next: ChunkList; delta: Delta; ms: number } | undefined;
+      if (spec) {
+        spec.gate(spec.base === base);
+        const w = await spec.write.catch((e) => (spec!.base === base ? Promise.reject(e) : undefined));
+        if (spec.base === base) written = w;
+        else log(`${p} on ${s.where} is not ${spec.base.path} (same size, other content): its copies are discarded`);
+      }
+      if (base && !written) {
+        written = await s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
+          const d = await deltaFrom(base!);
+          const t0 = performance.now();
+          const sent = await writeDelta(sftp!, p, tnew, file, d.delta, Promise.resolve(true), touch);
+          return { ...d, sent, ms: performance.now() - t0 };
+        }, true);
+      }
+      if (written) {
+        const { delta } = written;
+        bytesSent = written.sent;
+        uploadMs = written.ms;
+        nextList = written.next;
+        deltaInfo = { base: st.cur!, copied: delta.copied, literal: delta.literal, ranges: delta.ops.length };
+        log(`${tnew}: written from ${p} (${base!.path}) and this image: ${mb(delta.copied)} copied on the host, ` +
+          `${mb(delta.literal)} sent, ${delta.ops.length} ranges`);
+      } else if (reuse) {
+        log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
+      } else {
+        await fullUpload();
+      }
+
+      const finishMs = timeout + Math.ceil((2 * size + (copyPrev ? 3 * (st.curSize ?? 0) : 0)) / 1024);
+      const finish = async () => {
+        conv.send("finish");
+        return conv.expect(`verify ${tnew} and rename it to ${p}`, finishMs, "@finished", "@badhash");
+      };
+      let done = await finish();
+      let how = done.before.find((l) => l.startsWith("@prev "))?.slice(6);
+      if (done.line.startsWith("@badhash") && written) {
+        // The base was not what it claimed to be (or the delta is wrong): send everything.
+        log(`${tnew} written from the delta has sha256 ${done.line.slice(9)}, expected ${sha256}: sending the whole image`);
+        deltaInfo = undefined;
+        nextList = undefined;
+        await fullUpload();
+        done = await finish();
+      }
+      if (done.line.startsWith("@badhash")) {
+        throw new Error(`${s.where}: verify ${tnew}: the uploaded ${tnew} has sha256 ${done.line.slice(9)}, expected ${sha256} (removed it; the current image is untouched)`);
+      }
+      how ??= done.before.find((l) => l.startsWith("@prev "))?.slice(6);
+      log(`${tnew}: written, flushed, sha256 verified`);
+      if (copyPrev) log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}${how === "linked" ? " (a hard link: no copy)" : ""}`);
+      log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
     } catch (err) {
       // The connection may still be up (a remote error, a bad hash): take the temporaries away so
       // they do not hold space on the stick. When it is gone, the next run removes them.
-      await s.tryRun(`rm -f ${shq(tprev)} ${shq(tnew)}`);
+      spec?.gate(false);
+      await conv.abort();
       throw err;
     }
-    log(`${tnew}: written, flushed, sha256 verified`);
-
-    // Two renames within the folder, each flushed. Between them the target still holds the
-    // current image and .prev a verified copy of it; a rerun skips the copy and does the last one.
-    // (A rename does not touch the content, so the verified hash stays true.)
-    await s.run(`rename ${tnew} to ${p}`, `
-t=${shq(tnew)}; c=${shq(p)}; tp=${shq(tprev)}; v=${shq(prev)}
-${copyPrev ? `mv -f "$tp" "$v" || die "renaming $tp to $v failed"
-flushdir "$v"` : ""}
-mv -f "$t" "$c" || die "renaming $t to $c failed"
-flushdir "$c"
-`);
-    if (copyPrev) log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}`);
-    log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
-    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs };
+    await saveList(nextList ?? (await fullList));
+    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs, ...(deltaInfo ? { delta: deltaInfo } : {}) };
   });
 }
 

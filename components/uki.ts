@@ -82,7 +82,19 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
       const initrds = [...i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
       info = await buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
     }, { mode: i.secrets ? 0o600 : 0o644 });
-    if (!res.built) info = { sha256: await sha256File(res.path), size: (await fs.stat(res.path)).size };
+    // The sha256 is recorded beside the image when it is assembled and trusted while the size
+    // matches: reusing a 100+ MB UKI (the production stack after qemu's) does not read it again.
+    const record = `cache/uki-sha256/${i.hash}.json`;
+    if (res.built) await ctx.store.writeRecord(record, { sha256: info.sha256, size: info.size });
+    else {
+      const size = (await fs.stat(res.path)).size;
+      const rec = await ctx.store.readRecord<{ sha256: string; size: number }>(record).catch(() => undefined);
+      if (rec && rec.size === size && /^[0-9a-f]{64}$/.test(rec.sha256)) info = { sha256: rec.sha256, size };
+      else {
+        info = { sha256: await sha256File(res.path), size };
+        await ctx.store.writeRecord(record, info);
+      }
+    }
     ctx.log(`${res.built ? "assembled" : "reused"} ${path.basename(res.path)}: build ${buildId}, ${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}`);
     return { path: res.path, sha256: info.sha256, size: info.size, buildId, uname };
   },

@@ -68,9 +68,12 @@ function header(r: NewcRecord, nameSize: number): string {
  * With `reuse`, one buffer is overwritten at every step, so a consumer must be done with a
  * chunk before asking for the next. That keeps memory flat: fresh 1 MiB buffers are freed only
  * when the garbage collector gets round to them, and a busy thread piles up tens of MiB first.
+ * `reuse` may be the buffer itself (chunks are then its size): a caller encoding many archives
+ * passes the same one to each.
  */
-export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer?: boolean; reuse?: boolean } = {}): AsyncGenerator<Buffer> {
-  let buf = Buffer.allocUnsafe(CHUNK);
+export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer?: boolean; reuse?: boolean | Buffer } = {}): AsyncGenerator<Buffer> {
+  if (Buffer.isBuffer(opts.reuse) && opts.reuse.length === 0) throw new Error("newc: the buffer to reuse is empty");
+  let buf = Buffer.isBuffer(opts.reuse) ? opts.reuse : Buffer.allocUnsafe(CHUNK);
   let used = 0;
   const room = () => buf.length - used;
   function* flush(): Generator<Buffer> {

@@ -72,7 +72,7 @@ function cutPoint(buf: Uint8Array, start: number, end: number, min: number, avg:
   return limit - start;
 }
 
-const BLOCK = 8 << 20;
+const BLOCK = 2 << 20;
 
 /**
  * Cuts a file into content-defined chunks and hashes each one. Streams the file (one buffer of

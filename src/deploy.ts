@@ -447,6 +447,8 @@ class Session {
 /** A remote script's output, line by line, and its stdin (Session.converse). */
 class Conversation {
   private lines: string[] = [];
+  /** Every line so far. */
+  readonly history: string[] = [];
   private partial = "";
   private errOut: Buffer[] = [];
   private code: number | null = null;
@@ -459,6 +461,7 @@ class Conversation {
       const parts = (this.partial + d.toString("utf8")).split("\n");
       this.partial = parts.pop()!;
       this.lines.push(...parts);
+      this.history.push(...parts);
       this.wake?.();
     });
     ch.stderr.on("data", (d: Buffer) => this.errOut.push(d));
@@ -481,8 +484,10 @@ class Conversation {
   }
 
   /**
-   * Waits for a line that starts with one of `prefixes`; resolves [the lines before it, that
-   * line]. Rejects when the script ends first (with its stderr) or the step times out.
+   * Waits for a line that starts with one of `prefixes` (answers start with "@"); resolves that
+   * line and the plain lines before it (which it consumes). Other answers stay queued: the script
+   * may answer one command before another's answer is awaited. Rejects when the script ends
+   * first (with its stderr) or the step times out.
    */
   expect(step: string, ms: number, ...prefixes: string[]): Promise<{ before: string[]; line: string }> {
     return this.s.step(step, ms, () => new Promise((resolve, reject) => {
@@ -490,8 +495,11 @@ class Conversation {
         const i = this.lines.findIndex((l) => prefixes.some((p) => l.startsWith(p)));
         if (i >= 0) {
           this.wake = undefined;
-          const before = this.lines.splice(0, i + 1);
-          resolve({ before: before.slice(0, -1), line: before[i] });
+          // The plain lines before it are its answer; other "@" answers stay for their own expect.
+          const before = this.lines.slice(0, i);
+          const line = this.lines[i];
+          this.lines = [...before.filter((l) => l.startsWith("@")), ...this.lines.slice(i + 1)];
+          resolve({ before: before.filter((l) => !l.startsWith("@")), line });
         } else if (this.ended) {
           this.wake = undefined;
           reject(this.ended);
@@ -582,11 +590,17 @@ interface DeployState {
 }
 
 /**
- * The remote half of a deploy (see the top of this file): prints the state, then "@probed";
- * then runs the commands `prev`, `finish` (answering "@prev linked|copied", "@finished" or
- * "@badhash SHA"), `hashprev` ("@prevhash SHA") and `abort`. At the end of its stdin it exits, leaving what is there for the
- * next run. `speculative`: the client may already be writing the upload temporary, so the script
- * leaves it alone.
+ * The remote half of a deploy (see the top of this file). It reads the state in the background
+ * (printing it, then "@probed") while it takes commands on its stdin, one at a time:
+ *   verify        sync and hash the upload temporary: "@verified SHA"
+ *   prev SHA      link P to the .prev temporary, or copy it and check the copy has SHA: "@prev linked|copied"
+ *   commit        (only after a verify that gave our sha256) rename the .prev temporary to .prev,
+ *                 then the upload to P, syncing each: "@committed"
+ *   hashprev      "@prevhash SHA" of .prev
+ *   abort         remove the temporaries and exit
+ * At the end of its stdin it exits, leaving what is there for the next run. A failure of the
+ * state reading ends the whole script. `speculative`: the client may already be writing the
+ * upload temporary, so the state reading leaves it alone.
  */
 function deployScript(t: SshTarget, size: number, sha256: string, speculative: boolean): string {
   const { p, dir, prev, tnew, tprev } = paths(t);
@@ -594,25 +608,35 @@ function deployScript(t: SshTarget, size: number, sha256: string, speculative: b
 p=${shq(p)}; v=${shq(prev)}; tn=${shq(tnew)}; tp=${shq(tprev)}; d=${shq(dir)}
 [ -d "$d" ] || die "folder $d does not exist"
 line() { x=$(h "$2") || exit 1; printf '%s %s %s\\n' "$1" "$x" "$(sz "$2")"; }
-# .prev is hashed only when it may be the same image as P: no P, or the same size. "=": the same file.
-j2=
-if [ -e "$p" ] && [ -e "$v" ] && [ "$p" -ef "$v" ]; then printf 'prev = %s\\n' "$(sz "$v")"
-elif [ ! -e "$p" ] || [ "$(sz "$p")" = "$(sz "$v")" ]; then line prev "$v" & j2=$!
-else printf 'prev ? %s\\n' "$(sz "$v")"; fi
-j3=
-${speculative ? `printf 'new - -\\n'` : `tnl() { ns=$(sz "$tn"); n=-; if [ "$ns" = ${size} ]; then n=$(h "$tn") || exit 1; fi; [ "$n" = ${sha256} ] || rm -f "$tn"; printf 'new %s %s\\n' "$n" "$ns"; }
-tnl & j3=$!`}
-c=$(h "$p") || exit 1
-printf 'cur %s %s\\n' "$c" "$(sz "$p")"
-[ -z "$j2" ] || wait $j2 || exit 1
-[ -z "$j3" ] || wait $j3 || exit 1
-rm -f "$tp"
-echo df; df -Pk "$d"
-echo @probed
-made=
+probe() {
+  # .prev is hashed only when it may be the same image as P: no P, or the same size. "=": the same file.
+  j2=
+  if [ -e "$p" ] && [ -e "$v" ] && [ "$p" -ef "$v" ]; then printf 'prev = %s\\n' "$(sz "$v")"
+  elif [ ! -e "$p" ] || [ "$(sz "$p")" = "$(sz "$v")" ]; then line prev "$v" & j2=$!
+  else printf 'prev ? %s\\n' "$(sz "$v")"; fi
+  j3=
+  ${speculative ? `printf 'new - -\\n'` : `tnl() { ns=$(sz "$tn"); n=-; if [ "$ns" = ${size} ]; then n=$(h "$tn") || exit 1; fi; [ "$n" = ${sha256} ] || rm -f "$tn"; printf 'new %s %s\\n' "$n" "$ns"; }
+  tnl & j3=$!`}
+  line cur "$p" || return 1
+  [ -z "$j2" ] || wait $j2 || return 1
+  [ -z "$j3" ] || wait $j3 || return 1
+  rm -f "$tp"
+  echo df; df -Pk "$d" || return 1
+  echo @probed
+}
+# The main shell waits in read: a failed probe ends it (its message is on stderr).
+{ ( probe ) || kill $$; } &
+made=; ok=
 while IFS= read -r cmd; do
   case $cmd in
-  prev)
+  verify)
+    # Flush and hash at the same time (the hash reads the page cache).
+    flush "$tn" & f=$!
+    x=$(h "$tn") || exit 1
+    wait $f
+    ok=; [ "$x" != ${sha256} ] || ok=1
+    echo "@verified $x" ;;
+  "prev "*)
     rm -f "$tp"
     if ln "$p" "$tp" 2>/dev/null; then made=linked
     else
@@ -620,22 +644,18 @@ while IFS= read -r cmd; do
       flush "$tp" & f=$!
       x=$(h "$tp") || exit 1
       wait $f
-      [ "$x" = "$c" ] || { rm -f "$tp"; die "the copy $tp of $p has sha256 $x, expected $c"; }
+      [ "$x" = "\${cmd#prev }" ] || { rm -f "$tp"; die "the copy $tp of $p has sha256 $x, expected \${cmd#prev }"; }
       made=copied
     fi
     echo "@prev $made" ;;
-  finish)
-    # Flush and hash at the same time (the hash reads the page cache); rename only once both are done.
-    flush "$tn" & f=$!
-    x=$(h "$tn") || exit 1
-    wait $f
-    if [ "$x" != ${sha256} ]; then rm -f "$tn"; echo "@badhash $x"; continue; fi
+  commit)
+    [ "$ok" = 1 ] || die "$tn is not verified: not renaming it"
     # Two renames within the folder, each flushed. Between them P still holds the current image
     # and .prev the same image; a rerun leaves .prev alone and does the last one.
     if [ -n "$made" ]; then mv -f "$tp" "$v" || die "renaming $tp to $v failed"; flushdir "$v"; fi
     mv -f "$tn" "$p" || die "renaming $tn to $p failed"
     flushdir "$p"
-    echo @finished; exit 0 ;;
+    echo @committed; exit 0 ;;
   hashprev) echo "@prevhash $(h "$v")" ;;
   abort) rm -f "$tn" "$tp"; exit 0 ;;
   esac
@@ -750,7 +770,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     if (st?.isFile()) cands.push({ path: c.path, sha256: c.sha256, size: st.size });
     else log(`base ${c.path}: not found, not used`);
   }
-  // Chunk lists (src/delta.ts), each computed once, from the cache when it is there.
+  // Chunk lists (src/delta.ts) and deltas, each computed once; base lists from the cache when there.
   const lists = new Map<Candidate, Promise<ChunkList>>();
   const listOf = (c: Candidate) => {
     let l = lists.get(c);
@@ -762,15 +782,21 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     return l;
   };
   const shaOf = async (c: Candidate) => c.sha256 ?? (await listOf(c)).sha256;
-  const saveList = async (list: ChunkList | undefined) => {
-    if (!opts.chunkCache || !list) return;
-    await writeChunkCache(opts.chunkCache, sha256, list).catch((e) => log(`chunk cache ${opts.chunkCache}: ${e.message} (not kept)`));
+  const deltas = new Map<Candidate, Promise<{ next: ChunkList; delta: Delta }>>();
+  const deltaOf = (c: Candidate) => {
+    let d = deltas.get(c);
+    if (!d) {
+      d = listOf(c).then(async (base) => {
+        const next = await chunkFile(file, { like: base });
+        return { next, delta: computeDelta(base, next) };
+      });
+      d.catch(() => {});
+      deltas.set(c, d);
+    }
+    return d;
   };
-  const deltaFrom = async (c: Candidate) => {
-    const base = await listOf(c);
-    const next = await chunkFile(file, { like: base });
-    return { next, delta: computeDelta(base, next) };
-  };
+  // The first base is the likely one: its delta is worked out while the connection is made.
+  if (cands.length) deltaOf(cands[0]);
 
   return withSession(t, log, async (s) => {
     const timeout = s.timeoutMs;
@@ -779,7 +805,9 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     // Speculation: when the host's image has the size of a base, the delta is written while the
     // host hashes its image (copies from it right away; the bytes of ours only once the image is
     // known not to be ours: its size differs from ours, or its hash says so).
-    let spec: { base: Candidate; gate: (go: boolean) => void; write: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number }> } | undefined;
+    let specBase: Candidate | undefined;
+    let specRoom = false;
+    let curSftpSize: number | undefined;
     if (cands.length) {
       sftp = await s.sftp();
       copyData = (sftp as any)?._extensions?.["copy-data"] === "1";
@@ -787,36 +815,51 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
         const stat = (f: string) => sftpCall<any>((cb) => sftp!.stat(f, cb)).catch(() => undefined);
         const room = sftpCall<any>((cb) => (sftp as any).ext_openssh_statvfs(dir, cb)).then((v) => Number(v.f_bavail) * Number(v.f_frsize), () => undefined);
         const [cur, tn, avail] = await Promise.all([stat(p), stat(tnew), room.catch(() => undefined)]);
-        const base = cur?.isFile() ? cands.find((c) => c.size === cur.size) : undefined;
+        curSftpSize = cur?.isFile() ? cur.size : undefined;
+        specBase = curSftpSize !== undefined ? cands.find((c) => c.size === curSftpSize) : undefined;
+        specRoom = avail !== undefined && spaceCheck(avail, [["new image", size], ["copy", curSftpSize ?? 0]]).ok;
         // A leftover temporary of our size may be a verified upload: the probe decides about it.
-        if (base && tn?.size !== size && avail !== undefined && spaceCheck(avail, [["new image", size], ["copy", cur.size]]).ok) {
-          let gate!: (go: boolean) => void;
-          const gateP = new Promise<boolean>((r) => { gate = r; });
-          if (cur.size !== size) gate(true);
-          const write = s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
-            const d = await deltaFrom(base);
-            const t0 = performance.now();
-            const sent = await writeDelta(sftp!, p, tnew, file, d.delta, gateP, touch);
-            return { ...d, sent, ms: performance.now() - t0 };
-          }, true);
-          write.catch(() => {});
-          spec = { base, gate, write };
-        }
+        if (tn?.size === size || !specRoom) specBase = undefined;
       }
     }
 
-    const conv = await s.converse(`read the state of ${p}`, deployScript(t, size, sha256, !!spec));
+    const conv = await s.converse(`read the state of ${p}`, deployScript(t, size, sha256, !!specBase));
+    let verifies = 0;
+    // Host-side bytes the remote script may go through before it answers a verify (a .prev copy, 3 passes).
+    let prevIo = 0;
+    const verify = () => { conv.send("verify"); verifies++; };
+    const verified = async () => {
+      let r: { line: string } | undefined;
+      for (; verifies > 0; verifies--) r = await conv.expect(`verify ${tnew}`, timeout + Math.ceil((2 * size + prevIo) / 1024), "@verified");
+      return r?.line.slice(10);
+    };
+    const writeFrom = (c: Candidate, gate: Promise<boolean>) => s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
+      const d = await deltaOf(c);
+      const t0 = performance.now();
+      const sent = await writeDelta(sftp!, p, tnew, file, d.delta, gate, touch);
+      if (sent >= 0) verify();
+      return { ...d, sent, ms: performance.now() - t0 };
+    }, true);
+    let gate: (go: boolean) => void = () => {};
+    let spec: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number }> | undefined;
+    if (specBase) {
+      const gateP = new Promise<boolean>((r) => { gate = r; });
+      if (curSftpSize !== size) gate(true);
+      spec = writeFrom(specBase, gateP);
+      spec.catch(() => {});
+    }
+
     let st: DeployState;
     try {
       const probed = await conv.expect(`read the state of ${p}`, timeout + Math.ceil(2 * size / 1024), "@probed");
       st = parseDeployState(s.where, probed.before);
     } catch (err) {
-      spec?.gate(false);
+      gate(false);
       throw err;
     }
     if (st.cur === sha256) {
-      spec?.gate(false);
-      await spec?.write.catch(() => {});
+      gate(false);
+      await spec?.catch(() => {});
       let previous = st.prev;
       try {
         if (previous === undefined && st.prevSize !== undefined) {
@@ -832,9 +875,9 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       return { changed: false, bytesSent: 0, previous, uploadMs: 0 };
     }
     log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
-    const reuse = !spec && st.tnew === sha256;
+    const reuse = !specBase && st.tnew === sha256;
     const copyPrev = st.cur !== undefined && st.prevDiffers;
-    if (!spec) {
+    if (!specBase) {
       // The temporaries that were not reusable were just removed; what remains must fit next to
       // the current image and the .prev (which is only replaced at the end). (A speculative delta
       // checked this before it started, and is filling the space now.)
@@ -855,17 +898,19 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     let fullList: Promise<ChunkList | undefined> | undefined;
     const fullUpload = async () => {
       // The chunk list of what is deployed now, for the next deploy's delta (CPU beside the network).
-      if (opts.chunkCache && !fullList) {
-        fullList = chunkFile(file).catch(() => undefined);
-      }
+      if (opts.chunkCache && !fullList) fullList = chunkFile(file).catch(() => undefined);
       const t0 = performance.now();
       await s.upload(file, tnew, size, log);
       uploadMs += performance.now() - t0;
       bytesSent += size;
+      verify();
     };
     try {
       // .prev: a hard link (or a verified copy) of the current image, made while the new one is written.
-      if (copyPrev) conv.send("prev");
+      if (copyPrev) {
+        conv.send(`prev ${st.cur}`);
+        prevIo = 3 * (st.curSize ?? 0);
+      }
 
       // Which base is the host's image?
       let base: Candidate | undefined;
@@ -876,19 +921,15 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       }
       let written: { sent: number; next: ChunkList; delta: Delta; ms: number } | undefined;
       if (spec) {
-        spec.gate(spec.base === base);
-        const w = await spec.write.catch((e) => (spec!.base === base ? Promise.reject(e) : undefined));
-        if (spec.base === base) written = w;
-        else log(`${p} on ${s.where} is not ${spec.base.path} (same size, other content): its copies are discarded`);
+        gate(specBase === base);
+        const w = await spec.catch((e) => (specBase === base ? Promise.reject(e) : undefined));
+        if (specBase === base) written = w;
+        else {
+          log(`${p} on ${s.where} is not ${specBase!.path} (same size, other content): its copies are discarded`);
+          await verified(); // a verify of those, if one was asked for
+        }
       }
-      if (base && !written) {
-        written = await s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
-          const d = await deltaFrom(base!);
-          const t0 = performance.now();
-          const sent = await writeDelta(sftp!, p, tnew, file, d.delta, Promise.resolve(true), touch);
-          return { ...d, sent, ms: performance.now() - t0 };
-        }, true);
-      }
+      if (base && !written) written = await writeFrom(base, Promise.resolve(true));
       if (written) {
         const { delta } = written;
         bytesSent = written.sent;
@@ -899,41 +940,43 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
           `${mb(delta.literal)} sent, ${delta.ops.length} ranges`);
       } else if (reuse) {
         log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
+        verify();
       } else {
         await fullUpload();
       }
 
-      const finishMs = timeout + Math.ceil((2 * size + (copyPrev ? 3 * (st.curSize ?? 0) : 0)) / 1024);
-      const finish = async () => {
-        conv.send("finish");
-        return conv.expect(`verify ${tnew} and rename it to ${p}`, finishMs, "@finished", "@badhash");
-      };
-      let done = await finish();
-      let how = done.before.find((l) => l.startsWith("@prev "))?.slice(6);
-      if (done.line.startsWith("@badhash") && written) {
+      let got = await verified();
+      if (got !== sha256 && written) {
         // The base was not what it claimed to be (or the delta is wrong): send everything.
-        log(`${tnew} written from the delta has sha256 ${done.line.slice(9)}, expected ${sha256}: sending the whole image`);
+        log(`${tnew} written from the delta has sha256 ${got}, expected ${sha256}: sending the whole image`);
         deltaInfo = undefined;
         nextList = undefined;
         await fullUpload();
-        done = await finish();
+        got = await verified();
       }
-      if (done.line.startsWith("@badhash")) {
-        throw new Error(`${s.where}: verify ${tnew}: the uploaded ${tnew} has sha256 ${done.line.slice(9)}, expected ${sha256} (removed it; the current image is untouched)`);
+      if (got !== sha256) {
+        throw new Error(`${s.where}: verify ${tnew}: the uploaded ${tnew} has sha256 ${got}, expected ${sha256} (removed it; the current image is untouched)`);
       }
-      how ??= done.before.find((l) => l.startsWith("@prev "))?.slice(6);
       log(`${tnew}: written, flushed, sha256 verified`);
+      conv.send("commit");
+      await conv.expect(`rename ${tnew} to ${p}`, timeout + Math.ceil(prevIo / 1024), "@committed");
+      const how = conv.history.find((l) => l.startsWith("@prev "))?.slice(6);
       if (copyPrev) log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}${how === "linked" ? " (a hard link: no copy)" : ""}`);
       log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
     } catch (err) {
       // The connection may still be up (a remote error, a bad hash): take the temporaries away so
       // they do not hold space on the stick. When it is gone, the next run removes them.
-      spec?.gate(false);
+      gate(false);
       await conv.abort();
       throw err;
     }
     await saveList(nextList ?? (await fullList));
     return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs, ...(deltaInfo ? { delta: deltaInfo } : {}) };
+
+    async function saveList(list: ChunkList | undefined) {
+      if (!opts.chunkCache || !list) return;
+      await writeChunkCache(opts.chunkCache, sha256, list).catch((e) => log(`chunk cache ${opts.chunkCache}: ${e.message} (not kept)`));
+    }
   });
 }
 

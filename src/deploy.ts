@@ -833,15 +833,29 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       for (; verifies > 0; verifies--) r = await conv.expect(`verify ${tnew}`, timeout + Math.ceil((2 * size + prevIo) / 1024), "@verified");
       return r?.line.slice(10);
     };
+    // The bases whose delta could not be worked out here (unreadable, or not what their sha256 says).
+    const unusable = new Set<Candidate>();
     const writeFrom = (c: Candidate, gate: Promise<boolean>) => s.step(`write ${tnew} (delta)`, timeout, async (touch) => {
-      const d = await deltaOf(c);
+      let d: { next: ChunkList; delta: Delta };
+      try {
+        d = await deltaOf(c);
+      } catch (e: any) {
+        unusable.add(c);
+        log(`no delta from ${c.path}: ${e.message}`);
+        return undefined;
+      }
+      if (d.delta.copied === 0) {
+        unusable.add(c);
+        log(`no delta from ${c.path}: the images have no chunk in common`);
+        return undefined;
+      }
       const t0 = performance.now();
       const sent = await writeDelta(sftp!, p, tnew, file, d.delta, gate, touch);
       if (sent >= 0) verify();
       return { ...d, sent, ms: performance.now() - t0 };
     }, true);
     let gate: (go: boolean) => void = () => {};
-    let spec: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number }> | undefined;
+    let spec: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number } | undefined> | undefined;
     if (specBase) {
       const gateP = new Promise<boolean>((r) => { gate = r; });
       if (curSftpSize !== size) gate(true);
@@ -929,7 +943,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
           await verified(); // a verify of those, if one was asked for
         }
       }
-      if (base && !written) written = await writeFrom(base, Promise.resolve(true));
+      if (base && !written && !unusable.has(base)) written = await writeFrom(base, Promise.resolve(true));
       if (written) {
         const { delta } = written;
         bytesSent = written.sent;

@@ -13,6 +13,7 @@ import * as path from "node:path";
 import {
   deployImage, fingerprint, parseDf, parseHostKeys, remoteState, rollback, spaceCheck, type SshTarget,
 } from "../src/deploy";
+import { chunkFile, writeChunkCache } from "../src/delta";
 import { rsyncTo, scpTo, startProxy, startSshd, type Proxy, type Sshd } from "./sshd";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -412,6 +413,229 @@ test("throughput: a changed 64 MiB image over loopback, against scp and rsync -e
   const scpMs = await scpTo(e.sshd, b.file, path.join(e.dir, "scp.efi"));
   const rsyncMs = await rsyncTo(e.sshd, b.file, path.join(e.dir, "rsync.efi"));
   assert.equal(fileSha(path.join(e.dir, "rsync.efi")), b.sha);
+  // The same change as a delta from the image the host has (1 MiB replaced).
+  const c = variant(e, "c.efi", b, (x) => splice(x, 20 * MB, MB, randomBytes(MB)));
+  const t1 = performance.now();
+  const rd = await deployImage(direct, c.file, c.sha, () => {}, { bases: [{ path: b.file, sha256: b.sha }] });
+  const deltaMs = performance.now() - t1;
+  assert.equal(fileSha(e.target), c.sha);
+  assert.ok(rd.delta);
+  fs.copyFileSync(b.file, path.join(e.dir, "rsync.efi"));
+  const rsyncDeltaMs = await rsyncTo(e.sshd, c.file, path.join(e.dir, "rsync.efi"));
   const rate = (ms: number) => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
-  t.diagnostic(`sftp upload ${rate(r.uploadMs)}; whole deploy (upload, sync, remote sha256, .prev copy, rename) ${rate(deployMs)}; scp ${rate(scpMs)}; rsync -e ssh ${rate(rsyncMs)}`);
+  t.diagnostic(`sftp upload ${rate(r.uploadMs)}; whole deploy (upload, sync, remote sha256, .prev link, rename) ${rate(deployMs)}; scp ${rate(scpMs)}; rsync -e ssh ${rate(rsyncMs)}`);
+  t.diagnostic(`1 MiB changed: delta deploy ${rate(deltaMs)} (${(rd.bytesSent / 1e6).toFixed(1)} MB sent); rsync -e ssh onto the old image ${rate(rsyncDeltaMs)}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Delta deploys: the host's image is a local base; only the bytes the new image does not share
+// with it are sent, the rest is copied on the host (SFTP copy-data).
+
+/** A file made from another one's bytes (changed, cut, moved), in the test's folder. */
+function variant(e: Env, name: string, from: { file: string }, fn: (b: Buffer) => Buffer): { file: string; sha: string; size: number } {
+  const bytes = fn(fs.readFileSync(from.file));
+  const file = path.join(e.dir, name);
+  fs.writeFileSync(file, bytes);
+  return { file, sha: sha256(bytes), size: bytes.length };
+}
+
+const splice = (b: Buffer, at: number, del: number, ins: Buffer) => Buffer.concat([b.subarray(0, at), ins, b.subarray(at + del)]);
+
+test("delta deploy: far fewer bytes than the image, the exact new bytes at the path, the old image at .prev", async (t) => {
+  const e = await setup(t);
+  const cache = path.join(e.dir, "chunks");
+  const a = e.image(8 * MB);
+  const r0 = await deployImage(e.t, a.file, a.sha, e.log, { chunkCache: cache });
+  assert.equal(r0.delta, undefined, "nothing on the host to start from");
+  assert.ok(fs.existsSync(path.join(cache, `${a.sha}.json`)), "a full upload keeps the image's chunk list for the next deploy");
+
+  // 300 KiB changed, 1000 bytes inserted elsewhere: the new image is 1000 bytes longer.
+  const b = variant(e, "b.efi", a, (x) => splice(splice(x, 5 * MB, 0, randomBytes(1000)), 2 * MB, 300 * 1024, randomBytes(300 * 1024)));
+  e.proxy.reset();
+  e.lines.length = 0;
+  // A base given by path alone: its sha256 is worked out (and its chunk list read from the cache).
+  const r1 = await deployImage(e.t, b.file, b.sha, e.log, { bases: [a.file], chunkCache: cache });
+  t.diagnostic(`delta deploy of ${b.size} bytes: ${r1.bytesSent} image bytes sent, ${e.proxy.up} bytes up, ${e.proxy.down} down; ${JSON.stringify(r1.delta)}`);
+  assert.equal(r1.changed, true);
+  assert.equal(r1.previous, a.sha);
+  assert.ok(r1.delta, e.lines.join("\n"));
+  assert.equal(r1.delta!.base, a.sha);
+  assert.equal(r1.delta!.copied + r1.delta!.literal, b.size);
+  assert.equal(r1.bytesSent, r1.delta!.literal);
+  assert.ok(r1.bytesSent < 1 * MB, `${r1.bytesSent} image bytes sent`);
+  assert.ok(e.proxy.up < 1.2 * MB, `${e.proxy.up} bytes went to the host for an ${b.size}-byte image`);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+  assert.ok(e.lines.some((l) => /copied on the host, .* sent, \d+ ranges/.test(l)), e.lines.join("\n"));
+  assert.ok(fs.existsSync(path.join(cache, `${b.sha}.json`)), "the deployed image's chunk list is kept");
+
+  // The same size as the host's image: the host copies while it hashes its image, and our
+  // bytes follow once its hash says it is not ours already.
+  const c = variant(e, "c.efi", b, (x) => splice(x, 7 * MB, 4096, randomBytes(4096)));
+  assert.equal(c.size, b.size);
+  e.proxy.reset();
+  const r2 = await deployImage(e.t, c.file, c.sha, e.log, { bases: [{ path: a.file, sha256: a.sha }, { path: b.file, sha256: b.sha }], chunkCache: cache });
+  assert.equal(r2.delta?.base, b.sha);
+  assert.ok(r2.bytesSent <= 3 * 256 * 1024, `${r2.bytesSent} image bytes sent`);
+  assert.equal(fileSha(e.target), c.sha);
+  assert.equal(fileSha(`${e.target}.prev`), b.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+
+  // The images are whole files of their own: a rollback swaps them back.
+  assert.deepEqual(await rollback(e.t, e.log), { current: b.sha, previous: c.sha });
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), c.sha);
+});
+
+test("delta deploy of the image the host already has: nothing sent, the host's copies taken away", async (t) => {
+  const e = await setup(t);
+  const a = e.image(4 * MB);
+  const b = variant(e, "b.efi", a, (x) => splice(x, MB, 8192, randomBytes(8192)));
+  await deployImage(e.t, b.file, b.sha, e.log);
+  e.proxy.reset();
+  // a has the host's image's size: the host starts copying from its image before its hash is known.
+  const r = await deployImage(e.t, b.file, b.sha, e.log, { bases: [{ path: a.file, sha256: a.sha }] });
+  assert.deepEqual(r, { changed: false, bytesSent: 0, previous: undefined, uploadMs: 0 });
+  assert.ok(e.proxy.up < 100_000, `${e.proxy.up} bytes sent`);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI"], "no temporary left");
+  assert.equal(fileSha(e.target), b.sha);
+});
+
+test("delta deploy: a base that is not the host's image, missing or unusable: the whole image is sent", async (t) => {
+  const e = await setup(t);
+  const host = e.image(4 * MB);
+  await deployImage(e.t, host.file, host.sha, e.log);
+  // Same size as the host's image, other bytes: the host's copies from it are thrown away.
+  const other = e.image(4 * MB);
+  const next = variant(e, "next.efi", other, (x) => splice(x, MB, 100, randomBytes(100)));
+  e.lines.length = 0;
+  const r1 = await deployImage(e.t, next.file, next.sha, e.log, { bases: [other.file, path.join(e.dir, "missing.efi")] });
+  assert.equal(r1.delta, undefined);
+  assert.equal(r1.bytesSent, next.size);
+  assert.equal(fileSha(e.target), next.sha);
+  assert.equal(fileSha(`${e.target}.prev`), host.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+  assert.ok(e.lines.some((l) => /missing\.efi: not found, not used/.test(l)), e.lines.join("\n"));
+  assert.ok(e.lines.some((l) => /same size, other content/.test(l)), e.lines.join("\n"));
+
+  // Another size: not even tried.
+  const third = variant(e, "third.efi", next, (x) => splice(x, 0, 0, randomBytes(10)));
+  const r2 = await deployImage(e.t, third.file, third.sha, e.log, { bases: [host.file] });
+  assert.equal(r2.delta, undefined);
+  assert.equal(fileSha(e.target), third.sha);
+
+  // A base that claims the host's sha256 but holds other bytes: its chunk list cannot be made
+  // (it is checked), so the whole image goes.
+  const liar = e.image(third.size);
+  const fourth = variant(e, "fourth.efi", third, (x) => splice(x, 2 * MB, 10, randomBytes(10)));
+  e.lines.length = 0;
+  const r3 = await deployImage(e.t, fourth.file, fourth.sha, e.log, { bases: [{ path: liar.file, sha256: third.sha }] });
+  assert.equal(r3.delta, undefined);
+  assert.equal(r3.bytesSent, fourth.size);
+  assert.ok(e.lines.some((l) => /no delta from .*has sha256 [0-9a-f]{64}, expected/.test(l)), e.lines.join("\n"));
+  assert.equal(fileSha(e.target), fourth.sha);
+  assert.equal(fileSha(`${e.target}.prev`), third.sha);
+
+  // Worse: a cached chunk list that is wrong for the host's image. The delta builds the wrong
+  // bytes, the host's sha256 check catches it, and the whole image follows.
+  const cache = path.join(e.dir, "chunks");
+  await writeChunkCache(cache, fourth.sha, await chunkFile(liar.file));
+  const fifth = variant(e, "fifth.efi", liar, (x) => splice(x, 3 * MB, 10, randomBytes(10)));
+  e.lines.length = 0;
+  const r4 = await deployImage(e.t, fifth.file, fifth.sha, e.log, { bases: [{ path: liar.file, sha256: fourth.sha }], chunkCache: cache });
+  assert.equal(r4.delta, undefined);
+  assert.ok(r4.bytesSent >= fifth.size, `${r4.bytesSent}`);
+  assert.ok(e.lines.some((l) => /written from the delta has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}: sending the whole image/.test(l)), e.lines.join("\n"));
+  assert.equal(fileSha(e.target), fifth.sha);
+  assert.equal(fileSha(`${e.target}.prev`), fourth.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+});
+
+test("delta deploy: a server without SFTP gets the whole image through cat", async (t) => {
+  const e = await setup(t, { sftp: false });
+  const a = e.image(2 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  const b = variant(e, "b.efi", a, (x) => splice(x, MB, 10, randomBytes(10)));
+  const r = await deployImage(e.t, b.file, b.sha, e.log, { bases: [{ path: a.file, sha256: a.sha }] });
+  assert.equal(r.delta, undefined);
+  assert.equal(r.bytesSent, b.size);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+});
+
+test("a connection cut during a delta deploy leaves the old image and .prev; the next deploy completes", async (t) => {
+  const e = await setup(t);
+  const a = e.image(8 * MB);
+  const old = e.image(8 * MB);
+  // 2 MiB changed: enough bytes on the wire to cut in the middle of them.
+  const b = variant(e, "b.efi", a, (x) => splice(x, 3 * MB, 2 * MB, randomBytes(2 * MB + 777)));
+  const opts = { bases: [{ path: a.file, sha256: a.sha }] };
+  await deployImage(e.t, old.file, old.sha, e.log);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  // Measure one delta deploy, then go back to a (and old as .prev).
+  e.proxy.reset();
+  const r = await deployImage(e.t, b.file, b.sha, e.log, opts);
+  const total = e.proxy.up;
+  assert.ok(r.delta && total > 2 * MB && total < 3 * MB, `${total} bytes up, ${JSON.stringify(r.delta)}`);
+  const reset = async () => {
+    e.proxy.cutAfter = undefined;
+    await rollback(e.t, e.log);
+    fs.copyFileSync(old.file, `${e.target}.prev`);
+  };
+  await reset();
+
+  for (const frac of [0.05, 0.3, 0.6, 0.9]) {
+    e.proxy.cutAfter = Math.floor(frac * total);
+    await assert.rejects(deployImage(e.t, b.file, b.sha, e.log, opts), (err: Error) => {
+      assert.match(err.message, new RegExp(`^root@127\\.0\\.0\\.1:${e.proxy.port}: `), err.message);
+      return true;
+    });
+    assert.equal(fileSha(e.target), a.sha, `the old image after a cut at ${frac}`);
+    assert.equal(fileSha(`${e.target}.prev`), old.sha, `.prev untouched after a cut at ${frac}`);
+  }
+  // Right at the end (in the verify or the renames): old or new, never partial; a rerun finishes.
+  e.proxy.cutAfter = total - 150;
+  const late = await deployImage(e.t, b.file, b.sha, e.log, opts).then(() => "completed", (err: Error) => err.message.replace(/\/tmp\/\S+\//g, ""));
+  t.diagnostic(`cut after ${total - 150} of ${total} bytes: ${late}`);
+  const now = fileSha(e.target);
+  assert.ok(now === a.sha || (now === b.sha && fileSha(`${e.target}.prev`) === a.sha));
+
+  e.proxy.cutAfter = undefined;
+  await deployImage(e.t, b.file, b.sha, e.log, opts);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+});
+
+test("a filesystem where the image cannot be hard-linked (FAT): .prev is a copy, verified", async (t) => {
+  const e = await setup(t);
+  const a = e.image(2 * MB);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  // ext4 allows 65000 links to a file: fill them up (in a folder beside the stick) so that ln fails
+  // on the host as it does on FAT. Filesystems without such a limit cannot play FAT here.
+  const links = path.join(e.dir, "links");
+  fs.mkdirSync(links);
+  e.defer(() => fs.rmSync(links, { recursive: true, force: true }));
+  let full = false;
+  for (let i = 0; i < 70_000 && !full; i++) {
+    try { fs.linkSync(e.target, path.join(links, String(i))); } catch (err: any) {
+      if (err.code !== "EMLINK") throw err;
+      full = true;
+    }
+  }
+  if (!full) {
+    t.skip(`the filesystem of ${os.tmpdir()} has no small link limit: cannot stand in for FAT`);
+    return;
+  }
+  const b = variant(e, "b.efi", a, (x) => splice(x, MB, 10, randomBytes(10)));
+  e.lines.length = 0;
+  const r = await deployImage(e.t, b.file, b.sha, e.log, { bases: [{ path: a.file, sha256: a.sha }] });
+  assert.ok(r.delta);
+  assert.equal(fileSha(e.target), b.sha);
+  assert.equal(fileSha(`${e.target}.prev`), a.sha);
+  assert.notEqual(fs.statSync(`${e.target}.prev`).nlink, 65000, ".prev is a file of its own");
+  assert.ok(e.lines.some((l) => /\.prev: now the previous image [0-9a-f]{12}$/.test(l)), e.lines.join("\n"));
+  assert.ok(!e.lines.some((l) => /hard link/.test(l)));
+  assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
 });

@@ -4,6 +4,10 @@
 // drift and the next up puts the stack's image back. Deleting never removes the boot image.
 // The gate: production refuses a build that never passed the qemu stack's boot check in this
 // store, unless the stack says otherwise (ramroot:allowUntested).
+// Deltas: the store remembers which images were deployed to each target (deployed/<hash>.json,
+// newest first); they are offered to deployImage as bases, so when the host still holds one of
+// them only the bytes the new image does not share with it are sent. Chunk lists are kept in
+// the store's cache/chunks.
 import * as path from "node:path";
 import { artifactHandlers, context, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
@@ -29,6 +33,10 @@ interface Inputs {
 
 /** null: no such file on the host. */
 interface Outputs { remoteSha256: string | null; previousSha256: string | null; bytesSent: number }
+
+/** The images deployed to one target, newest first (the host's image, then what it replaced). */
+interface Deployed { images: Array<{ sha256: string; path: string }> }
+const deployedRecord = (i: Inputs) => `deployed/${sha256(JSON.stringify([i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH]))}.json`;
 
 const target = (i: Inputs): SshTarget => ({ host: i.host, port: i.port, user: i.user, privateKey: i.privateKey, hostKey: i.hostKey, path: i.path });
 const where = (i: Inputs) => `${i.user ?? "root"}@${i.host}:${i.port ?? 22}:${i.path ?? DEFAULT_PATH}`;
@@ -63,8 +71,16 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256,
   async build(i, ctx) {
-    const res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log);
-    ctx.log(res.changed ? `deployed build ${i.buildId} to ${where(i)} (${res.bytesSent} bytes sent)` : `${where(i)} already holds build ${i.buildId}: nothing sent`);
+    const record = deployedRecord(i);
+    const before = (await ctx.store.readRecord<Deployed>(record).catch(() => undefined))?.images ?? [];
+    const res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log, {
+      bases: before.filter((x) => x.sha256 !== i.ukiSha256).map((x) => ({ path: x.path, sha256: x.sha256 })),
+      chunkCache: ctx.store.path("cache/chunks"),
+    });
+    const images = [{ sha256: i.ukiSha256, path: i.uki }, ...before.filter((x) => x.sha256 !== i.ukiSha256)].slice(0, 3);
+    await ctx.store.writeRecord(record, { images } satisfies Deployed);
+    const how = res.delta ? `, a delta from ${res.delta.base.slice(0, 12)}: ${res.delta.copied} bytes copied on the host` : "";
+    ctx.log(res.changed ? `deployed build ${i.buildId} to ${where(i)} (${res.bytesSent} bytes sent${how})` : `${where(i)} already holds build ${i.buildId}: nothing sent`);
     if (res.changed && i.afterDeploy?.length) {
       await runOnHost(target(i), i.afterDeploy, ctx.log);
       if (i.waitSeconds) await waitForBuild(target(i), i.buildId, i.waitSeconds * 1000, ctx.log);

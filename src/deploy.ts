@@ -29,7 +29,8 @@
 //     the ranges the new image shares with it (content-defined chunks, src/delta.ts) are copied
 //     on the host from P, only the rest is sent. Where the host's image has a base's size, this
 //     starts before its hash is known, so the host copies while it hashes; bytes of the image are
-//     only sent once the host's image is known not to be the new one (other size, or its hash).
+//     only sent once the host's image is known not to be the new one (other size, other bytes
+//     where ours are to be sent, read back, or its hash).
 //     A delta that does not verify (a base that is not what it claims) is followed by a full upload.
 //   - else the whole file (SFTP, or `cat` on a server without SFTP).
 // Running deployImage again after any failure finishes the job (a verified upload is reused;
@@ -749,6 +750,36 @@ async function writeDelta(sftp: SFTPWrapper, src: string, dst: string, file: str
   }
 }
 
+/**
+ * Whether the host's file `remote` differs from the local `file` in one of the ranges the delta
+ * sends (up to 4 of them, 64 KiB each, read back over SFTP): a proof, before its hash is known,
+ * that the host does not hold our image. false: not proven.
+ */
+async function differsWhereSent(sftp: SFTPWrapper, remote: string, file: string, delta: Delta): Promise<boolean> {
+  const ranges = delta.ops.filter((o) => o.src === undefined).slice(0, 4);
+  if (!ranges.length) return false;
+  const h = await sftpCall<Buffer>((cb) => sftp.open(remote, "r", cb));
+  const local = await fs.promises.open(file, "r");
+  try {
+    for (const r of ranges) {
+      const len = Math.min(r.len, 64 * 1024);
+      const ours = Buffer.alloc(len), theirs = Buffer.alloc(len);
+      await local.read(ours, 0, len, r.dst);
+      let got = 0;
+      while (got < len) {
+        const n = await sftpCall<number>((cb) => sftp.read(h, theirs, got, len - got, r.dst + got, cb as any)).catch(() => 0);
+        if (!n) break;
+        got += n;
+      }
+      if (!ours.equals(theirs)) return true;
+    }
+    return false;
+  } finally {
+    await local.close();
+    await sftpCall<void>((cb) => sftp.close(h, cb)).catch(() => {});
+  }
+}
+
 interface Candidate { path: string; sha256?: string; size: number }
 
 /**
@@ -859,6 +890,8 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     if (specBase) {
       const gateP = new Promise<boolean>((r) => { gate = r; });
       if (curSftpSize !== size) gate(true);
+      // Of our size: if its bytes differ from ours where we send some, it is not ours either.
+      else deltaOf(specBase).then((d) => differsWhereSent(sftp!, p, file, d.delta)).then((yes) => { if (yes) gate(true); }, () => {});
       spec = writeFrom(specBase, gateP);
       spec.catch(() => {});
     }

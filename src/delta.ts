@@ -83,9 +83,12 @@ const BLOCK = 2 << 20;
  * bytes cuts at the same place, so after a chunk that equals chunk i of `like`, the next chunk
  * is tried as chunk i+1 (same length, same sha256): when it matches, that is where the gear
  * hash would have cut, and no byte of it needs the rolling hash. Where it does not match, the
- * gear hash runs until a chunk is found in `like` again.
+ * gear hash runs until a chunk is found in `like` again. With `likeFile` (the file `like` was made
+ * from), a tried chunk is compared with its bytes there instead of being hashed, and takes its
+ * hash from `like` (a likeFile that is not what `like` says yields a list that does not match
+ * this file: the deploy's sha256 check on the host catches that).
  */
-export async function chunkFile(file: string, opts: { params?: ChunkParams; wholeSha256?: boolean; like?: ChunkList } = {}): Promise<ChunkList> {
+export async function chunkFile(file: string, opts: { params?: ChunkParams; wholeSha256?: boolean; like?: ChunkList; likeFile?: string } = {}): Promise<ChunkList> {
   const params = opts.params ?? DEFAULT_CHUNK_PARAMS;
   checkParams(params);
   const { min, avg, max } = params;
@@ -99,6 +102,18 @@ export async function chunkFile(file: string, opts: { params?: ChunkParams; whol
   const index = new Map<string, number>();
   if (like) for (let i = like.lengths.length - 1; i >= 0; i--) index.set(like.hashes[i].toString("latin1") + like.lengths[i], i);
   let next = like ? 0 : -1; // the chunk of `like` expected next, -1: none
+  // likeFile, read through a window, and where each of like's chunks starts in it.
+  let base: { fh: fs.promises.FileHandle; starts: number[]; win: Buffer; winStart: number; winLen: number } | undefined;
+  if (like && opts.likeFile) {
+    const fh = await fs.promises.open(opts.likeFile, "r");
+    if ((await fh.stat()).size !== like.size) await fh.close();
+    else {
+      const starts: number[] = [];
+      let off = 0;
+      for (const n of like.lengths) { starts.push(off); off += n; }
+      base = { fh, starts, win: Buffer.allocUnsafe(BLOCK + max), winStart: 0, winLen: 0 };
+    }
+  }
   const fh = await fs.promises.open(file, "r");
   try {
     const buf = Buffer.allocUnsafe(BLOCK + max);
@@ -122,8 +137,18 @@ export async function chunkFile(file: string, opts: { params?: ChunkParams; whol
           // that also ends this file.
           const last = next === like.lengths.length - 1;
           if (want <= len - pos && (!last || (eof && len - pos === want))) {
-            const h = createHash("sha256").update(buf.subarray(pos, pos + want)).digest();
-            if (h.equals(like.hashes[next])) { n = want; hash = h; next++; }
+            if (base) {
+              const at = base.starts[next];
+              if (at < base.winStart || at + want > base.winStart + base.winLen) {
+                base.winStart = at;
+                base.winLen = (await base.fh.read(base.win, 0, base.win.length, at)).bytesRead;
+              }
+              const o = at - base.winStart;
+              if (want <= base.winLen - o && buf.subarray(pos, pos + want).equals(base.win.subarray(o, o + want))) { n = want; hash = like.hashes[next]; next++; }
+            } else {
+              const h = createHash("sha256").update(buf.subarray(pos, pos + want)).digest();
+              if (h.equals(like.hashes[next])) { n = want; hash = h; next++; }
+            }
           }
         }
         if (n < 0) {
@@ -147,6 +172,7 @@ export async function chunkFile(file: string, opts: { params?: ChunkParams; whol
     return { size, lengths, hashes, params, sha256: whole?.digest("hex") };
   } finally {
     await fh.close();
+    await base?.fh.close();
   }
 }
 

@@ -818,7 +818,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     let d = deltas.get(c);
     if (!d) {
       d = listOf(c).then(async (base) => {
-        const next = await chunkFile(file, { like: base });
+        const next = await chunkFile(file, { like: base, likeFile: c.path });
         return { next, delta: computeDelta(base, next) };
       });
       d.catch(() => {});

@@ -61,6 +61,7 @@ async function roundTrip(put: (name: string, data: Buffer) => string, base: Buff
   const guided = await chunkFile(fn, { like: lb });
   checkList(guided, next);
   assert.ok(sameList(plain, guided), "guided chunking gives the same chunks as plain chunking");
+  assert.ok(sameList(plain, await chunkFile(fn, { like: lb, likeFile: fb })), "guided by the base's bytes: the same chunks too");
   const delta = computeDelta(lb, guided);
   assert.equal(delta.size, next.length);
   assert.equal(delta.copied + delta.literal, next.length);

@@ -751,23 +751,27 @@ async function writeDelta(sftp: SFTPWrapper, src: string, dst: string, file: str
 }
 
 /**
- * Whether the host's file `remote` differs from the local `file` in one of the ranges the delta
- * sends (up to 4 of them, 64 KiB each, read back over SFTP): a proof, before its hash is known,
- * that the host does not hold our image. false: not proven.
+ * Whether the host's file `remote` differs from the local `file` where the delta sends bytes: the
+ * first and last 4 KiB of up to 4 such ranges, read back over SFTP. A proof, before the host's
+ * hash is known, that it does not hold our image. false: not proven.
  */
 async function differsWhereSent(sftp: SFTPWrapper, remote: string, file: string, delta: Delta): Promise<boolean> {
-  const ranges = delta.ops.filter((o) => o.src === undefined).slice(0, 4);
-  if (!ranges.length) return false;
+  const SAMPLE = 4096;
+  const samples: Array<[number, number]> = [];
+  for (const r of delta.ops.filter((o) => o.src === undefined).slice(0, 4)) {
+    samples.push([r.dst, Math.min(r.len, SAMPLE)]);
+    if (r.len > SAMPLE) samples.push([r.dst + r.len - Math.min(r.len - SAMPLE, SAMPLE), Math.min(r.len - SAMPLE, SAMPLE)]);
+  }
+  if (!samples.length) return false;
   const h = await sftpCall<Buffer>((cb) => sftp.open(remote, "r", cb));
   const local = await fs.promises.open(file, "r");
   try {
-    for (const r of ranges) {
-      const len = Math.min(r.len, 64 * 1024);
+    for (const [at, len] of samples) {
       const ours = Buffer.alloc(len), theirs = Buffer.alloc(len);
-      await local.read(ours, 0, len, r.dst);
+      await local.read(ours, 0, len, at);
       let got = 0;
       while (got < len) {
-        const n = await sftpCall<number>((cb) => sftp.read(h, theirs, got, len - got, r.dst + got, cb as any)).catch(() => 0);
+        const n = await sftpCall<number>((cb) => sftp.read(h, theirs, got, len - got, at + got, cb as any)).catch(() => 0);
         if (!n) break;
         got += n;
       }

@@ -19,19 +19,21 @@
 // replaced by the next run. At every point the target path holds a complete image: the old one
 // until the final rename, the new one after it.
 //
-// Deploy order. One remote shell does the host's part of a deploy: it reads the state (sha256 of
-// P, size and, when it may equal P, sha256 of P.prev; a leftover P.ramroot-new), then takes
-// commands on its stdin: `prev` links P to P.ramroot-prev (copies, syncs and verifies it where
-// links fail); `finish` syncs and verifies P.ramroot-new, renames P.ramroot-prev to P.prev
-// (sync), then P.ramroot-new to P (sync). Meanwhile the client writes P.ramroot-new over SFTP:
+// Deploy order. One remote shell does the host's part of a deploy (a login shell can cost more
+// than the work: it starts once). In the background it reads the state: sha256 of P, its size,
+// the sha256 of P.prev only where it may equal P (same size), a leftover P.ramroot-new. Meanwhile
+// it takes commands on its stdin, in order: `verify` syncs and hashes P.ramroot-new; `prev` links
+// P to P.ramroot-prev (where links fail: copies, syncs and verifies it); `commit`, only after a
+// verify that gave the new image's sha256, renames P.ramroot-prev to P.prev (sync), then
+// P.ramroot-new to P (sync). Meanwhile the client writes P.ramroot-new over SFTP:
 //   - a delta, when one of the local `bases` (e.g. the image deployed last time) is the host's
 //     current image (same sha256) and the server has the SFTP copy-data extension (OpenSSH >= 9.0):
 //     the ranges the new image shares with it (content-defined chunks, src/delta.ts) are copied
 //     on the host from P, only the rest is sent. Where the host's image has a base's size, this
-//     starts before its hash is known, so the host copies while it hashes; bytes of the image are
-//     only sent once the host's image is known not to be the new one (other size, other bytes
-//     where ours are to be sent, read back, or its hash).
-//     A delta that does not verify (a base that is not what it claims) is followed by a full upload.
+//     starts before its hash is known, so the host copies (and verifies) while it hashes; bytes
+//     of the image are only sent once the host's image is known not to be the new one (other
+//     size, other bytes where ours are to be sent, read back, or its hash). A delta that does not
+//     verify (a base that is not what it claims) is followed by a full upload.
 //   - else the whole file (SFTP, or `cat` on a server without SFTP).
 // Running deployImage again after any failure finishes the job (a verified upload is reused;
 // a .prev that already equals P is left alone). A failed upload leaves P.prev as it was.
@@ -839,7 +841,8 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
     let copyData = false;
     // Speculation: when the host's image has the size of a base, the delta is written while the
     // host hashes its image (copies from it right away; the bytes of ours only once the image is
-    // known not to be ours: its size differs from ours, or its hash says so).
+    // known not to be ours: its size differs from ours, its bytes where ours go differ, or its
+    // hash says so).
     let specBase: Candidate | undefined;
     let specRoom = false;
     let curSftpSize: number | undefined;

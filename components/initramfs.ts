@@ -7,6 +7,7 @@ import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildInitramfs, planInitramfs, type Compression } from "../src/initramfs";
+import { copyStampsFile } from "../src/rootfs";
 
 export interface InitramfsArgs {
   rootfs: pulumi.Input<string>;
@@ -51,11 +52,13 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   async build(i, ctx) {
     // Segments whose files are unchanged (inode, size, mtime, ctime) are not read again.
-    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments") });
+    // A rootfs is a fresh copy of its packages tree: its copy stamps let the unchanged files
+    // keep their fingerprints across rootfs builds.
+    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), copyStamps: copyStampsFile(i.rootfs) });
     const res = await buildInitramfs(plan, ctx.store);
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
     const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";
-    ctx.log(`${res.built.length} of ${plan.segments.length} segments compressed${which}, ${res.reused.length} reused; ${res.size} bytes`);
+    ctx.log(`${plan.read} of ${plan.segments.length} segments read (the rest known by their files' stamps), ${res.built.length} compressed${which}, ${res.reused.length} reused; ${res.size} bytes`);
     return { path: res.manifest, files: res.files, size: res.size, segments: plan.segments.length, compressed: res.built.length };
   },
 });

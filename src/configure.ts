@@ -11,6 +11,7 @@
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
+import { copyStamps, type CopyStamps } from "./walk";
 
 export interface ConfigureOptions {
   /** The stage-1 tree (read only: it is copied). */
@@ -27,13 +28,20 @@ export interface ConfigureOptions {
   timeoutSeconds?: number;
 }
 
-export async function configureRootfs(o: ConfigureOptions): Promise<void> {
+/**
+ * Returns what the copy of stage 1 got from it (src/walk.ts copyStamps), taken before the
+ * skeleton and setup.sh change anything: the initramfs then knows the files they left alone
+ * as the same files as last time, without reading them.
+ */
+export async function configureRootfs(o: ConfigureOptions): Promise<CopyStamps> {
   if (o.setup) checkHost(o.arch, "the configure stage runs system/setup.sh in a chroot");
   await copyTree(o.packages, o.out);
+  const copied = await copyStamps(o.packages, o.out);
   if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
   if (o.setup) await runSetup({ ...o, setup: o.setup });
   // The tree's own folder becomes / in the booted system.
   await fs.chmod(o.out, 0o755);
+  return copied;
 }
 
 /** cp -a, sharing blocks (reflink) where the filesystem can. */

@@ -15,7 +15,7 @@ import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
 import { removeTree, type Store } from "./store";
-import { isDir, reproducible, walk } from "./walk";
+import { isDir, readCopyStamps, reproducible, walk, type CopyStamps } from "./walk";
 
 export type { Compression } from "./compress-worker";
 
@@ -42,6 +42,13 @@ export interface InitramfsOptions {
    * inode, size, mtime and ctime) is then not read again. Not part of the plan.
    */
   cacheDir?: string;
+  /**
+   * The tree is a copy (the rootfs's configure stage): the file written by src/rootfs.ts
+   * buildConfigured with what it got from the original. Files still as copied are then
+   * fingerprinted by their originals' stamps, so a new copy does not mean reading every file.
+   * Not part of the plan.
+   */
+  copyStamps?: string;
 }
 
 export interface SegmentPlan {
@@ -61,6 +68,8 @@ export interface InitramfsPlan {
   compression: Compression;
   level: number;
   segments: SegmentPlan[];
+  /** How many segments plan had to read (the others were known by their files' stamps). */
+  read: number;
   /** What build needs to walk and split the tree the same way again. */
   epoch: number;
   exclude: string[];
@@ -181,9 +190,11 @@ export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_
   return out;
 }
 
+/** FNV-1a over the UTF-8 bytes of `s` (an ASCII name is its own bytes: no Buffer needed). */
 function fnv1a(s: string): number {
   let h = 0x811c9dc5;
-  for (const b of Buffer.from(s)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  if (/^[\x00-\x7f]*$/.test(s)) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  else for (const b of Buffer.from(s)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
   return h;
 }
 
@@ -191,8 +202,8 @@ interface Segment extends SegmentRange {
   records: NewcRecord[];
 }
 
-async function segmentsOf(s: Settled): Promise<Segment[]> {
-  const records = await walk(s.tree, { exclude: s.exclude });
+async function segmentsOf(s: Settled, copied?: CopyStamps): Promise<Segment[]> {
+  const records = await walk(s.tree, { exclude: s.exclude, copied });
   return splitSegments(records, s.splitBytes).map((r) => ({
     ...r,
     records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),
@@ -210,14 +221,21 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
  * same clock tick as the walk, a later write could keep the stamp: git's "racily clean").
  */
 function fingerprint(prefix: string, records: NewcRecord[], trustBefore: number): string | undefined {
-  // One string per segment, hashed once: thousands of small update() calls cost more.
-  let text = `${prefix}fingerprint\n`;
-  for (const r of records) {
-    if (r.source !== undefined && (r.stamp === undefined || r.ctimeMs === undefined || r.ctimeMs >= trustBefore)) return undefined;
-    const data = r.data ? Buffer.from(r.data).toString("hex") : "";
-    text += `${r.name}\0${r.mode}:${r.uid}:${r.gid}:${r.nlink}:${r.mtime}:${r.ino}:${r.rdevMajor}:${r.rdevMinor}:${r.size}\0${data}\0${r.source === undefined ? "" : r.stamp}\n`;
+  // Names and link targets as one string, numbers as doubles: no number is turned into text.
+  const FIELDS = 13;
+  const nums = new Float64Array(records.length * FIELDS);
+  let names = "";
+  const h = createHash("sha256").update(`${prefix}fingerprint/2\n`);
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i];
+    const st = r.source === undefined ? undefined : r.stamp;
+    if (r.source !== undefined && (st === undefined || st[3] >= trustBefore)) return undefined;
+    names += `${r.name}\0${r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("hex") : ""}\0`;
+    let o = i * FIELDS;
+    for (const v of [r.mode, r.uid, r.gid, r.nlink, r.mtime, r.ino, r.rdevMajor, r.rdevMinor, r.size]) nums[o++] = v;
+    for (let k = 0; k < 4; k++) nums[o++] = st ? st[k] : -1;
   }
-  return createHash("sha256").update(text).digest("hex");
+  return h.update(names).update(nums).digest("hex");
 }
 
 interface Remembered { key: string; bytes: number; crc32: number }
@@ -288,7 +306,7 @@ function bySizeDesc(segs: Segment[]): number[] {
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
   const trustBefore = Date.now() - 2000;
-  const segs = await segmentsOf(s);
+  const segs = await segmentsOf(s, opts.copyStamps ? readCopyStamps(opts.copyStamps) : undefined);
   const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
   const known = fps.map((fp) => recall(opts.cacheDir, fp));
   const results = await withPool((pool) => {
@@ -305,7 +323,7 @@ export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): 
     return all(ps);
   });
   const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key, entries: seg.records.length, bytes: results[i].bytes, crc32: results[i].crc32 }));
-  const plan: InitramfsPlan = { ...s, hash: imageHash(segments.map((x) => x.key)), segments };
+  const plan: InitramfsPlan = { ...s, hash: imageHash(segments.map((x) => x.key)), segments, read: known.filter((k) => !k).length };
   walked.set(plan, segs);
   return plan;
 }

@@ -27,12 +27,11 @@ export interface NewcRecord {
   /** "dev:ino" of a regular file that has several names, for the hardlink step. */
   linkKey?: string;
   /**
-   * Change detection for `source`, never encoded: "dev:ino:size:mtime ms:ctime ms" as the walk
-   * saw it. Equal stamps mean the content can be trusted unchanged (git's index does the same).
+   * Change detection for `source`, never encoded: [dev, ino, mtime ms, ctime ms] as the walk
+   * saw it. Equal stamps (and size) mean the content can be trusted unchanged (git's index does
+   * the same). A ctime younger than a clock tick is not trusted.
    */
-  stamp?: string;
-  /** ctime of `source` in ms since 1970: a stamp younger than a clock tick is not trusted. */
-  ctimeMs?: number;
+  stamp?: [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
 }
 
 export const TRAILER = "TRAILER!!!";

@@ -11,6 +11,7 @@ import * as path from "node:path";
 import { sha256, sha256File, type Store } from "./store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
+import { writeCopyStamps, type CopyStamps } from "./walk";
 import { hashTree } from "./treehash";
 
 /** Where stage 1 comes from. */
@@ -82,8 +83,18 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
 
 /** Stage 2: rootfs/<hash2>. */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
-  return store.put(`rootfs/${hash2}`, (out) => configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log }), { dir: true });
+  let copied: CopyStamps | undefined;
+  const res = await store.put(`rootfs/${hash2}`, async (out) => {
+    copied = await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
+  }, { dir: true });
+  // Beside the tree, not in it (it would end up in the initramfs). Without it (a crash just
+  // before this line) the initramfs reads every file once: slower, never wrong.
+  if (res.built && copied) await writeCopyStamps(copyStampsFile(res.path), copied);
+  return res;
 }
+
+/** Where buildConfigured leaves the copy stamps of a configured tree (see src/walk.ts). */
+export const copyStampsFile = (tree: string) => `${tree.replace(/\/+$/, "")}.copy-stamps`;
 
 /**
  * The real path of `rel` inside the tree `root`, following symlinks as the booted system

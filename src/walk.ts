@@ -9,6 +9,81 @@ import type { NewcRecord } from "./newc";
 export interface WalkOptions {
   /** Paths relative to the tree ("boot", "var/cache") left out with everything under them. */
   exclude?: string[];
+  /** The tree is a copy: files it still holds as copied take their originals' stamps (copyStamps). */
+  copied?: CopyStamps;
+}
+
+/** A regular file's stamp, as NewcRecord.stamp. */
+export type Stamp = [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
+
+/**
+ * What a copy of a tree got from its original, by path: [size, the copy's stamp (4), the
+ * original's stamp (4)]. A copy has new inodes and ctimes, so every stamp differs from the
+ * original's and a stamp cache keyed by them misses on the whole tree; with this, a file whose
+ * size and stamp are still those the copy gave it is known to hold its original's bytes and
+ * carries the original's stamp instead. Any later change to it (a write, a replacement) changes
+ * its ctime or inode, and it is then itself again.
+ */
+export interface CopyStamps {
+  /** Path -> row of `values`. */
+  rows: Map<string, number>;
+  /** 9 numbers a row. */
+  values: Float64Array;
+}
+
+const ROW = 9;
+
+/** Pairs the regular files of `copy` with those of `original` they were copied from (cp -a). */
+export async function copyStamps(original: string, copy: string): Promise<CopyStamps> {
+  const [from, to] = await Promise.all([walk(original), walk(copy)]);
+  const orig = new Map(from.filter((r) => r.stamp).map((r) => [r.name, r]));
+  const rows = new Map<string, number>();
+  const values: number[] = [];
+  for (const r of to) {
+    const o = orig.get(r.name);
+    // cp -a keeps the mode, size and mtime; anything else is not a copy of that file.
+    if (!r.stamp || !o?.stamp || o.size !== r.size || o.mode !== r.mode || o.stamp[2] !== r.stamp[2]) continue;
+    rows.set(r.name, rows.size);
+    values.push(r.size, ...r.stamp, ...o.stamp);
+  }
+  return { rows, values: Float64Array.from(values) };
+}
+
+// File: magic, the paths joined by NUL (UTF-8), zero padding to 8 bytes, the rows as doubles
+// (little-endian): read back with one readFileSync and no parsing of numbers.
+const MAGIC = "ramroot-copy-stamps-2\n";
+
+export async function writeCopyStamps(file: string, c: CopyStamps): Promise<void> {
+  const names = Buffer.from([...c.rows.keys()].join("\0"));
+  const head = Buffer.alloc(8 + Math.ceil((MAGIC.length + 8 + names.length) / 8) * 8 - 8);
+  head.write(MAGIC, 0, "latin1");
+  head.writeUInt32LE(c.rows.size, MAGIC.length);
+  head.writeUInt32LE(names.length, MAGIC.length + 4);
+  names.copy(head, MAGIC.length + 8);
+  const tmp = `${file}.tmp-${process.pid}`;
+  await fs.promises.writeFile(tmp, Buffer.concat([head, Buffer.from(c.values.buffer, c.values.byteOffset, c.values.byteLength)]));
+  await fs.promises.rename(tmp, file);
+}
+
+/** Undefined when there is no such file or it is not one of ours. */
+export function readCopyStamps(file: string): CopyStamps | undefined {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    return undefined;
+  }
+  if (buf.length < MAGIC.length + 8 || buf.toString("latin1", 0, MAGIC.length) !== MAGIC) return undefined;
+  const count = buf.readUInt32LE(MAGIC.length);
+  const namesLen = buf.readUInt32LE(MAGIC.length + 4);
+  const at = Math.ceil((MAGIC.length + 8 + namesLen) / 8) * 8;
+  if (buf.length !== at + count * ROW * 8) return undefined;
+  const names = count ? buf.toString("utf8", MAGIC.length + 8, MAGIC.length + 8 + namesLen).split("\0") : [];
+  if (names.length !== count) return undefined;
+  // A copy into fresh memory: readFileSync's buffer may sit at an offset that is not 8-aligned.
+  const values = new Float64Array(count * ROW);
+  Buffer.from(values.buffer).set(buf.subarray(at));
+  return { rows: new Map(names.map((n, i) => [n, i])), values };
 }
 
 const S_IFMT = 0o170000;
@@ -20,8 +95,15 @@ const S_IFSOCK = 0o140000;
 export const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR;
 export const isRegular = (mode: number) => (mode & S_IFMT) === S_IFREG;
 
-/** Byte order of UTF-8 names: the same on every machine, unlike locale collation. */
-const byBytes = (a: Buffer, b: Buffer) => Buffer.compare(a, b);
+/**
+ * Names in the byte order of their UTF-8 (the same on every machine, unlike locale collation).
+ * That is code point order, which JavaScript's own string order (UTF-16 code units) equals
+ * unless a name holds a character from U+D800 up: only then are the bytes compared.
+ */
+function sortByBytes(names: string[]): string[] {
+  if (!names.some((n) => /[\uD800-\uFFFF]/.test(n))) return names.sort();
+  return names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+}
 
 /**
  * Records for every entry under `tree`, without following symlinks, in path order: each
@@ -47,17 +129,21 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
   return out;
 
   function visit(dir: string, rel: string): void {
-    let names: Buffer[];
+    let names: string[];
     try {
-      names = fs.readdirSync(dir, { encoding: "buffer" });
+      names = fs.readdirSync(dir);
+      // A name that is not UTF-8 reads back with U+FFFD in it: only then look at the bytes.
+      if (names.some((n) => n.includes("\uFFFD"))) {
+        for (const raw of fs.readdirSync(dir, { encoding: "buffer" }))
+          if (!isUtf8(raw)) throw new Error(`initramfs: ${JSON.stringify(`${dir}/${raw.toString("utf8")}`)} is not valid UTF-8; rename it`);
+      }
     } catch (e: any) {
-      throw new Error(`initramfs: cannot read directory ${dir} (${e.code ?? e.message}); make it readable by the user running ramroot, or exclude it`);
+      if (!e.code) throw e;
+      throw new Error(`initramfs: cannot read directory ${dir} (${e.code}); make it readable by the user running ramroot, or exclude it`);
     }
-    for (const raw of names.sort(byBytes)) {
-      const name = raw.toString("utf8");
+    for (const name of sortByBytes(names)) {
       // `dir` is absolute and normalised and a name never holds a slash: no path.join needed.
       const full = `${dir}/${name}`;
-      if (!isUtf8(raw)) throw new Error(`initramfs: ${JSON.stringify(full)} is not valid UTF-8; rename it`);
       const relName = rel ? `${rel}/${name}` : name;
       if (exclude.has(relName)) continue;
       // Plain-number stats: BigInt ones cost a third of the walk in allocation and GC, and a
@@ -69,8 +155,13 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
       if (isRegular(mode)) {
         r.size = s.size;
         r.source = full;
-        r.stamp = `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
-        r.ctimeMs = s.ctimeMs;
+        r.stamp = [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
+        const row = opts.copied?.rows.get(relName);
+        if (row !== undefined) {
+          const v = opts.copied!.values;
+          const o = row * ROW;
+          if (v[o] === s.size && v[o + 1] === s.dev && v[o + 2] === s.ino && v[o + 3] === s.mtimeMs && v[o + 4] === s.ctimeMs) r.stamp = [v[o + 5], v[o + 6], v[o + 7], v[o + 8]];
+        }
         if (s.nlink > 1) r.linkKey = `${s.dev}:${s.ino}`;
       } else if ((mode & S_IFMT) === S_IFLNK) {
         r.data = fs.readlinkSync(full, { encoding: "buffer" });
@@ -99,6 +190,11 @@ function record(name: string, s: fs.Stats): NewcRecord {
     rdevMajor: (((lo >>> 8) & 0xfff) | (hi & 0xfffff000)) >>> 0,
     rdevMinor: ((lo & 0xff) | ((lo >>> 12) & 0xfff00) | ((hi & 0xfff) << 20)) >>> 0,
     size: 0,
+    // Every record gets every field: one object shape for all, which V8 copies fast.
+    source: undefined,
+    data: undefined,
+    linkKey: undefined,
+    stamp: undefined,
   };
 }
 

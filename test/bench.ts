@@ -14,6 +14,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from "../src/initramfs";
+import { configureRootfs } from "../src/configure";
+import { copyStampsFile } from "../src/rootfs";
+import { writeCopyStamps } from "../src/walk";
 import { Store, sha256File } from "../src/store";
 import { buildUki } from "../src/uki";
 import { hashTree } from "../src/treehash";
@@ -76,10 +79,18 @@ async function child(args: string[]): Promise<void> {
   const [mode, tree, out, c, ex] = args;
   if (mode === "writer") {
     await writeInitramfs(tree, out, { compression: c as Compression, exclude: ex ? ex.split(",") : EXCLUDE });
+  } else if (mode === "configure") {
+    // The rootfs's configure stage (src/rootfs.ts buildConfigured): a copy of the tree with the
+    // skeleton `c` over it, and the copy stamps beside it.
+    const t0 = performance.now();
+    const copied = await configureRootfs({ packages: tree, skeleton: c, arch: "aarch64", out });
+    await writeCopyStamps(copyStampsFile(out), copied);
+    console.log(JSON.stringify({ configureMs: performance.now() - t0 }));
   } else if (mode === "store") {
     const t0 = performance.now();
     const store = new Store(out);
-    const plan = await planInitramfs(tree, { compression: c as Compression, exclude: EXCLUDE, cacheDir: store.path("cache/segments") });
+    const stamps = copyStampsFile(tree);
+    const plan = await planInitramfs(tree, { compression: c as Compression, exclude: EXCLUDE, cacheDir: store.path("cache/segments"), copyStamps: fs.existsSync(stamps) ? stamps : undefined });
     const t1 = performance.now();
     const res = await buildInitramfs(plan, store);
     const t2 = performance.now();
@@ -185,19 +196,35 @@ async function main(): Promise<void> {
     }, "same store as the first full build");
     for (let i = 1; i < RUNS; i++) fs.rmSync(`${work}/store${i}`, { recursive: true, force: true });
     const noop = repeat("plan + build, nothing changed", RUNS, () => runStore(`${work}/store0`));
-    rows.push(full, rebuild, noop);
+    // What `pulumi up` does after a skeleton edit: Rootfs configures a new copy of its packages
+    // tree (new inodes and ctimes everywhere), then Initramfs plans and builds on that copy.
+    const skel = `${work}/skel`;
+    fs.mkdirSync(`${skel}/etc`, { recursive: true });
+    const configure: Row = { name: "Rootfs configure stage: copy of the tree + skeleton + copy stamps (not initramfs work)", runs: [] };
+    const pipeline = repeat("plan + build after one skeleton file changed, on the new rootfs copy (as in `pulumi up`)", RUNS, (i) => {
+      fs.writeFileSync(`${skel}/etc/ramroot-bench`, `bench copy ${i + 1} ${Date.now()}\n`);
+      const copy = `${work}/rootfs${i}`;
+      fs.mkdirSync(copy);
+      configure.runs.push(timeSh(`${node} ${self} configure ${tree} ${copy} ${skel}`));
+      const r = timeSh(`${node} ${self} store ${copy} ${work}/store0 zstd`);
+      fs.rmSync(copy, { recursive: true, force: true });
+      return r;
+    }, "same store as the first full build");
+    rows.push(full, rebuild, noop, configure, pipeline);
     // The rebuild runs inside the provider's process, which is already up: its cost is plan +
     // build on Node's own timers. The process rows above also hold Node's start and exit.
     const work_ = (row: Row) => median(row.runs.map((r) => r.extra!.planMs + r.extra!.buildMs));
-    const ratio = work_(rebuild) / work_(full);
+    const ratio = work_(pipeline) / work_(full);
     const inner = (row: Row) => `plan ${median(row.runs.map((r) => r.extra!.planMs)).toFixed(0)} ms + build ${median(row.runs.map((r) => r.extra!.buildMs)).toFixed(0)} ms`;
     targets.push({
       what: "One skeleton file changed: initramfs rebuild <= 5% of a full build",
-      met: ratio <= 0.05 && rebuild.runs.every((r) => r.extra!.built === 1),
-      why: "only the etc/ segment is compressed and nothing is concatenated (Uki streams the segment files into .initrd); what is left is the walk of the tree " +
-        "(8.7k lstat calls) and the fingerprints of the unchanged segments.",
-      detail: `${work_(rebuild).toFixed(0)} ms vs ${work_(full).toFixed(0)} ms (${(ratio * 100).toFixed(1)}%) in process: ${inner(rebuild)} vs ${inner(full)}; ` +
-        `${rebuild.runs.map((r) => r.extra!.built).join("/")} of ${first.segments} segments compressed. As whole processes (with Node's start): ${s2(med(rebuild).wall)} s vs ${s2(med(full).wall)} s`,
+      met: ratio <= 0.05 && pipeline.runs.every((r) => r.extra!.built === 1),
+      why: "only the etc/ segment is compressed, nothing is concatenated (Uki streams the segment files into .initrd), and the files the new rootfs copy " +
+        "left alone keep their fingerprints (copy stamps); what is left is the walk of the tree (8.7k lstat calls, about 40 ms in a fresh process at best), " +
+        "the copy stamps and the fingerprints of the unchanged segments, against a full build that takes under 2 s.",
+      detail: `on a new rootfs copy as \`pulumi up\` makes it: ${work_(pipeline).toFixed(0)} ms vs ${work_(full).toFixed(0)} ms (${(ratio * 100).toFixed(1)}%) in process: ${inner(pipeline)} vs ${inner(full)}; ` +
+        `${pipeline.runs.map((r) => r.extra!.built).join("/")} of ${first.segments} segments compressed. On the same tree: ${work_(rebuild).toFixed(0)} ms (${((work_(rebuild) / work_(full)) * 100).toFixed(1)}%). ` +
+        `As whole processes (with Node's start): ${s2(med(pipeline).wall)} s vs ${s2(med(full).wall)} s. The configure stage's copy itself (Rootfs's work) takes ${s2(med(configure).wall)} s`,
     });
 
     // --- Uki assembly ---

@@ -1,6 +1,7 @@
 // One walker turns a directory tree into newc records; one transform (`reproducible`) makes
 // them independent of when and where the tree was made. Only metadata is read here: content
-// stays on disk until the encoder streams it.
+// stays on disk until the encoder streams it. A file's stamp (dev, inode, times) is what a
+// cache may trust instead of reading it; copy stamps carry those across a copy of the tree.
 import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -55,7 +56,7 @@ const MAGIC = "ramroot-copy-stamps-2\n";
 
 export async function writeCopyStamps(file: string, c: CopyStamps): Promise<void> {
   const names = Buffer.from([...c.rows.keys()].join("\0"));
-  const head = Buffer.alloc(8 + Math.ceil((MAGIC.length + 8 + names.length) / 8) * 8 - 8);
+  const head = Buffer.alloc(Math.ceil((MAGIC.length + 8 + names.length) / 8) * 8);
   head.write(MAGIC, 0, "latin1");
   head.writeUInt32LE(c.rows.size, MAGIC.length);
   head.writeUInt32LE(names.length, MAGIC.length + 4);

@@ -173,10 +173,12 @@ async function main(): Promise<void> {
       what: "... independent of tree size (zstd writer; flat = within 16 MB)",
       met: growth <= 16,
       detail: `median peak RSS ${sizes[0].toFixed(0)} MB on the ${small.note}, ${sizes[1].toFixed(0)} MB on the ${mid.note}, ${sizes[2].toFixed(0)} MB on the ${mb(treeBytes)} MB tree: ${growth.toFixed(0)} MB between the lowest and the highest`,
-      why: "the writer's RSS still moves with the tree beyond the run-to-run spread (about 5 MB). What made it grow before (src/compress-worker.ts, " +
-        "measured with heaptrack and smaps): zstd contexts that Node frees only when their stream is garbage-collected, per-chunk Buffers kept by " +
-        "glibc's arenas, and the main thread's young generation grown by the walk. What is left on the main thread is the walk's records of " +
-        "every segment (about 5 MB on this tree).",
+      why: "the writer's RSS still grows with the tree, less than before (55 MB between these trees before the worker changes). What made it grow " +
+        "(src/compress-worker.ts, measured with heaptrack and smaps): zstd contexts that Node frees only when their stream is garbage-collected, per-chunk " +
+        "Buffers kept by glibc's arenas, and the main thread's young generation grown by the walk. What still grows, measured with process.memoryUsage() and " +
+        "/proc/self/status during writeInitramfs: the main thread's heap (8, 11-14 and 18 MB total on the 120 MB, 423 MB and an 846 MB tree made of two copies " +
+        "of this one; the walk's records of every segment, held until the last job ends) and anonymous memory outside that heap, not yet told apart (workers' " +
+        "heaps, zstd contexts, malloc arenas: about 27 MB more at 846 MB than at 120 MB). Next: records without the absolute source path and dropped once their job is sent, and the workers' heaps traced the same way.",
     });
 
     // --- Store build, then one skeleton file changed ---

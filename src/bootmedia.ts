@@ -12,10 +12,10 @@
 // directory entry carries 1980-01-01 00:00 (TZ=UTC).
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
+import { sha256File } from "./store";
 
 export type Arch = "aarch64" | "x86_64";
 
@@ -237,12 +237,6 @@ function run(cmd: string, args: string[], opts: { input?: string; env?: Record<s
     child.stdin.on("error", () => {});
     child.stdin.end(opts.input ?? "");
   });
-}
-
-async function sha256File(file: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest("hex");
 }
 
 async function walkFiles(dir: string, rel = ""): Promise<string[]> {

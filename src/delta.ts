@@ -10,9 +10,10 @@
 //
 // Files are read in 8 MiB blocks (bounded memory); a chunk list is ~1 entry per 64 KiB. Chunk
 // lists can be cached in a folder by the file's sha256 (<sha256>.json, written temp-then-rename).
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { writeFileAtomic } from "./store";
 
 export interface ChunkParams { min: number; avg: number; max: number }
 export const DEFAULT_CHUNK_PARAMS: ChunkParams = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
@@ -206,20 +207,11 @@ export async function readChunkCache(dir: string, sha256: string, size: number, 
 
 /** Writes a chunk list to <dir>/<sha256>.json (temp file, then rename: a name that exists is complete). */
 export async function writeChunkCache(dir: string, sha256: string, list: ChunkList): Promise<void> {
-  await fs.promises.mkdir(dir, { recursive: true });
   const c: CacheFile = {
     v: 1, params: [list.params.min, list.params.avg, list.params.max], size: list.size, sha256,
     chunks: list.lengths.map((n, i) => [n, list.hashes[i].toString("hex")]),
   };
-  const final = path.join(dir, `${sha256}.json`);
-  const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  try {
-    await fs.promises.writeFile(tmp, JSON.stringify(c));
-    await fs.promises.rename(tmp, final);
-  } catch (e) {
-    await fs.promises.rm(tmp, { force: true });
-    throw e;
-  }
+  await writeFileAtomic(path.join(dir, `${sha256}.json`), JSON.stringify(c));
 }
 
 /**

@@ -14,7 +14,7 @@ import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
-import { removeTree, type Store } from "./store";
+import { removeTree, writeFileAtomic, type Store } from "./store";
 import { isDir, readCopyStamps, reproducible, walk, type CopyStamps } from "./walk";
 
 export type { Compression } from "./compress-worker";
@@ -253,15 +253,8 @@ function recall(dir: string | undefined, fp: string | undefined): Remembered | u
 
 async function remember(dir: string | undefined, fp: string | undefined, r: Remembered): Promise<void> {
   if (!dir || !fp) return;
-  const file = path.join(dir, `${fp}.json`);
-  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(16).slice(2)}`;
-  try {
-    await fs.mkdir(dir, { recursive: true });
-    await fs.writeFile(tmp, JSON.stringify(r));
-    await fs.rename(tmp, file);
-  } catch {
-    await fs.rm(tmp, { force: true });
-  }
+  // A cache: failing to remember only costs a read next time.
+  await writeFileAtomic(path.join(dir, `${fp}.json`), JSON.stringify(r)).catch(() => {});
 }
 
 /** Walk results of a plan, for build in the same process: the tree is not walked twice. */

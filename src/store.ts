@@ -63,11 +63,7 @@ export class Store {
 
   /** Small JSON records (boot results, build metadata), replaced atomically. */
   async writeRecord(rel: string, value: unknown): Promise<void> {
-    const final = this.path(rel);
-    await fs.mkdir(path.dirname(final), { recursive: true });
-    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-    await fs.writeFile(tmp, JSON.stringify(value, null, 2) + "\n");
-    await fs.rename(tmp, final);
+    await writeFileAtomic(this.path(rel), JSON.stringify(value, null, 2) + "\n");
   }
 
   async readRecord<T>(rel: string): Promise<T | undefined> {
@@ -104,6 +100,22 @@ async function chmodTree(p: string): Promise<void> {
   if (!st?.isDirectory()) return;
   await fs.chmod(p, 0o700);
   for (const e of await fs.readdir(p)) await chmodTree(path.join(p, e));
+}
+
+/**
+ * Writes a small file (a record, a cache entry) under a temporary name beside it, then renames
+ * it into place: a reader sees the old file or the whole new one, never a part. Makes the folder.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  try {
+    await fs.writeFile(tmp, data);
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
 }
 
 export async function sha256File(file: string): Promise<string> {

@@ -6,6 +6,7 @@ import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { NewcRecord } from "./newc";
+import { writeFileAtomic } from "./store";
 
 export interface WalkOptions {
   /** Paths relative to the tree ("boot", "var/cache") left out with everything under them. */
@@ -61,9 +62,7 @@ export async function writeCopyStamps(file: string, c: CopyStamps): Promise<void
   head.writeUInt32LE(c.rows.size, MAGIC.length);
   head.writeUInt32LE(names.length, MAGIC.length + 4);
   names.copy(head, MAGIC.length + 8);
-  const tmp = `${file}.tmp-${process.pid}`;
-  await fs.promises.writeFile(tmp, Buffer.concat([head, Buffer.from(c.values.buffer, c.values.byteOffset, c.values.byteLength)]));
-  await fs.promises.rename(tmp, file);
+  await writeFileAtomic(file, Buffer.concat([head, Buffer.from(c.values.buffer, c.values.byteOffset, c.values.byteLength)]));
 }
 
 /** Undefined when there is no such file or it is not one of ours. */

@@ -7,7 +7,7 @@ import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildInitramfs, planInitramfs, type Compression } from "../src/initramfs";
-import { copyStampsFile } from "../src/rootfs";
+import { listingFile } from "../src/rootfs";
 
 export interface InitramfsArgs {
   rootfs: pulumi.Input<string>;
@@ -51,10 +51,10 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     return sha256(JSON.stringify(["initramfs/1", i.rootfsHash, options(i)]));
   },
   async build(i, ctx) {
-    // Segments whose files are unchanged (inode, size, mtime, ctime) are not read again.
-    // A rootfs is a fresh copy of its packages tree: its copy stamps let the unchanged files
-    // keep their fingerprints across rootfs builds.
-    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), copyStamps: copyStampsFile(i.rootfs) });
+    // The rootfs's listing stands for a walk of it, and segments whose files are unchanged
+    // (inode, size, mtime, ctime; for a new copy of the packages tree, those of the files it
+    // was copied from) are not read again.
+    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), listing: listingFile(i.rootfs) });
     const res = await buildInitramfs(plan, ctx.store);
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
     const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";

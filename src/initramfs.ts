@@ -15,7 +15,7 @@ import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, type NewcRecord } from "./newc";
 import { removeTree, writeFileAtomic, type Store } from "./store";
-import { isDir, readCopyStamps, reproducible, walk, type CopyStamps } from "./walk";
+import { excludeRecords, isDir, readListing, reproducible, walk } from "./walk";
 
 export type { Compression } from "./compress-worker";
 
@@ -43,12 +43,13 @@ export interface InitramfsOptions {
    */
   cacheDir?: string;
   /**
-   * The tree is a copy (the rootfs's configure stage): the file written by src/rootfs.ts
-   * buildConfigured with what it got from the original. Files still as copied are then
-   * fingerprinted by their originals' stamps, so a new copy does not mean reading every file.
-   * Not part of the plan.
+   * The tree's listing (src/walk.ts writeListing), taken when the tree was made: read instead
+   * of walking the tree, if it belongs to this very folder. Only for trees nothing writes to
+   * afterwards, as the store's rootfs trees (src/rootfs.ts buildConfigured): a change made
+   * after the listing would go unseen. Its stamps are what the fingerprints use, so a rootfs
+   * that is a new copy of its packages tree keeps the fingerprints of the files it left alone.
    */
-  copyStamps?: string;
+  listing?: string;
 }
 
 export interface SegmentPlan {
@@ -75,6 +76,7 @@ export interface InitramfsPlan {
   exclude: string[];
   owner?: { uid: number; gid: number };
   splitBytes: number;
+  listing?: string;
 }
 
 /** Bumped whenever the bytes of a segment would change for the same tree and options. */
@@ -97,6 +99,7 @@ function settle(tree: string, opts: InitramfsOptions) {
     exclude: opts.exclude ?? [],
     owner: opts.owner,
     splitBytes: opts.splitBytes ?? DEFAULT_SPLIT_BYTES,
+    listing: opts.listing,
   };
 }
 type Settled = ReturnType<typeof settle>;
@@ -132,24 +135,29 @@ export interface SegmentRange {
 export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_BYTES): SegmentRange[] {
   const n = records.length;
   if (splitBytes === Infinity) return n ? [{ name: ".", start: 0, end: n }] : [];
-  const end = new Array<number>(n);
-  const weight = new Array<number>(n).fill(0);
-  const stack: number[] = [];
-  const depthOf = records.map((r, i) => {
-    if (i === 0) return 0;
+  // end[i]: where i's subtree ends; weight[i]: its newc bytes (a subtree's weight is added to
+  // its parent's when the walk order leaves it).
+  const end = new Int32Array(n);
+  const weight = new Float64Array(n);
+  const depthOf = new Int32Array(n);
+  for (let i = 1; i < n; i++) {
+    const name = records[i].name;
     let d = 1;
-    for (let at = r.name.indexOf("/"); at !== -1; at = r.name.indexOf("/", at + 1)) d++;
-    return d;
-  });
-  const depth = (i: number) => depthOf[i];
+    for (let at = name.indexOf("/"); at !== -1; at = name.indexOf("/", at + 1)) d++;
+    depthOf[i] = d;
+  }
+  const stack: number[] = [];
+  const leave = (at: number) => {
+    const j = stack.pop()!;
+    end[j] = at;
+    if (stack.length) weight[stack[stack.length - 1]] += weight[j];
+  };
   for (let i = 0; i < n; i++) {
-    while (stack.length && depth(stack[stack.length - 1]) >= depth(i)) end[stack.pop()!] = i;
-    const w = encodedSize(records[i].name, records[i].size);
-    for (const s of stack) weight[s] += w;
-    weight[i] = w;
+    while (stack.length && depthOf[stack[stack.length - 1]] >= depthOf[i]) leave(i);
+    weight[i] = encodedSize(records[i].name, records[i].size);
     stack.push(i);
   }
-  for (const s of stack) end[s] = n;
+  while (stack.length) leave(n);
 
   const out: SegmentRange[] = [];
   let start = 0;
@@ -202,12 +210,16 @@ interface Segment extends SegmentRange {
   records: NewcRecord[];
 }
 
-async function segmentsOf(s: Settled, copied?: CopyStamps): Promise<Segment[]> {
-  const records = await walk(s.tree, { exclude: s.exclude, copied });
-  return splitSegments(records, s.splitBytes).map((r) => ({
+/** The tree's segments, and when the records were taken (stamps are trusted only if older). */
+async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; walkedAt: number }> {
+  const listed = s.listing ? readListing(s.listing, s.tree) : undefined;
+  const walkedAt = listed?.walkedAt ?? Date.now();
+  const records = listed ? excludeRecords(listed.records, s.exclude) : await walk(s.tree, { exclude: s.exclude });
+  const segs = splitSegments(records, s.splitBytes).map((r) => ({
     ...r,
     records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),
   }));
+  return { segs, walkedAt };
 }
 
 const keyPrefix = (s: { compression: Compression; level: number }) => `${FORMAT}\n${s.compression}:${s.level}\n`;
@@ -224,18 +236,24 @@ function fingerprint(prefix: string, records: NewcRecord[], trustBefore: number)
   // Names and link targets as one string, numbers as doubles: no number is turned into text.
   const FIELDS = 13;
   const nums = new Float64Array(records.length * FIELDS);
-  let names = "";
-  const h = createHash("sha256").update(`${prefix}fingerprint/2\n`);
-  for (let i = 0; i < records.length; i++) {
+  const names = new Array<string>(records.length);
+  for (let i = 0, o = 0; i < records.length; i++) {
     const r = records[i];
     const st = r.source === undefined ? undefined : r.stamp;
     if (r.source !== undefined && (st === undefined || st[3] >= trustBefore)) return undefined;
-    names += `${r.name}\0${r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("hex") : ""}\0`;
-    let o = i * FIELDS;
-    for (const v of [r.mode, r.uid, r.gid, r.nlink, r.mtime, r.ino, r.rdevMajor, r.rdevMinor, r.size]) nums[o++] = v;
+    names[i] = r.data ? `${r.name}\0${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("hex")}` : `${r.name}\0`;
+    nums[o++] = r.mode;
+    nums[o++] = r.uid;
+    nums[o++] = r.gid;
+    nums[o++] = r.nlink;
+    nums[o++] = r.mtime;
+    nums[o++] = r.ino;
+    nums[o++] = r.rdevMajor;
+    nums[o++] = r.rdevMinor;
+    nums[o++] = r.size;
     for (let k = 0; k < 4; k++) nums[o++] = st ? st[k] : -1;
   }
-  return h.update(names).update(nums).digest("hex");
+  return createHash("sha256").update(`${prefix}fingerprint/3\n`).update(names.join("\0")).update(nums).digest("hex");
 }
 
 interface Remembered { key: string; bytes: number; crc32: number }
@@ -298,8 +316,8 @@ function bySizeDesc(segs: Segment[]): number[] {
 
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
-  const trustBefore = Date.now() - 2000;
-  const segs = await segmentsOf(s, opts.copyStamps ? readCopyStamps(opts.copyStamps) : undefined);
+  const { segs, walkedAt } = await segmentsOf(s);
+  const trustBefore = Math.min(walkedAt, Date.now()) - 2000;
   const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
   const known = fps.map((fp) => recall(opts.cacheDir, fp));
   const results = await withPool((pool) => {
@@ -345,7 +363,7 @@ export async function buildInitramfs(plan: InitramfsPlan, store: Store, log: (li
   const have = await Promise.all(rels.map((rel) => store.has(rel)));
   if (have.every(Boolean)) reused.push(...plan.segments.map((x) => x.key));
   else {
-    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, plan)));
+    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, plan))).segs;
     const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
     if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
     await withPool((pool) => {
@@ -429,7 +447,7 @@ async function concatenate(files: string[], out: string): Promise<string> {
  */
 export async function writeInitramfs(tree: string, out: string, opts: InitramfsOptions = {}): Promise<void> {
   const s = settle(tree, opts);
-  const segs = await segmentsOf(s);
+  const { segs } = await segmentsOf(s);
   const dest = path.resolve(out);
   const tmp = await fs.mkdtemp(path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-`));
   try {

@@ -11,7 +11,7 @@ import * as path from "node:path";
 import { sha256, sha256File, type Store } from "./store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
-import { writeCopyStamps, type CopyStamps } from "./walk";
+import { walk, writeListing, type CopyStamps } from "./walk";
 import { hashTree } from "./treehash";
 
 /** Where stage 1 comes from. */
@@ -81,20 +81,34 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
   }, { dir: true });
 }
 
-/** Stage 2: rootfs/<hash2>. */
+/** Stage 2: rootfs/<hash2>, and its listing beside it. */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
   let copied: CopyStamps | undefined;
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     copied = await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
   }, { dir: true });
-  // Beside the tree, not in it (it would end up in the initramfs). Without it (a crash just
-  // before this line) the initramfs reads every file once: slower, never wrong.
-  if (res.built && copied) await writeCopyStamps(copyStampsFile(res.path), copied);
+  if (res.built) await recordListing(res.path, copied);
   return res;
 }
 
-/** Where buildConfigured leaves the copy stamps of a configured tree (see src/walk.ts). */
-export const copyStampsFile = (tree: string) => `${tree.replace(/\/+$/, "")}.copy-stamps`;
+/**
+ * The tree's listing (src/walk.ts), taken once it is final, so that the initramfs reads one
+ * file instead of walking the tree again. Files the configure stage left as it copied them
+ * carry their stage-1 stamps, so their segments keep their fingerprints. Beside the tree, not
+ * in it (it would end up in the initramfs). Without it (a crash just before it is written, a
+ * name the walk refuses) the initramfs walks the tree: slower, never wrong.
+ */
+export async function recordListing(tree: string, copied?: CopyStamps): Promise<void> {
+  try {
+    const walkedAt = Date.now();
+    await writeListing(listingFile(tree), tree, await walk(tree, { copied }), walkedAt);
+  } catch {
+    // The initramfs walks the tree instead, and reports what it finds wrong there.
+  }
+}
+
+/** Where buildConfigured leaves the listing of a configured tree. */
+export const listingFile = (tree: string) => `${tree.replace(/\/+$/, "")}.listing`;
 
 /**
  * The real path of `rel` inside the tree `root`, following symlinks as the booted system

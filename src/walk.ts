@@ -51,39 +51,91 @@ export async function copyStamps(original: string, copy: string): Promise<CopySt
   return { rows, values: Float64Array.from(values) };
 }
 
-// File: magic, the paths joined by NUL (UTF-8), zero padding to 8 bytes, the rows as doubles
-// (little-endian): read back with one readFileSync and no parsing of numbers.
-const MAGIC = "ramroot-copy-stamps-2\n";
+/**
+ * A listing: a tree's walk (every record, stamps included), taken once when the tree is made
+ * and kept beside it, so that later plans read one file instead of lstat-ing thousands. It
+ * is for trees nothing writes to after they are made (the store's rootfs trees): it says
+ * nothing about changes made later. It is taken with no exclusions.
+ *
+ * File: magic, 8 doubles of header (count, bytes of names, bytes of link targets, when the
+ * walk started, and the tree's root folder's dev, inode, mtime and ctime), the names joined by
+ * NUL (UTF-8), the link targets, zero padding to 8 bytes, then ROW_L doubles a record
+ * (little-endian): read back with one readFileSync and no parsing of numbers.
+ */
+const LISTING = "ramroot-listing-1\n";
+const HEAD = LISTING.length + 8 * 8;
+const ROW_L = 16;
 
-export async function writeCopyStamps(file: string, c: CopyStamps): Promise<void> {
-  const names = Buffer.from([...c.rows.keys()].join("\0"));
-  const head = Buffer.alloc(Math.ceil((MAGIC.length + 8 + names.length) / 8) * 8);
-  head.write(MAGIC, 0, "latin1");
-  head.writeUInt32LE(c.rows.size, MAGIC.length);
-  head.writeUInt32LE(names.length, MAGIC.length + 4);
-  names.copy(head, MAGIC.length + 8);
-  await writeFileAtomic(file, Buffer.concat([head, Buffer.from(c.values.buffer, c.values.byteOffset, c.values.byteLength)]));
+const rootStamp = (st: fs.Stats) => [st.dev, st.ino, st.mtimeMs, st.ctimeMs];
+
+export async function writeListing(file: string, tree: string, records: NewcRecord[], walkedAt: number): Promise<void> {
+  const names = Buffer.from(records.map((r) => r.name).join("\0"));
+  const data = Buffer.concat(records.filter((r) => r.data).map((r) => r.data!));
+  const at = Math.ceil((HEAD + names.length + data.length) / 8) * 8;
+  const buf = Buffer.alloc(at + records.length * ROW_L * 8);
+  buf.write(LISTING, 0, "latin1");
+  const head = [records.length, names.length, data.length, walkedAt, ...rootStamp(fs.statSync(tree))];
+  head.forEach((v, i) => buf.writeDoubleLE(v, LISTING.length + 8 * i));
+  names.copy(buf, HEAD);
+  data.copy(buf, HEAD + names.length);
+  const rows = new Float64Array(buf.buffer, buf.byteOffset + at, records.length * ROW_L);
+  records.forEach((r, i) => {
+    const link = r.linkKey ? r.linkKey.split(":").map(Number) : [-1, -1];
+    rows.set([r.mode, r.uid, r.gid, r.nlink, r.mtime, r.ino, r.rdevMajor, r.rdevMinor, r.size, r.data ? r.data.length : -1, link[0], link[1], ...(r.stamp ?? [-1, -1, -1, -1])], i * ROW_L);
+  });
+  await writeFileAtomic(file, buf);
 }
 
-/** Undefined when there is no such file or it is not one of ours. */
-export function readCopyStamps(file: string): CopyStamps | undefined {
+/**
+ * The records of `tree` from its listing, as `walk` gives them; undefined when there is no
+ * listing, it is not one of ours, or it belongs to another folder than `tree` (its root folder's
+ * dev, inode, mtime and ctime differ) -- then walk it.
+ */
+export function readListing(file: string, tree: string): { records: NewcRecord[]; walkedAt: number } | undefined {
   let buf: Buffer;
+  let root: fs.Stats;
   try {
     buf = fs.readFileSync(file);
+    root = fs.statSync(tree);
   } catch {
     return undefined;
   }
-  if (buf.length < MAGIC.length + 8 || buf.toString("latin1", 0, MAGIC.length) !== MAGIC) return undefined;
-  const count = buf.readUInt32LE(MAGIC.length);
-  const namesLen = buf.readUInt32LE(MAGIC.length + 4);
-  const at = Math.ceil((MAGIC.length + 8 + namesLen) / 8) * 8;
-  if (buf.length !== at + count * ROW * 8) return undefined;
-  const names = count ? buf.toString("utf8", MAGIC.length + 8, MAGIC.length + 8 + namesLen).split("\0") : [];
+  if (buf.length < HEAD || buf.toString("latin1", 0, LISTING.length) !== LISTING) return undefined;
+  const head = Array.from({ length: 8 }, (_, i) => buf.readDoubleLE(LISTING.length + 8 * i));
+  const [count, namesLen, dataLen, walkedAt] = head;
+  if (rootStamp(root).some((v, i) => v !== head[4 + i])) return undefined;
+  const at = Math.ceil((HEAD + namesLen + dataLen) / 8) * 8;
+  if (buf.length !== at + count * ROW_L * 8) return undefined;
+  const names = buf.toString("utf8", HEAD, HEAD + namesLen).split("\0");
   if (names.length !== count) return undefined;
   // A copy into fresh memory: readFileSync's buffer may sit at an offset that is not 8-aligned.
-  const values = new Float64Array(count * ROW);
-  Buffer.from(values.buffer).set(buf.subarray(at));
-  return { rows: new Map(names.map((n, i) => [n, i])), values };
+  const v = new Float64Array(count * ROW_L);
+  Buffer.from(v.buffer).set(buf.subarray(at));
+  const base = path.resolve(tree);
+  let d = HEAD + namesLen;
+  const records = names.map((name, i): NewcRecord => {
+    const o = i * ROW_L;
+    const mode = v[o];
+    const dataLen = v[o + 9];
+    const data = dataLen >= 0 ? buf.subarray(d, (d += dataLen)) : undefined;
+    const regular = isRegular(mode);
+    return {
+      name, mode, uid: v[o + 1], gid: v[o + 2], nlink: v[o + 3], mtime: v[o + 4], ino: v[o + 5], devMajor: 0, devMinor: 0,
+      rdevMajor: v[o + 6], rdevMinor: v[o + 7], size: v[o + 8],
+      source: regular ? `${base}/${name}` : undefined,
+      data,
+      linkKey: v[o + 10] >= 0 ? `${v[o + 10]}:${v[o + 11]}` : undefined,
+      stamp: regular && v[o + 12] >= 0 ? [v[o + 12], v[o + 13], v[o + 14], v[o + 15]] : undefined,
+    };
+  });
+  return { records, walkedAt };
+}
+
+/** Records without the excluded paths and everything under them, as `walk` leaves them out. */
+export function excludeRecords(records: NewcRecord[], exclude: string[]): NewcRecord[] {
+  const ex = exclude.map(normalise).filter(Boolean);
+  if (ex.length === 0) return records;
+  return records.filter((r) => !ex.some((e) => r.name === e || r.name.startsWith(`${e}/`)));
 }
 
 const S_IFMT = 0o170000;
@@ -224,30 +276,41 @@ export const FIRST_INO = 1;
  * names in this archive. The kernel links a later nlink>=2 entry to the first it saw with that
  * ino; GNU cpio defers size-0 links and links them at the end. Names of the inode that fall in
  * another archive are not visible here and become independent copies there.
+ *
+ * Changes the records in place and returns them.
  */
 export function reproducible(records: NewcRecord[], opts: ReproducibleOptions): NewcRecord[] {
   const names = new Map<string, number>();
   for (const r of records) if (r.linkKey) names.set(r.linkKey, (names.get(r.linkKey) ?? 0) + 1);
   const firstIno = new Map<string, number>();
   let ino = FIRST_INO;
-  return records.map((r) => {
-    // One new object per record (a tree has thousands; copies of copies show up as GC time).
-    const out: NewcRecord = { ...r, linkKey: undefined, mtime: opts.epoch, devMajor: 0, devMinor: 0, nlink: isDir(r.mode) ? 2 : 1, ino: 0, ...opts.owner };
-    const count = r.linkKey ? names.get(r.linkKey)! : 1;
+  // In place: the records are the walk's own, and a tree has thousands (copies show up as GC time).
+  for (const r of records) {
+    const key = r.linkKey;
+    r.linkKey = undefined;
+    r.mtime = opts.epoch;
+    r.devMajor = 0;
+    r.devMinor = 0;
+    r.nlink = isDir(r.mode) ? 2 : 1;
+    if (opts.owner) {
+      r.uid = opts.owner.uid;
+      r.gid = opts.owner.gid;
+    }
+    const count = key ? names.get(key)! : 1;
     if (count < 2) {
-      out.ino = ino++;
-      return out;
+      r.ino = ino++;
+      continue;
     }
-    out.nlink = count;
-    const seen = firstIno.get(r.linkKey!);
+    r.nlink = count;
+    const seen = firstIno.get(key!);
     if (seen === undefined) {
-      firstIno.set(r.linkKey!, ino);
-      out.ino = ino++;
-      return out;
+      firstIno.set(key!, ino);
+      r.ino = ino++;
+      continue;
     }
-    out.ino = seen;
-    out.size = 0;
-    out.source = undefined;
-    return out;
-  });
+    r.ino = seen;
+    r.size = 0;
+    r.source = undefined;
+  }
+  return records;
 }

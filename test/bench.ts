@@ -15,8 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from "../src/initramfs";
 import { configureRootfs } from "../src/configure";
-import { copyStampsFile } from "../src/rootfs";
-import { writeCopyStamps } from "../src/walk";
+import { listingFile, recordListing } from "../src/rootfs";
 import { Store, sha256File } from "../src/store";
 import { buildUki } from "../src/uki";
 import { hashTree } from "../src/treehash";
@@ -81,16 +80,16 @@ async function child(args: string[]): Promise<void> {
     await writeInitramfs(tree, out, { compression: c as Compression, exclude: ex ? ex.split(",") : EXCLUDE });
   } else if (mode === "configure") {
     // The rootfs's configure stage (src/rootfs.ts buildConfigured): a copy of the tree with the
-    // skeleton `c` over it, and the copy stamps beside it.
+    // skeleton `c` over it, and its listing beside it.
     const t0 = performance.now();
     const copied = await configureRootfs({ packages: tree, skeleton: c, arch: "aarch64", out });
-    await writeCopyStamps(copyStampsFile(out), copied);
+    await recordListing(out, copied);
     console.log(JSON.stringify({ configureMs: performance.now() - t0 }));
   } else if (mode === "store") {
     const t0 = performance.now();
     const store = new Store(out);
-    const stamps = copyStampsFile(tree);
-    const plan = await planInitramfs(tree, { compression: c as Compression, exclude: EXCLUDE, cacheDir: store.path("cache/segments"), copyStamps: fs.existsSync(stamps) ? stamps : undefined });
+    const listing = listingFile(tree);
+    const plan = await planInitramfs(tree, { compression: c as Compression, exclude: EXCLUDE, cacheDir: store.path("cache/segments"), listing: fs.existsSync(listing) ? listing : undefined });
     const t1 = performance.now();
     const res = await buildInitramfs(plan, store);
     const t2 = performance.now();

@@ -11,7 +11,7 @@ import * as zlib from "node:zlib";
 import { buildInitramfs, inspectInitramfs, planInitramfs, splitSegments, writeInitramfs, type Compression } from "../src/initramfs";
 import { NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
 import { Store } from "../src/store";
-import { copyStamps, writeCopyStamps } from "../src/walk";
+import { copyStamps, walk, writeListing } from "../src/walk";
 
 const root = process.getuid?.() === 0;
 const EPOCH = 1234567890;
@@ -229,43 +229,62 @@ test("a fresh copy of the tree (as the rootfs's configure stage makes) re-reads 
   // Stamps younger than 2 s are never trusted: let the tree's age past that.
   await new Promise((r) => setTimeout(r, 2100));
   const cache = path.join(work, "fingerprints");
-  const copy = async (name: string) => {
+  // As src/rootfs.ts buildConfigured: copy, pair the copy with its original, let `change`
+  // write to it (the skeleton, setup.sh), then list the final tree.
+  const copy = async (name: string, change: (dir: string) => void = () => {}) => {
     const dir = path.join(work, name);
     execFileSync("cp", ["-a", `${tree}/.`, dir]);
-    const stamps = `${dir}.copy-stamps`;
-    await writeCopyStamps(stamps, await copyStamps(tree, dir));
-    return { dir, stamps };
+    const copied = await copyStamps(tree, dir);
+    change(dir);
+    const listing = `${dir}.listing`;
+    const walkedAt = Date.now();
+    await writeListing(listing, dir, await walk(dir, { copied }), walkedAt);
+    return { dir, listing };
   };
   const a = await copy("copy-a");
-  const planA = await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: cache, copyStamps: a.stamps });
+  const planA = await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: cache, listing: a.listing });
   const known = fs.readdirSync(cache).length;
   assert.equal(known, planA.segments.length, "every segment fingerprinted");
+  const truthA = await planInitramfs(a.dir, opts("zstd"));
+  assert.deepEqual(planA.segments, truthA.segments, "the plan from the listing differs from the plan from a walk");
 
-  const b = await copy("copy-b");
-  fs.writeFileSync(path.join(b.dir, "etc/hostname"), "changed after the copy\n");
-  // Same size, same mtime, other bytes, written in place: only its ctime tells.
-  const tool = path.join(b.dir, "usr/bin/tool");
-  const st = fs.statSync(tool);
-  const fd = fs.openSync(tool, "r+");
-  fs.writeSync(fd, Buffer.from("#!/bin/sh\necho TOOL\n"), 0, undefined, 0);
-  fs.closeSync(fd);
-  fs.utimesSync(tool, st.atime, st.mtime);
+  const b = await copy("copy-b", (dir) => {
+    fs.writeFileSync(path.join(dir, "etc/hostname"), "changed after the copy\n");
+    // Same size, same mtime, other bytes, written in place: only its ctime tells.
+    const tool = path.join(dir, "usr/bin/tool");
+    const st = fs.statSync(tool);
+    const fd = fs.openSync(tool, "r+");
+    fs.writeSync(fd, Buffer.from("#!/bin/sh\necho TOOL\n"), 0, undefined, 0);
+    fs.closeSync(fd);
+    fs.utimesSync(tool, st.atime, st.mtime);
+  });
   // Past the 2 s again, so that the changed files' segments are fingerprinted (and counted) too.
   await new Promise((r) => setTimeout(r, 2100));
-  const planB = await planInitramfs(b.dir, { ...opts("zstd"), cacheDir: cache, copyStamps: b.stamps });
+  const planB = await planInitramfs(b.dir, { ...opts("zstd"), cacheDir: cache, listing: b.listing });
   const truth = await planInitramfs(b.dir, opts("zstd"));
   assert.deepEqual(planB.segments.map((x) => x.key), truth.segments.map((x) => x.key), "a cached fingerprint stood for other bytes");
   const changed = planB.segments.filter((x, i) => x.key !== planA.segments[i].key).map((x) => x.name);
-  assert.equal(fs.readdirSync(cache).length - known, changed.length, "segments read again beyond those that changed");
   assert.ok(changed.includes("etc") && changed.some((n) => n.startsWith("usr")), `changed: ${changed}`);
-  // Without the copy's stamps every file of the copy is new: every segment with a file in it
-  // is read again.
+  // Those written within 2 s before the listing was taken are never trusted: read every time.
+  assert.equal(planB.read, changed.length, "segments read beyond those that changed");
+  assert.equal(fs.readdirSync(cache).length - known, 0, "a segment written just before its listing was fingerprinted");
+
+  // A listing is used only for its own folder: here the folder was replaced after it.
+  fs.renameSync(b.dir, `${b.dir}.old`);
+  execFileSync("cp", ["-a", `${a.dir}/.`, b.dir]);
+  fs.writeFileSync(path.join(b.dir, "etc/hostname"), "the new folder\n");
+  const other = await planInitramfs(b.dir, { ...opts("zstd"), cacheDir: cache, listing: b.listing });
+  const otherTruth = await planInitramfs(b.dir, opts("zstd"));
+  assert.deepEqual(other.segments.map((x) => x.key), otherTruth.segments.map((x) => x.key), "a listing of another folder was used");
+
+  // Without the copy's stamps (a walk, no listing) every file of the copy is new: every
+  // segment with a file in it is read again.
   const bare = path.join(work, "fingerprints-bare");
   await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: bare });
   const first = fs.readdirSync(bare).length;
-  await planInitramfs(b.dir, { ...opts("zstd"), cacheDir: bare });
+  await planInitramfs(`${b.dir}.old`, { ...opts("zstd"), cacheDir: bare });
   assert.ok(fs.readdirSync(bare).length - first > changed.length + 2, "without copy stamps, unchanged segments are fingerprinted anew");
-  for (const c of [a, b]) fs.rmSync(c.dir, { recursive: true });
+  for (const d of [a.dir, b.dir, `${b.dir}.old`]) fs.rmSync(d, { recursive: true });
 });
 
 test("a size change in a big file changes only its own segment", async () => {

@@ -8,8 +8,8 @@
 //   functions do), and that goes to the file with fs.writeSync. Through zlib's and fs's
 //   streams, every 256 KiB of output and every segment's encoder buffer was a fresh Buffer
 //   left for a garbage collector that V8 runs late, and glibc's arenas kept the churn;
-// - a worker collects its garbage after zstd segments, whose contexts Node frees only then
-//   (zstdDone);
+// - a worker keeps one compressor and resets it for each segment (reusedCompressor): Node frees
+//   a zstd context only when its stream is garbage-collected;
 // - the main thread's young generation, which the walk grows, is shrunk when the workers start
 //   (shrinkYoungGeneration).
 import { createHash } from "node:crypto";
@@ -48,14 +48,15 @@ export interface SegmentResult {
 /** Encoder and compressor buffers: big enough that per-call costs (hash, zlib, write) vanish. */
 const CHUNK = 1 << 20;
 
-function compressor(c: "zstd" | "gzip", level: number, size: number): zlib.Gzip | zlib.ZstdCompress {
+function compressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCompress {
   const chunkSize = 1 << 18;
   if (c === "gzip") return zlib.createGzip({ level, chunkSize });
   if (typeof zlib.createZstdCompress !== "function")
     throw new Error(`zstd needs Node >= 22.15 (this is ${process.version}): run ramroot with the project's Node (npm run setup puts it in node_modules/.bin), or use gzip`);
-  // The exact size up front lets zstd size its window to the segment (less memory for small
-  // ones) and record the size in the frame header.
-  return zlib.createZstdCompress({ chunkSize, pledgedSrcSize: size, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+  // No pledged size: a reused compressor (reusedCompressor) cannot have one, and a segment's
+  // bytes must not depend on the thread that compressed it. So frames do not record their
+  // size, which the kernel does not need.
+  return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
 }
 
 /** Where a segment's bytes go: straight to the file, or through a compressor first. */
@@ -74,6 +75,32 @@ let compressed: Buffer | undefined;
 /** zlib's handle as its streams drive it (lib/zlib.js): write results land in `_writeState`. */
 interface ZlibHandle {
   writeSync(flush: number, input: Buffer, inOff: number, inLen: number, out: Buffer, outOff: number, outLen: number): void;
+  reset(): void;
+}
+
+/**
+ * A worker's one compressor, reset for each segment (deflateReset, ZSTD_CCtx_reset) rather than
+ * made anew: its native state is allocated once per worker, so nothing of it is left for a
+ * garbage collector, and a worker's memory is the same after 5 segments as after 500. (Node
+ * frees a zstd context only when its stream is collected, which V8, seeing a small heap, does
+ * late: a worker kept every context it had used.) Worker threads only: segments encoded on the
+ * main thread interleave, so each has its own.
+ */
+let kept: { c: Compression; level: number; z: zlib.Gzip | zlib.ZstdCompress } | undefined;
+
+function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCompress {
+  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed)) {
+    kept.z.close();
+    kept = undefined;
+  }
+  if (!kept) {
+    const z = compressor(c, level);
+    // A native error destroys the stream (which would also emit it, unheard): fileSink checks after each call.
+    z.on("error", () => {});
+    kept = { c, level, z };
+  }
+  (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
+  return kept.z;
 }
 
 /**
@@ -81,17 +108,18 @@ interface ZlibHandle {
  * with one reused output buffer. Undefined when this Node's zlib stream has no such handle;
  * the caller then uses the stream as a stream.
  */
-function fileSink(file: string, c: Compression, level: number, size: number): Sink | undefined {
-  const z = c === "none" ? undefined : compressor(c, level, size);
+function fileSink(file: string, c: Compression, level: number): Sink | undefined {
+  const z = c === "none" ? undefined : isMainThread ? compressor(c, level) : reusedCompressor(c, level);
   const internals = z as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined;
   const handle = internals?._handle;
   const state = internals?._writeState;
-  if (z && (typeof handle?.writeSync !== "function" || !(state instanceof Uint32Array) || state.length < 2)) {
+  if (z && (typeof handle?.writeSync !== "function" || typeof handle?.reset !== "function" || !(state instanceof Uint32Array) || state.length < 2)) {
     z.close();
+    kept = undefined;
     return undefined;
   }
   // A native error destroys the stream (which would also emit it, unheard): checked after each call.
-  z?.on("error", () => {});
+  if (z && z !== kept?.z) z.on("error", () => {});
   const [more, last] = c === "gzip" ? [zlib.constants.Z_NO_FLUSH, zlib.constants.Z_FINISH] : [zlib.constants.ZSTD_e_continue, zlib.constants.ZSTD_e_end];
   let fd: number;
   try {
@@ -124,7 +152,8 @@ function fileSink(file: string, c: Compression, level: number, size: number): Si
   const close = () => {
     if (!open) return;
     open = false;
-    z?.close(); // gzip's state is freed here; zstd's only when the stream is collected (see zstdDone)
+    // A worker's compressor stays for the next segment, which resets it.
+    if (z && z !== kept?.z) z.close();
     fs.closeSync(fd);
   };
   return {
@@ -147,9 +176,9 @@ function fileSink(file: string, c: Compression, level: number, size: number): Si
 }
 
 /** The same through zlib's and fs's streams: the path for a Node whose zlib internals differ. */
-function streamSink(file: string, c: Compression, level: number, size: number): Sink {
+function streamSink(file: string, c: Compression, level: number): Sink {
   const out = fs.createWriteStream(file, { highWaterMark: CHUNK });
-  const z = c === "none" ? undefined : compressor(c, level, size);
+  const z = c === "none" ? undefined : compressor(c, level);
   const sink: Writable = z ?? out;
   const done = z ? pipeline(z, out) : finished(out);
   done.catch(() => {}); // observed in end() and abort(); this only keeps an early failure from being "unhandled"
@@ -187,7 +216,7 @@ export async function runSegment(job: SegmentJob): Promise<SegmentResult> {
   const buf = isMainThread ? Buffer.allocUnsafe(Math.min(size, CHUNK)) : (workerBuffer ??= Buffer.allocUnsafe(CHUNK));
   let sink: Sink | undefined;
   try {
-    if (job.out !== undefined) sink = fileSink(job.out, job.compression, job.level, size) ?? streamSink(job.out, job.compression, job.level, size);
+    if (job.out !== undefined) sink = fileSink(job.out, job.compression, job.level) ?? streamSink(job.out, job.compression, job.level);
     // The encoder overwrites `buf` for each chunk: each is consumed before the next is asked for.
     for await (const chunk of encodeNewc(job.records, { reuse: buf })) {
       hash?.update(chunk);
@@ -232,25 +261,6 @@ function v8gc(): Gc | undefined {
 }
 
 /**
- * Node allocates a zstd stream's context (about twice the pledged size, up to 3 MiB) outside
- * V8's accounting, and frees it only when the stream object is collected, not when it is
- * closed. V8 sees a small heap and hardly ever collects, so a worker kept every context it had
- * used (58 segments, 40 MB on the bench tree), and glibc's arenas kept the churn. A worker
- * therefore collects once the contexts it is done with may hold this much: after every second
- * segment over 1.5 MB, or after several small ones. A collection costs a worker about 8 ms;
- * 3 MiB (a collection after each big segment) measured no lower peak, 12 MiB about 5 MB more.
- */
-const ZSTD_GARBAGE_MAX = 6 << 20;
-let zstdGarbage = 0;
-
-function zstdDone(size: number): void {
-  zstdGarbage += Math.min(2 * size + (128 << 10), 3 << 20);
-  if (zstdGarbage < ZSTD_GARBAGE_MAX) return;
-  zstdGarbage = 0;
-  v8gc()?.();
-}
-
-/**
  * Shrinks this thread's young generation when a walk has left it large. V8 grows it, up to 16 MB
  * per semi-space, while a walk's records survive collections, and shrinks it only in a
  * collection that finds the thread allocating slowly; while workers compress, this thread
@@ -258,7 +268,7 @@ function zstdDone(size: number): void {
  */
 function shrinkYoungGeneration(): void {
   const young = v8.getHeapSpaceStatistics().find((s) => s.space_name === "new_space");
-  if (young && young.space_size > 4 << 20) v8gc()?.({ type: "major", execution: "sync", flavor: "last-resort" });
+  if (young && young.space_size > 1 << 20) v8gc()?.({ type: "major", execution: "sync", flavor: "last-resort" });
 }
 
 if (!isMainThread && parentPort) {
@@ -267,9 +277,6 @@ if (!isMainThread && parentPort) {
     runSegment(job).then(
       (result) => {
         port.postMessage({ result });
-        // Not in runSegment, whose frame still holds the stream it closed, nor before the
-        // stream's 'close' event has left the nextTick queue (which also holds it).
-        if (job.out !== undefined && job.compression === "zstd") setImmediate(zstdDone, result.bytes);
       },
       (e: Error) => port.postMessage({ error: e?.message ?? String(e) }),
     );

@@ -1,7 +1,8 @@
 // One walker turns a directory tree into newc records; one transform (`reproducible`) makes
 // them independent of when and where the tree was made. Only metadata is read here: content
 // stays on disk until the encoder streams it. A file's stamp (dev, inode, times) is what a
-// cache may trust instead of reading it; copy stamps carry those across a copy of the tree.
+// cache may trust instead of reading it; copy stamps carry those across a copy of the tree, and
+// a listing keeps a walk of a tree that will not change.
 import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";

@@ -172,12 +172,11 @@ async function main(): Promise<void> {
       what: "... independent of tree size (zstd writer; flat = within 16 MB)",
       met: growth <= 16,
       detail: `median peak RSS ${sizes[0].toFixed(0)} MB on the ${small.note}, ${sizes[1].toFixed(0)} MB on the ${mid.note}, ${sizes[2].toFixed(0)} MB on the ${mb(treeBytes)} MB tree: ${growth.toFixed(0)} MB between the lowest and the highest`,
-      why: "the writer's RSS still grows with the tree, less than before (55 MB between these trees before the worker changes). What made it grow " +
-        "(src/compress-worker.ts, measured with heaptrack and smaps): zstd contexts that Node frees only when their stream is garbage-collected, per-chunk " +
-        "Buffers kept by glibc's arenas, and the main thread's young generation grown by the walk. What still grows, measured with process.memoryUsage() and " +
-        "/proc/self/status during writeInitramfs: the main thread's heap (8, 11-14 and 18 MB total on the 120 MB, 423 MB and an 846 MB tree made of two copies " +
-        "of this one; the walk's records of every segment, held until the last job ends) and anonymous memory outside that heap, not yet told apart (workers' " +
-        "heaps, zstd contexts, malloc arenas: about 27 MB more at 846 MB than at 120 MB). Next: records without the absolute source path and dropped once their job is sent, and the workers' heaps traced the same way.",
+      why: "the writer's RSS still grows with the tree, by less each time (55 MB between these trees before session 2, 18 MB after it). Measured during " +
+        "writeInitramfs (process.memoryUsage(), worker.getHeapStatistics()) on the 120 MB tree, this one, and an 846 MB tree made of two copies of it: the main " +
+        "thread's heap holds the walk's records of every entry until the last job ends (9, 14 and 18 MB), each worker's heap the records of its jobs (12, 13 and " +
+        "14 MB), and memory outside the heaps the rest (zstd contexts, now one per worker, and malloc arenas). Holding fewer records means a walk that hands " +
+        "out segments while it walks, which the segmentation rule (it needs the whole tree's sizes) does not allow yet.",
     });
 
     // --- Store build, then one skeleton file changed ---
@@ -201,7 +200,7 @@ async function main(): Promise<void> {
     // tree (new inodes and ctimes everywhere), then Initramfs plans and builds on that copy.
     const skel = `${work}/skel`;
     fs.mkdirSync(`${skel}/etc`, { recursive: true });
-    const configure: Row = { name: "Rootfs configure stage: copy of the tree + skeleton + copy stamps (not initramfs work)", runs: [] };
+    const configure: Row = { name: "Rootfs configure stage: copy of the tree + skeleton + the listing of the result (not initramfs work)", runs: [] };
     const pipeline = repeat("plan + build after one skeleton file changed, on the new rootfs copy (as in `pulumi up`)", RUNS, (i) => {
       fs.writeFileSync(`${skel}/etc/ramroot-bench`, `bench copy ${i + 1} ${Date.now()}\n`);
       const copy = `${work}/rootfs${i}`;
@@ -220,9 +219,9 @@ async function main(): Promise<void> {
     targets.push({
       what: "One skeleton file changed: initramfs rebuild <= 5% of a full build",
       met: ratio <= 0.05 && pipeline.runs.every((r) => r.extra!.built === 1),
-      why: "only the etc/ segment is compressed, nothing is concatenated (Uki streams the segment files into .initrd), and the files the new rootfs copy " +
-        "left alone keep their fingerprints (copy stamps); what is left is the walk of the tree (8.7k lstat calls, about 40 ms in a fresh process at best), " +
-        "the copy stamps and the fingerprints of the unchanged segments, against a full build that takes under 2 s.",
+      why: "only the etc/ segment is compressed, nothing is concatenated (Uki streams the segment files into .initrd), the tree is not walked (the rootfs's " +
+        "listing stands for it) and the files the new rootfs copy left alone keep their fingerprints; what is left is reading the listing, splitting, " +
+        "fingerprinting the unchanged segments and Node's garbage collection of their records, against a full build that takes under 2 s.",
       detail: `on a new rootfs copy as \`pulumi up\` makes it: ${work_(pipeline).toFixed(0)} ms vs ${work_(full).toFixed(0)} ms (${(ratio * 100).toFixed(1)}%) in process: ${inner(pipeline)} vs ${inner(full)}; ` +
         `${pipeline.runs.map((r) => r.extra!.built).join("/")} of ${first.segments} segments compressed. On the same tree: ${work_(rebuild).toFixed(0)} ms (${((work_(rebuild) / work_(full)) * 100).toFixed(1)}%). ` +
         `As whole processes (with Node's start): ${s2(med(pipeline).wall)} s vs ${s2(med(full).wall)} s. The configure stage's copy itself (Rootfs's work) takes ${s2(med(configure).wall)} s`,

@@ -49,8 +49,8 @@ test("a file changed in system/root rebuilds only its segment, and the guest see
   const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
   const segments = built(p, mark).filter((a) => a.startsWith("segments/"));
   assert.equal(segments.length, 1, `expected one segment recompressed, got ${segments.join(", ")}`);
-  // The new rootfs is a fresh copy, but its untouched files keep their stamps (copy stamps):
-  // only segments with files the skeleton or setup.sh wrote are read again.
+  // The new rootfs is a fresh copy, but its listing gives its untouched files their stage-1
+  // stamps: only segments with files the skeleton or setup.sh wrote are read again.
   const read = /\[initramfs[^\]]*\] (\d+) of (\d+) segments read/.exec(res.stdout);
   assert.ok(read, "the initramfs says how many segments it read");
   assert.ok(Number(read[1]) < Number(read[2]) / 2, `read ${read[1]} of ${read[2]} segments again`);

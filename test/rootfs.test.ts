@@ -14,6 +14,8 @@ import { EXEC_DIRS, notExecutable, parsePackages, SystemError, validateSystem } 
 import { hostProblem, mountsUnder } from "../src/configure";
 import { BUILDER, fetchBuilder } from "../src/alpine";
 import { Store } from "../src/store";
+import { listingFile } from "../src/rootfs";
+import { readListing, walk } from "../src/walk";
 import { handlers as rootfs } from "../components/rootfs";
 
 const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));
@@ -123,6 +125,13 @@ test("Alpine path with a stand-in builder: what it is given, the boot, and which
     assert.match(rec.ARG1, new RegExp(`^${store}/rootfs-packages/[0-9a-f]{64}\\.tmp-`));
     assert.ok(fs.statSync(path.join(store, "apk-cache", arch)).isDirectory());
     assert.deepEqual(Object.keys(rec).filter((k) => /PULUMI|PASSPHRASE|RAMROOT/.test(k)), [], "the build host's environment reached the builder");
+    // The configured tree's listing, beside it, says what a walk of it says.
+    const configured = path.join(store, stage(b, "rootfs")[0]);
+    const listed = readListing(listingFile(configured), configured);
+    assert.ok(listed, "no listing beside the configured tree");
+    const fields = (r: { name: string; mode: number; uid: number; gid: number; size: number; source?: string; data?: Uint8Array }) =>
+      [r.name, r.mode, r.uid, r.gid, r.size, r.source ?? "", Buffer.from(r.data ?? []).toString("hex")];
+    assert.deepEqual(listed.records.map(fields), (await walk(configured)).map(fields));
     // The booted guest: its skeleton file, what setup.sh did in the chroot, the rc-update links.
     assert.match(res.stdout, new RegExp(`console: ramroot: build ${o.buildId} up`));
     assert.match(res.stdout, /console: ramroot: skeleton says one/);

@@ -8,7 +8,7 @@
 //   functions do), and that goes to the file with fs.writeSync. Through zlib's and fs's
 //   streams, every 256 KiB of output and every segment's encoder buffer was a fresh Buffer
 //   left for a garbage collector that V8 runs late, and glibc's arenas kept the churn;
-// - a worker keeps one compressor and resets it for each segment (reusedCompressor): Node frees
+// - a thread keeps one compressor and resets it for each segment (reusedCompressor): Node frees
 //   a zstd context only when its stream is garbage-collected;
 // - the main thread's young generation, which the walk grows, is shrunk when the workers start
 //   (shrinkYoungGeneration).
@@ -22,7 +22,7 @@ import * as v8 from "node:v8";
 import * as vm from "node:vm";
 import { isMainThread, parentPort, Worker } from "node:worker_threads";
 import * as zlib from "node:zlib";
-import { encodedSize, encodeNewc, TRAILER, type NewcRecord } from "./newc";
+import { encodeNewc, type NewcRecord } from "./newc";
 
 export type Compression = "zstd" | "gzip" | "none";
 
@@ -67,8 +67,8 @@ interface Sink {
   abort(): void | Promise<void>;
 }
 
-/** A worker's encoder buffer: a worker runs one segment at a time (SegmentPool waits for each). */
-let workerBuffer: Buffer | undefined;
+/** This thread's encoder buffer (runSegment runs one segment at a time on each thread). */
+let threadBuffer: Buffer | undefined;
 /** The compressor's output: filled and written inside one synchronous call, so one per thread. */
 let compressed: Buffer | undefined;
 
@@ -79,12 +79,11 @@ interface ZlibHandle {
 }
 
 /**
- * A worker's one compressor, reset for each segment (deflateReset, ZSTD_CCtx_reset) rather than
- * made anew: its native state is allocated once per worker, so nothing of it is left for a
+ * A thread's one compressor, reset for each segment (deflateReset, ZSTD_CCtx_reset) rather than
+ * made anew: its native state is allocated once per thread, so nothing of it is left for a
  * garbage collector, and a worker's memory is the same after 5 segments as after 500. (Node
  * frees a zstd context only when its stream is collected, which V8, seeing a small heap, does
- * late: a worker kept every context it had used.) Worker threads only: segments encoded on the
- * main thread interleave, so each has its own.
+ * late: a worker kept every context it had used.)
  */
 let kept: { c: Compression; level: number; z: zlib.Gzip | zlib.ZstdCompress } | undefined;
 
@@ -109,7 +108,7 @@ function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.Z
  * the caller then uses the stream as a stream.
  */
 function fileSink(file: string, c: Compression, level: number): Sink | undefined {
-  const z = c === "none" ? undefined : isMainThread ? compressor(c, level) : reusedCompressor(c, level);
+  const z = c === "none" ? undefined : reusedCompressor(c, level);
   const internals = z as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined;
   const handle = internals?._handle;
   const state = internals?._writeState;
@@ -118,16 +117,8 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
     kept = undefined;
     return undefined;
   }
-  // A native error destroys the stream (which would also emit it, unheard): checked after each call.
-  if (z && z !== kept?.z) z.on("error", () => {});
   const [more, last] = c === "gzip" ? [zlib.constants.Z_NO_FLUSH, zlib.constants.Z_FINISH] : [zlib.constants.ZSTD_e_continue, zlib.constants.ZSTD_e_end];
-  let fd: number;
-  try {
-    fd = fs.openSync(file, "w");
-  } catch (e) {
-    z?.close();
-    throw e;
-  }
+  const fd = fs.openSync(file, "w");
   const writeAll = (b: Buffer) => {
     for (let off = 0; off < b.length; ) off += fs.writeSync(fd, b, off, b.length - off);
   };
@@ -152,8 +143,7 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
   const close = () => {
     if (!open) return;
     open = false;
-    // A worker's compressor stays for the next segment, which resets it.
-    if (z && z !== kept?.z) z.close();
+    // The thread's compressor stays for the next segment, which resets it.
     fs.closeSync(fd);
   };
   return {
@@ -205,15 +195,23 @@ function written(w: Writable, chunk: Buffer): Promise<void> {
   });
 }
 
-/** Encodes one segment (with its trailer), measuring it and, given `out`, compressing it there. */
-export async function runSegment(job: SegmentJob): Promise<SegmentResult> {
+/**
+ * Encodes one segment (with its trailer), measuring it and, given `out`, compressing it there.
+ * One at a time on each thread (a worker gets one job at a time; the main thread's small
+ * segments wait their turn here), so that a thread's encoder buffer and compressor are reused.
+ */
+export function runSegment(job: SegmentJob): Promise<SegmentResult> {
+  const run = turn.then(() => encodeSegment(job));
+  turn = run.catch(() => {});
+  return run;
+}
+let turn: Promise<unknown> = Promise.resolve();
+
+async function encodeSegment(job: SegmentJob): Promise<SegmentResult> {
   const hash = job.keyPrefix === undefined ? undefined : createHash("sha256").update(job.keyPrefix);
   let crc = 0;
   let bytes = 0;
-  const size = job.records.reduce((t, r) => t + encodedSize(r.name, r.size), encodedSize(TRAILER, 0));
-  // Inline runs on the main thread interleave (at each await), so each has a buffer of its own,
-  // no bigger than its segment; the main thread collects them as it goes.
-  const buf = isMainThread ? Buffer.allocUnsafe(Math.min(size, CHUNK)) : (workerBuffer ??= Buffer.allocUnsafe(CHUNK));
+  const buf = (threadBuffer ??= Buffer.allocUnsafe(CHUNK));
   let sink: Sink | undefined;
   try {
     if (job.out !== undefined) sink = fileSink(job.out, job.compression, job.level) ?? streamSink(job.out, job.compression, job.level);

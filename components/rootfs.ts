@@ -1,6 +1,6 @@
 // Rootfs: the declared system (system/: packages, root/, setup.sh) as a root filesystem tree, in
 // two cached stages (src/rootfs.ts): packages (rootfs-packages/<hash1>/, alpine-make-rootfs or
-// an offline base) and configure (rootfs/<hash2>/, skeleton + setup.sh in a chroot). The
+// an offline base) and configure (rootfs/<hash2>/, stage 1 linked, skeleton + setup.sh in a chroot). The
 // resource's hash is hash2; `path` is the configured tree. Everything that can be checked before
 // a build is checked in check(), so `pulumi preview` reports it and nothing is built.
 import * as pulumi from "@pulumi/pulumi";
@@ -105,7 +105,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     if (spec.source.kind !== "alpine" && i.system && (await fs.stat(path.join(ctx.projectDir, i.system, "packages")).catch(() => undefined)))
       ctx.log(`${path.join(i.system, "packages")} is not installed: the base ${i.base} is used as it is (set ramroot:base alpine to install packages)`);
     const stage1 = await buildPackages(ctx.store, spec, hash1, ctx.log);
-    ctx.log(`packages ${hash1.slice(0, 12)}: ${spec.source.kind === "folder" ? `the base folder ${spec.source.path}` : stage1.built ? "built" : "reused from the store"}`);
+    ctx.log(`packages ${hash1.slice(0, 12)}: ${stage1.built ? (spec.source.kind === "folder" ? `copied from the base folder ${spec.source.path}` : "built") : "reused from the store"}`);
     const stage2 = await buildConfigured(ctx.store, spec, stage1.path, hash2, ctx.log);
     ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };

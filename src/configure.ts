@@ -1,20 +1,27 @@
-// Stage 2 of the rootfs, "configure": a copy of the packages tree (stage 1), the skeleton copied
-// over it (owned root:root, modes kept, as alpine-make-rootfs's FS_SKEL_DIR + FS_SKEL_CHOWN),
-// then setup.sh run in a chroot of the new tree (SCRIPT_CHROOT=yes), with /proc, /sys and /dev
-// mounted and the system folder at /mnt, read-only.
+// Stage 2 of the rootfs, "configure": stage 1's tree as hard links (so that it costs neither
+// the time nor the disk of a copy), the skeleton copied over it (owned root:root, modes kept,
+// as alpine-make-rootfs's FS_SKEL_DIR + FS_SKEL_CHOWN), then setup.sh run in a chroot
+// (SCRIPT_CHROOT=yes), with /proc, /sys and /dev mounted and the system folder at /mnt,
+// read-only.
+//
+// The links share their inodes with stage 1, which must never change: the skeleton replaces
+// files (unlink, then a new file), and setup.sh runs on an overlay whose lower layer is the
+// tree, so whatever it writes lands in the upper layer, which is then moved into the tree
+// (whiteouts as removals, opaque folders as replacements), file by file, never through a link.
 //
 // The mounts live in a private mount namespace (unshare --mount) whose only process is the
-// chroot step: cleanup is registered (trap) before the first mount, and whatever happens, even
-// a killed build, the kernel drops the namespace and its mounts with it. So no mount can be
-// left under the store, and a failed build's folder can be removed without reaching through a
-// bind mount into the host's /dev. Afterwards /proc/mounts is checked all the same.
+// chroot step (this file, run by Node: see inNamespace): whatever happens, even a killed build,
+// the kernel drops the namespace and its mounts with it. So no mount can be left under the
+// store, and a failed build's folder can be removed without reaching through a bind mount into
+// the host's /dev. Afterwards /proc/mounts is checked all the same.
+import { spawnSync } from "node:child_process";
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { copyStamps, type CopyStamps } from "./walk";
+import { removeTree } from "./store";
 
 export interface ConfigureOptions {
-  /** The stage-1 tree (read only: it is copied). */
+  /** The stage-1 tree (read only: it is linked, never written). */
   packages: string;
   /** The skeleton folder (system/root), copied over the tree. */
   skeleton?: string;
@@ -28,79 +35,196 @@ export interface ConfigureOptions {
   timeoutSeconds?: number;
 }
 
-/**
- * Returns what the copy of stage 1 got from it (src/walk.ts copyStamps), taken before the
- * skeleton and setup.sh change anything: the initramfs then knows the files they left alone
- * as the same files as last time, without reading them.
- */
-export async function configureRootfs(o: ConfigureOptions): Promise<CopyStamps> {
+/** Returns whether the tree is linked to stage 1 (false: copied, where links cannot be made). */
+export async function configureRootfs(o: ConfigureOptions): Promise<boolean> {
   if (o.setup) checkHost(o.arch, "the configure stage runs system/setup.sh in a chroot");
-  await copyTree(o.packages, o.out);
-  const copied = await copyStamps(o.packages, o.out);
+  let linked = await linkTree(o.packages, o.out);
   if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
-  if (o.setup) await runSetup({ ...o, setup: o.setup });
+  if (o.setup && !(await runSetup({ ...o, setup: o.setup }, linked))) {
+    // No overlay here (an overlay's upper layer cannot be on overlayfs, as in a container):
+    // setup.sh then runs on a copy, which it may write through.
+    o.log?.("no overlay filesystem here: the configure stage copies stage 1 instead of linking it");
+    for (const e of await fs.readdir(o.out)) await removeTree(path.join(o.out, e));
+    linked = await copyTree(o.packages, o.out);
+    if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
+    await runSetup({ ...o, setup: o.setup }, false);
+  }
   // The tree's own folder becomes / in the booted system.
   await fs.chmod(o.out, 0o755);
-  return copied;
+  return linked;
+}
+
+/**
+ * `from` into `to` as hard links (cp -al), or as a copy where links cannot be made (another
+ * filesystem, one without links).
+ */
+export async function linkTree(from: string, to: string): Promise<boolean> {
+  const { execa } = await import("execa");
+  if ((await execa("cp", ["-al", `${from}/.`, to], { reject: false })).exitCode === 0) return true;
+  for (const e of await fs.readdir(to)) await removeTree(path.join(to, e));
+  return copyTree(from, to);
 }
 
 /** cp -a, sharing blocks (reflink) where the filesystem can. */
-export async function copyTree(from: string, to: string): Promise<void> {
+async function copyTree(from: string, to: string): Promise<false> {
   const { execa } = await import("execa");
   await execa("cp", ["-a", "--reflink=auto", `${from}/.`, to]);
+  return false;
 }
 
-/** The skeleton over the tree: root/etc/x becomes /etc/x, modes kept, owned by root. */
+/**
+ * The skeleton over the tree: root/etc/x becomes /etc/x, modes kept, owned by root. Each file
+ * replaces what was there (--remove-destination unlinks first), so a linked file of stage 1 is
+ * never written through.
+ */
 export async function overlaySkeleton(skeleton: string, out: string): Promise<void> {
   const { execa } = await import("execa");
   await execa("cp", ["-a", "--remove-destination", `${skeleton}/.`, out]);
   if (process.getuid?.() === 0) for (const rel of await listTree(skeleton)) await fs.lchown(path.join(out, rel), 0, 0);
 }
 
-// Runs in the new mount namespace: $1 the tree, $2 the folder bound at /mnt, $3 the script name.
-const CHROOT_SH = `
-set -eu
-root=$1 bind=$2 script=$3
-cleanup() {
-	grep -o " $root/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
-	[ -z "$made_mnt" ] || rmdir "$root/mnt" 2>/dev/null || true
+interface NamespaceJob {
+  /** The tree; with `overlay`, the overlay's lower layer, and its upper, work and merged folders. */
+  tree: string;
+  overlay?: { upper: string; work: string; merged: string };
+  /** The folder bound at /mnt, and the script's name in it. */
+  bind: string;
+  script: string;
+  /** With `overlay`: where to write, for every folder of the upper layer, the names the merged view shows in it. */
+  listings?: string;
 }
-made_mnt=
-trap cleanup EXIT
-mkdir -p "$root/proc" "$root/sys" "$root/dev"
-[ -d "$root/mnt" ] || { mkdir "$root/mnt"; made_mnt=yes; }
-mount -t proc proc "$root/proc"
-mount -t sysfs sysfs "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind "$bind" "$root/mnt"
-mount -o remount,bind,ro "$root/mnt"
-cd "$root"
-chroot "$root" /bin/sh -c 'cd /mnt && exec "./$0"' "$script"
-`;
 
-async function runSetup(o: ConfigureOptions & { setup: string }): Promise<void> {
+/** inNamespace's exit status when the overlay cannot be mounted: setup.sh has not run. */
+const NO_OVERLAY = 125;
+
+const run = (cmd: string, ...args: string[]) => {
+  const r = spawnSync(cmd, args, { stdio: ["ignore", "inherit", "inherit"] });
+  if (r.status !== 0) throw new Error(`configure: ${cmd} ${args.join(" ")} failed (${r.error?.message ?? `exit ${r.status}`})`);
+};
+
+/**
+ * The chroot step, inside the private mount namespace (this file run by Node under unshare):
+ * the overlay, the chroot's mounts, setup.sh, then what the parent needs to apply the upper
+ * layer to the tree. Exits with setup.sh's status.
+ */
+function inNamespace(job: NamespaceJob): number {
+  const ov = job.overlay;
+  if (ov) {
+    const r = spawnSync("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${job.tree},upperdir=${ov.upper},workdir=${ov.work},redirect_dir=off,metacopy=off`, ov.merged], { stdio: "ignore" });
+    if (r.status !== 0) return NO_OVERLAY;
+  }
+  const m = ov?.merged ?? job.tree;
+  const madeMnt = !fsSync.existsSync(path.join(m, "mnt"));
+  const mounts: string[] = [];
+  let status = 1;
+  try {
+    for (const d of ["proc", "sys", "dev", "mnt"]) fsSync.mkdirSync(path.join(m, d), { recursive: true });
+    const mount = (at: string, ...args: string[]) => (run("mount", ...args, path.join(m, at)), mounts.push(path.join(m, at)));
+    mount("proc", "-t", "proc", "proc");
+    mount("sys", "-t", "sysfs", "sysfs");
+    mount("dev", "--bind", "/dev");
+    mount("mnt", "--bind", job.bind);
+    run("mount", "-o", "remount,bind,ro", path.join(m, "mnt"));
+    const r = spawnSync("chroot", [m, "/bin/sh", "-c", 'cd /mnt && exec "./$0"', job.script], { stdio: ["ignore", "inherit", "inherit"] });
+    status = r.status ?? 128 + 9;
+  } finally {
+    for (const at of mounts.reverse()) spawnSync("umount", ["-l", at]);
+    // /mnt, if made here, is the chroot's business, not the system's.
+    if (madeMnt) fsSync.rmSync(path.join(m, "mnt"), { recursive: true, force: true });
+  }
+  if (!ov) return status;
+  // Which names each folder of the upper layer holds in the merged view: an opaque folder (one
+  // removed and made again) hides everything below it, and only the merged view tells.
+  const listings: Record<string, string[]> = {};
+  const visit = (rel: string) => {
+    listings[rel] = fsSync.readdirSync(path.join(m, rel));
+    for (const e of fsSync.readdirSync(path.join(ov.upper, rel), { withFileTypes: true })) if (e.isDirectory()) visit(rel ? `${rel}/${e.name}` : e.name);
+  };
+  visit("");
+  fsSync.writeFileSync(job.listings!, JSON.stringify(listings));
+  run("umount", m);
+  return status;
+}
+
+if (require.main === module && process.argv[2] === "--in-namespace") {
+  try {
+    process.exitCode = inNamespace(JSON.parse(process.argv[3]));
+  } catch (e) {
+    console.error((e as Error).message);
+    process.exitCode = 1;
+  }
+}
+
+/**
+ * setup.sh in a chroot of the tree: through an overlay when the tree is linked to stage 1 (its
+ * writes then reach the tree by applyUpper), straight on the tree when it is a copy. False when
+ * an overlay was wanted and cannot be mounted here (nothing has run).
+ */
+async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolean): Promise<boolean> {
   const { execa } = await import("execa");
   const name = path.basename(o.setup);
   o.log?.(`running ${name} in a chroot`);
-  // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
-  const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };
-  const res = await execa("unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", CHROOT_SH, "ramroot-chroot", o.out, path.dirname(o.setup), name], {
-    env,
-    extendEnv: false,
-    all: true,
-    reject: false,
-    stdin: "ignore",
-    timeout: (o.timeoutSeconds ?? 1800) * 1000,
-    killSignal: "SIGKILL",
-  });
-  const left = await mountsUnder(o.out);
-  if (left.length > 0) throw new Error(`configure: mounts left under ${o.out} after ${name}: ${left.join(", ")} (umount them before removing the folder)`);
-  const output = String(res.all ?? "").trimEnd();
-  if (res.exitCode !== 0 || res.failed) {
-    const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s` : `failed (exit ${res.exitCode ?? res.signal})`;
-    throw new Error(`configure: ${name} ${why} in the chroot; its output:\n${tail(output, 60)}`);
+  const scratch = await fs.mkdtemp(`${o.out}.setup-`);
+  try {
+    const ov = overlay ? { upper: path.join(scratch, "upper"), work: path.join(scratch, "work"), merged: path.join(scratch, "merged") } : undefined;
+    for (const d of ov ? [ov.upper, ov.work, ov.merged] : []) await fs.mkdir(d);
+    const job: NamespaceJob = { tree: o.out, overlay: ov, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json") };
+    // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
+    const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };
+    const res = await execa("unshare", ["--mount", "--propagation", "private", process.execPath, __filename, "--in-namespace", JSON.stringify(job)], {
+      env,
+      extendEnv: false,
+      all: true,
+      reject: false,
+      stdin: "ignore",
+      timeout: (o.timeoutSeconds ?? 1800) * 1000,
+      killSignal: "SIGKILL",
+    });
+    const left = [...(await mountsUnder(o.out)), ...(await mountsUnder(scratch))];
+    if (left.length > 0) throw new Error(`configure: mounts left after ${name}: ${left.join(", ")} (umount them before removing the folder)`);
+    if (ov && res.exitCode === NO_OVERLAY) return false;
+    const output = String(res.all ?? "").trimEnd();
+    if (res.exitCode !== 0 || res.failed) {
+      const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s` : `failed (exit ${res.exitCode ?? res.signal})`;
+      throw new Error(`configure: ${name} ${why} in the chroot; its output:\n${tail(output, 60)}`);
+    }
+    for (const line of output.split("\n").filter(Boolean).slice(-3)) o.log?.(`${name}: ${line}`);
+    if (ov) await applyUpper(ov.upper, o.out, JSON.parse(await fs.readFile(job.listings!, "utf8")));
+    return true;
+  } finally {
+    await removeTree(scratch);
   }
-  for (const line of output.split("\n").filter(Boolean).slice(-3)) o.log?.(`${name}: ${line}`);
+}
+
+const isWhiteout = (st: fsSync.Stats) => st.isCharacterDevice() && st.rdev === 0;
+
+/**
+ * Moves an overlay's upper layer into its lower tree, so that the tree becomes what the merged
+ * view showed. Every name the upper layer holds replaces the tree's (a rename of the new file,
+ * never a write into the old one, which may be a link to stage 1); a folder in both is merged
+ * into, then given the upper folder's owner, mode and times; and the tree loses, in each folder
+ * of the upper layer, the names the merged view no longer showed (whiteouts, opaque folders).
+ */
+export async function applyUpper(upper: string, tree: string, listings: Record<string, string[]>, rel = ""): Promise<void> {
+  const shown = new Set(listings[rel] ?? []);
+  const dir = path.join(tree, rel);
+  for (const name of await fs.readdir(dir)) if (!shown.has(name)) await removeTree(path.join(dir, name));
+  for (const name of await fs.readdir(path.join(upper, rel))) {
+    const from = path.join(upper, rel, name);
+    const to = path.join(dir, name);
+    const st = await fs.lstat(from);
+    if (isWhiteout(st)) continue;
+    const there = await fs.lstat(to).catch(() => undefined);
+    if (st.isDirectory() && there?.isDirectory()) {
+      await applyUpper(upper, tree, listings, rel ? `${rel}/${name}` : name);
+      await fs.lchown(to, st.uid, st.gid);
+      await fs.chmod(to, st.mode & 0o7777);
+      await fs.utimes(to, st.atime, st.mtime);
+      continue;
+    }
+    if (there) await removeTree(to);
+    await fs.rename(from, to);
+  }
 }
 
 /** Mount points at or under `dir`, from /proc/mounts. */

@@ -2,16 +2,19 @@
 // inputs, so that editing the skeleton reruns only the second:
 //
 //   1. packages   rootfs-packages/<hash1>/  the declared packages installed by alpine-make-rootfs
-//                 (src/alpine.ts), or a base tree extracted from a tarball. A base folder is used
-//                 where it is, named by the hash of its contents.
-//   2. configure  rootfs/<hash2>/  a copy of stage 1, the skeleton over it, setup.sh run in a
-//                 chroot (src/configure.ts). hash2 covers hash1, so a package change reruns both.
+//                 (src/alpine.ts), or a base tree extracted from a tarball or copied from a
+//                 folder (named by the hash of its contents).
+//   2. configure  rootfs/<hash2>/  stage 1 as hard links, the skeleton over it, setup.sh run in
+//                 a chroot (src/configure.ts). hash2 covers hash1, so a package change reruns both.
+//
+// Each tree has its listing beside it (<tree>.listing, src/walk.ts), taken once it is final.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { sha256, sha256File, type Store } from "./store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
-import { walk, writeListing, type CopyStamps } from "./walk";
+import type { NewcRecord } from "./newc";
+import { readListing, walk, writeListing } from "./walk";
 import { hashTree } from "./treehash";
 
 /** Where stage 1 comes from. */
@@ -66,48 +69,60 @@ export async function configureHash(spec: RootfsSpec, stage1: string): Promise<s
 
 export interface Built { path: string; built: boolean }
 
-/** Stage 1: the tree to configure (in the store, or the base folder itself). */
+/**
+ * Stage 1: the tree to configure, always in the store. A base folder is copied in: stage 2
+ * links to stage 1's files, and a link must never lead to a file that someone may edit.
+ */
 export async function buildPackages(store: Store, spec: RootfsSpec, hash1: string, log?: (l: string) => void): Promise<Built> {
   const s = spec.source;
-  if (s.kind === "folder") return { path: s.path, built: false };
-  return store.put(`rootfs-packages/${hash1}`, async (out) => {
-    if (s.kind === "tarball") {
-      const { execa } = await import("execa");
+  const res = await store.put(`rootfs-packages/${hash1}`, async (out) => {
+    const { execa } = await import("execa");
+    if (s.kind === "folder") {
+      log?.(`copying ${s.path}`);
+      await execa("cp", ["-a", `${s.path}/.`, out]);
+    } else if (s.kind === "tarball") {
       log?.(`extracting ${s.path}`);
       await execa("tar", ["-xpf", s.path, "-C", out, "--numeric-owner"]);
     } else {
       await makeAlpineRootfs({ ...s, arch: spec.arch, out, store, log });
     }
   }, { dir: true });
+  if (res.built) await recordListing(res.path);
+  return res;
 }
 
 /** Stage 2: rootfs/<hash2>, and its listing beside it. */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
-  let copied: CopyStamps | undefined;
+  // Stage 1's own listing (made now if it has none): its stamps are from before any link to
+  // its files changed their ctimes, so each new configured tree keeps them for the files it
+  // left alone, and their initramfs segments keep their fingerprints.
+  const base = readListing(listingFile(stage1), stage1) ?? (await recordListing(stage1));
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
-    copied = await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
+    await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
   }, { dir: true });
-  if (res.built) await recordListing(res.path, copied);
+  if (res.built) await recordListing(res.path, base && new Map(base.records.map((r) => [r.name, r])));
   return res;
 }
 
 /**
  * The tree's listing (src/walk.ts), taken once it is final, so that the initramfs reads one
- * file instead of walking the tree again. Files the configure stage left as it copied them
- * carry their stage-1 stamps, so their segments keep their fingerprints. Beside the tree, not
- * in it (it would end up in the initramfs). Without it (a crash just before it is written, a
- * name the walk refuses) the initramfs walks the tree: slower, never wrong.
+ * file instead of walking the tree again. Beside the tree, not in it (it would end up in the
+ * initramfs). Without it (a crash just before it is written, a name the walk refuses) the
+ * initramfs walks the tree: slower, never wrong.
  */
-export async function recordListing(tree: string, copied?: CopyStamps): Promise<void> {
+export async function recordListing(tree: string, linkedFrom?: Map<string, NewcRecord>): Promise<{ records: NewcRecord[]; walkedAt: number } | undefined> {
   try {
     const walkedAt = Date.now();
-    await writeListing(listingFile(tree), tree, await walk(tree, { copied }), walkedAt);
+    const records = await walk(tree, { linkedFrom });
+    await writeListing(listingFile(tree), tree, records, walkedAt);
+    return { records, walkedAt };
   } catch {
     // The initramfs walks the tree instead, and reports what it finds wrong there.
+    return undefined;
   }
 }
 
-/** Where buildConfigured leaves the listing of a configured tree. */
+/** Where a tree's listing is kept: beside it. */
 export const listingFile = (tree: string) => `${tree.replace(/\/+$/, "")}.listing`;
 
 /**

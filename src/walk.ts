@@ -1,8 +1,8 @@
 // One walker turns a directory tree into newc records; one transform (`reproducible`) makes
 // them independent of when and where the tree was made. Only metadata is read here: content
 // stays on disk until the encoder streams it. A file's stamp (dev, inode, times) is what a
-// cache may trust instead of reading it; copy stamps carry those across a copy of the tree, and
-// a listing keeps a walk of a tree that will not change.
+// cache may trust instead of reading it (a tree linked from another keeps that one's stamps),
+// and a listing keeps a walk of a tree that will not change.
 import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -12,45 +12,16 @@ import { writeFileAtomic } from "./store";
 export interface WalkOptions {
   /** Paths relative to the tree ("boot", "var/cache") left out with everything under them. */
   exclude?: string[];
-  /** The tree is a copy: files it still holds as copied take their originals' stamps (copyStamps). */
-  copied?: CopyStamps;
+  /**
+   * The records of a tree this one was linked from (cp -al), by path: a file that is still the
+   * same inode, with the same size and mtime, takes that record's stamp. Linking changes every
+   * inode's ctime, so without this a new link of the same tree would look all new to a cache.
+   */
+  linkedFrom?: Map<string, NewcRecord>;
 }
 
 /** A regular file's stamp, as NewcRecord.stamp. */
 export type Stamp = [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
-
-/**
- * What a copy of a tree got from its original, by path: [size, the copy's stamp (4), the
- * original's stamp (4)]. A copy has new inodes and ctimes, so every stamp differs from the
- * original's and a stamp cache keyed by them misses on the whole tree; with this, a file whose
- * size and stamp are still those the copy gave it is known to hold its original's bytes and
- * carries the original's stamp instead. Any later change to it (a write, a replacement) changes
- * its ctime or inode, and it is then itself again.
- */
-export interface CopyStamps {
-  /** Path -> row of `values`. */
-  rows: Map<string, number>;
-  /** 9 numbers a row. */
-  values: Float64Array;
-}
-
-const ROW = 9;
-
-/** Pairs the regular files of `copy` with those of `original` they were copied from (cp -a). */
-export async function copyStamps(original: string, copy: string): Promise<CopyStamps> {
-  const [from, to] = await Promise.all([walk(original), walk(copy)]);
-  const orig = new Map(from.filter((r) => r.stamp).map((r) => [r.name, r]));
-  const rows = new Map<string, number>();
-  const values: number[] = [];
-  for (const r of to) {
-    const o = orig.get(r.name);
-    // cp -a keeps the mode, size and mtime; anything else is not a copy of that file.
-    if (!r.stamp || !o?.stamp || o.size !== r.size || o.mode !== r.mode || o.stamp[2] !== r.stamp[2]) continue;
-    rows.set(r.name, rows.size);
-    values.push(r.size, ...r.stamp, ...o.stamp);
-  }
-  return { rows, values: Float64Array.from(values) };
-}
 
 /**
  * A listing: a tree's walk (every record, stamps included), taken once when the tree is made
@@ -178,7 +149,11 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
 
   const exclude = new Set((opts.exclude ?? []).map(normalise));
   const out: NewcRecord[] = [{ ...record(".", st), mode: S_IFDIR | 0o755, uid: 0, gid: 0 }];
+  // Names per inode of the files with several links: only those with more than one name in
+  // the tree are hard links here (a tree linked from another has every file's nlink at 2).
+  const links = new Map<string, number>();
   visit(root, "");
+  for (const r of out) if (r.linkKey && links.get(r.linkKey) === 1) r.linkKey = undefined;
   return out;
 
   function visit(dir: string, rel: string): void {
@@ -208,14 +183,12 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
       if (isRegular(mode)) {
         r.size = s.size;
         r.source = full;
-        r.stamp = [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
-        const row = opts.copied?.rows.get(relName);
-        if (row !== undefined) {
-          const v = opts.copied!.values;
-          const o = row * ROW;
-          if (v[o] === s.size && v[o + 1] === s.dev && v[o + 2] === s.ino && v[o + 3] === s.mtimeMs && v[o + 4] === s.ctimeMs) r.stamp = [v[o + 5], v[o + 6], v[o + 7], v[o + 8]];
+        const base = opts.linkedFrom?.get(relName)?.stamp;
+        r.stamp = base && base[0] === s.dev && base[1] === s.ino && base[2] === s.mtimeMs && opts.linkedFrom!.get(relName)!.size === s.size ? base : [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
+        if (s.nlink > 1) {
+          r.linkKey = `${s.dev}:${s.ino}`;
+          links.set(r.linkKey, (links.get(r.linkKey) ?? 0) + 1);
         }
-        if (s.nlink > 1) r.linkKey = `${s.dev}:${s.ino}`;
       } else if ((mode & S_IFMT) === S_IFLNK) {
         r.data = fs.readlinkSync(full, { encoding: "buffer" });
         r.size = r.data.length;

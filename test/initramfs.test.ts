@@ -11,7 +11,7 @@ import * as zlib from "node:zlib";
 import { buildInitramfs, inspectInitramfs, planInitramfs, splitSegments, writeInitramfs, type Compression } from "../src/initramfs";
 import { NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
 import { Store } from "../src/store";
-import { copyStamps, walk, writeListing } from "../src/walk";
+import { readListing, walk, writeListing } from "../src/walk";
 
 const root = process.getuid?.() === 0;
 const EPOCH = 1234567890;
@@ -225,38 +225,43 @@ test("changing one file in etc/ changes one segment, and only it is compressed a
   }
 });
 
-test("a fresh copy of the tree (as the rootfs's configure stage makes) re-reads only what changed after the copy", async () => {
+test("a new link of the tree (as the rootfs's configure stage makes) re-reads only what changed after linking", async () => {
   // Stamps younger than 2 s are never trusted: let the tree's age past that.
   await new Promise((r) => setTimeout(r, 2100));
   const cache = path.join(work, "fingerprints");
-  // As src/rootfs.ts buildConfigured: copy, pair the copy with its original, let `change`
-  // write to it (the skeleton, setup.sh), then list the final tree.
-  const copy = async (name: string, change: (dir: string) => void = () => {}) => {
+  // The tree's own listing (stage 1's), taken before any link changes its files' ctimes.
+  const baseListing = path.join(work, "base.listing");
+  await writeListing(baseListing, tree, await walk(tree), Date.now());
+  const base = new Map(readListing(baseListing, tree)!.records.map((r) => [r.name, r]));
+  // As src/rootfs.ts buildConfigured: link, let `change` replace files (the skeleton, setup.sh
+  // through the overlay), then list the final tree.
+  const link = async (name: string, change: (dir: string) => void = () => {}) => {
     const dir = path.join(work, name);
-    execFileSync("cp", ["-a", `${tree}/.`, dir]);
-    const copied = await copyStamps(tree, dir);
+    execFileSync("cp", ["-al", `${tree}/.`, dir]);
     change(dir);
     const listing = `${dir}.listing`;
     const walkedAt = Date.now();
-    await writeListing(listing, dir, await walk(dir, { copied }), walkedAt);
+    await writeListing(listing, dir, await walk(dir, { linkedFrom: base }), walkedAt);
     return { dir, listing };
   };
-  const a = await copy("copy-a");
+  const a = await link("link-a");
   const planA = await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: cache, listing: a.listing });
   const known = fs.readdirSync(cache).length;
   assert.equal(known, planA.segments.length, "every segment fingerprinted");
   const truthA = await planInitramfs(a.dir, opts("zstd"));
   assert.deepEqual(planA.segments, truthA.segments, "the plan from the listing differs from the plan from a walk");
 
-  const b = await copy("copy-b", (dir) => {
-    fs.writeFileSync(path.join(dir, "etc/hostname"), "changed after the copy\n");
-    // Same size, same mtime, other bytes, written in place: only its ctime tells.
+  const b = await link("link-b", (dir) => {
+    const hostname = path.join(dir, "etc/hostname");
+    fs.rmSync(hostname);
+    fs.writeFileSync(hostname, "changed after linking\n");
+    // Same size, same mtime, other bytes: a new file renamed over the link.
     const tool = path.join(dir, "usr/bin/tool");
     const st = fs.statSync(tool);
-    const fd = fs.openSync(tool, "r+");
-    fs.writeSync(fd, Buffer.from("#!/bin/sh\necho TOOL\n"), 0, undefined, 0);
-    fs.closeSync(fd);
-    fs.utimesSync(tool, st.atime, st.mtime);
+    const tmp = `${tool}.new`;
+    fs.writeFileSync(tmp, Buffer.from("#!/bin/sh\necho TOOL\n").subarray(0, st.size), { mode: st.mode });
+    fs.utimesSync(tmp, st.atime, st.mtime);
+    fs.renameSync(tmp, tool);
   });
   // Past the 2 s again, so that the changed files' segments are fingerprinted (and counted) too.
   await new Promise((r) => setTimeout(r, 2100));
@@ -268,6 +273,8 @@ test("a fresh copy of the tree (as the rootfs's configure stage makes) re-reads 
   // Those written within 2 s before the listing was taken are never trusted: read every time.
   assert.equal(planB.read, changed.length, "segments read beyond those that changed");
   assert.equal(fs.readdirSync(cache).length - known, 0, "a segment written just before its listing was fingerprinted");
+  // The linked files are stage 1's own: the tree is unchanged.
+  assert.equal(fs.readFileSync(path.join(tree, "etc/hostname"), "utf8") === "changed after linking\n", false);
 
   // A listing is used only for its own folder: here the folder was replaced after it.
   fs.renameSync(b.dir, `${b.dir}.old`);
@@ -277,14 +284,14 @@ test("a fresh copy of the tree (as the rootfs's configure stage makes) re-reads 
   const otherTruth = await planInitramfs(b.dir, opts("zstd"));
   assert.deepEqual(other.segments.map((x) => x.key), otherTruth.segments.map((x) => x.key), "a listing of another folder was used");
 
-  // Without the copy's stamps (a walk, no listing) every file of the copy is new: every
-  // segment with a file in it is read again.
+  // Without stage 1's stamps (a walk, no listing), a new link makes every file look new: its
+  // ctime changed. Every segment with a file in it is read again.
   const bare = path.join(work, "fingerprints-bare");
   await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: bare });
-  const first = fs.readdirSync(bare).length;
-  await planInitramfs(`${b.dir}.old`, { ...opts("zstd"), cacheDir: bare });
-  assert.ok(fs.readdirSync(bare).length - first > changed.length + 2, "without copy stamps, unchanged segments are fingerprinted anew");
-  for (const d of [a.dir, b.dir, `${b.dir}.old`]) fs.rmSync(d, { recursive: true });
+  execFileSync("cp", ["-al", `${tree}/.`, path.join(work, "link-c")]);
+  const again = await planInitramfs(a.dir, { ...opts("zstd"), cacheDir: bare });
+  assert.ok(again.read > changed.length + 2, `without stage 1's stamps, ${again.read} segments read again`);
+  for (const d of [a.dir, b.dir, `${b.dir}.old`, path.join(work, "link-c")]) fs.rmSync(d, { recursive: true });
 });
 
 test("a size change in a big file changes only its own segment", async () => {

@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Project, repo } from "./project";
 import { EXEC_DIRS, notExecutable, parsePackages, SystemError, validateSystem } from "../src/system";
-import { hostProblem, mountsUnder } from "../src/configure";
+import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
 import { BUILDER, fetchBuilder } from "../src/alpine";
 import { Store } from "../src/store";
 import { listingFile } from "../src/rootfs";
@@ -199,8 +199,8 @@ test("offline base, aarch64: skeleton and setup.sh in a foreign-architecture chr
   await p.pulumi(["config", "set", "ramroot:arch", "aarch64", "--stack", "qemu"]);
   await p.pulumi(["config", "set", "ramroot:base", "testsys", "--stack", "qemu"]);
   const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-  // Offline base: the folder is used where it is; only the configure stage is in the store.
-  assert.deepEqual(stage(built(p, 0), "rootfs-packages"), []);
+  // Offline base: the folder is copied into the store once (stage 2 links to it).
+  assert.equal(stage(built(p, 0), "rootfs-packages").length, 1);
   assert.match(res.stdout, /console: ramroot: skeleton says from the skeleton/);
   assert.match(res.stdout, /console: ramroot: setup.sh says ran in a chroot on aarch64/);
   assert.match(res.stdout, /console: ramroot: default runlevel: local sshd/);
@@ -311,4 +311,61 @@ test("validation errors from pulumi preview name the file and the fix, and nothi
     assert.deepEqual(built(p, 0), []);
     assert.deepEqual(await p.previewSteps("qemu"), ["create boot", "create initramfs", "create media", "create rootfs", "create uki"]);
   });
+});
+
+test("configure links stage 1 and never writes through the links: what setup.sh changes is in the new tree only", { timeout: 5 * 60_000 }, async (t) => {
+  const problem = hostProblem("x86_64");
+  if (problem) {
+    t.skip(problem);
+    return;
+  }
+  const dir = tmpdir(t, "ramroot-linked-");
+  const stage1 = path.join(dir, "stage1");
+  execFileSync("cp", ["-a", `${testsys("x86_64")}/.`, stage1]);
+  const put = (rel: string, text: string, mode = 0o644) => {
+    fs.mkdirSync(path.dirname(path.join(stage1, rel)), { recursive: true });
+    fs.writeFileSync(path.join(stage1, rel), text, { mode });
+  };
+  put("etc/appended", "one\n");
+  put("etc/removed", "x\n");
+  put("etc/chmodded", "x\n");
+  put("etc/remade/gone", "gone\n");
+  put("etc/keep/old", "old\n");
+  // Everything but ctimes and link counts, which linking changes.
+  const snapshot = (root: string) => execFileSync("sh", ["-c", `cd "$1" && find . -printf '%p %y %m %U %G %s %T@ %l\\n' | sort && find . -type f -exec sha256sum {} + | sort`, "sh", root], { encoding: "utf8" });
+  const before = snapshot(stage1);
+  const system = path.join(dir, "system");
+  fs.mkdirSync(path.join(system, "root", "etc"), { recursive: true });
+  fs.writeFileSync(path.join(system, "root", "etc", "skeleton-file"), "from the skeleton\n");
+  fs.writeFileSync(path.join(system, "setup.sh"), [
+    "#!/bin/sh -e",
+    "echo two >> /etc/appended",
+    "rm /etc/removed",
+    "chmod 600 /etc/chmodded",
+    "rm -rf /etc/remade && mkdir /etc/remade && echo fresh > /etc/remade/fresh",
+    "echo new > /etc/keep/new && ln /etc/keep/new /etc/keep/new-link",
+    "echo skeleton said: $(cat /etc/skeleton-file)",
+    "",
+  ].join("\n"), { mode: 0o755 });
+  const out = path.join(dir, "out");
+  fs.mkdirSync(out);
+  const lines: string[] = [];
+  const linked = await configureRootfs({ packages: stage1, skeleton: path.join(system, "root"), setup: path.join(system, "setup.sh"), arch: "x86_64", out, log: (l) => lines.push(l) });
+  assert.equal(linked, true);
+  assert.ok(lines.some((l) => l.includes("skeleton said: from the skeleton")), lines.join("\n"));
+  assert.equal(snapshot(stage1), before, "stage 1 changed");
+  const read = (rel: string) => fs.readFileSync(path.join(out, rel), "utf8");
+  assert.equal(read("etc/appended"), "one\ntwo\n");
+  assert.equal(fs.existsSync(path.join(out, "etc/removed")), false);
+  assert.equal(fs.statSync(path.join(out, "etc/chmodded")).mode & 0o777, 0o600);
+  assert.deepEqual(fs.readdirSync(path.join(out, "etc/remade")), ["fresh"]);
+  assert.deepEqual(fs.readdirSync(path.join(out, "etc/keep")).sort(), ["new", "new-link", "old"]);
+  assert.equal(fs.statSync(path.join(out, "etc/keep/new")).ino, fs.statSync(path.join(out, "etc/keep/new-link")).ino);
+  assert.equal(read("etc/skeleton-file"), "from the skeleton\n");
+  assert.equal(fs.statSync(path.join(out, "etc/skeleton-file")).uid, 0);
+  // What nobody touched is stage 1's own file, not a copy.
+  assert.equal(fs.statSync(path.join(out, "etc/keep/old")).ino, fs.statSync(path.join(stage1, "etc/keep/old")).ino);
+  assert.equal(fs.existsSync(path.join(out, "mnt")), fs.existsSync(path.join(stage1, "mnt")));
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["out", "stage1", "system"], "scratch folders left beside the tree");
+  assert.deepEqual(await mountsUnder(dir), []);
 });

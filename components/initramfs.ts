@@ -52,8 +52,8 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   async build(i, ctx) {
     // The rootfs's listing stands for a walk of it, and segments whose files are unchanged
-    // (inode, size, mtime, ctime; for a new copy of the packages tree, those of the files it
-    // was copied from) are not read again.
+    // (inode, size, mtime, ctime; for the files a new rootfs links from its packages tree,
+    // those of the packages tree's own listing) are not read again.
     const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), listing: listingFile(i.rootfs) });
     const res = await buildInitramfs(plan, ctx.store);
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);

@@ -22,7 +22,7 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
   await t.test("qemu: up creates and boots", async () => {
     const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
     assert.match(res.stdout, /6 created/);
-    assert.deepEqual([...new Set(built(p, 0))].sort(), ["disk", "initramfs", "release", "rootfs", "segments", "uki"]);
+    assert.deepEqual([...new Set(built(p, 0))].sort(), ["disk", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
     assert.equal(boots(p, 0), 1);
   });
 

@@ -369,3 +369,37 @@ test("configure links stage 1 and never writes through the links: what setup.sh 
   assert.deepEqual(fs.readdirSync(dir).sort(), ["out", "stage1", "system"], "scratch folders left beside the tree");
   assert.deepEqual(await mountsUnder(dir), []);
 });
+
+test("where no overlay can be mounted (the store itself on overlayfs), configure copies stage 1 and still runs setup.sh", { timeout: 5 * 60_000 }, async (t) => {
+  const problem = hostProblem("x86_64");
+  if (problem) {
+    t.skip(problem);
+    return;
+  }
+  // A store on overlayfs, as in a container: the kernel refuses an overlay's upper layer there.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-no-overlay-"));
+  for (const d of ["l", "u", "w", "m"]) fs.mkdirSync(path.join(dir, d));
+  const m = path.join(dir, "m");
+  execFileSync("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${dir}/l,upperdir=${dir}/u,workdir=${dir}/w`, m]);
+  t.after(() => {
+    execFileSync("umount", ["-l", m]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const stage1 = path.join(m, "stage1");
+  execFileSync("cp", ["-a", `${testsys("x86_64")}/.`, stage1]);
+  fs.writeFileSync(path.join(stage1, "etc", "appended"), "one\n");
+  const system = path.join(dir, "system");
+  fs.mkdirSync(system);
+  fs.writeFileSync(path.join(system, "setup.sh"), "#!/bin/sh -e\necho two >> /etc/appended\n", { mode: 0o755 });
+  const out = path.join(m, "out");
+  fs.mkdirSync(out);
+  const lines: string[] = [];
+  const linked = await configureRootfs({ packages: stage1, setup: path.join(system, "setup.sh"), arch: "x86_64", out, log: (l) => lines.push(l) });
+  assert.equal(linked, false);
+  assert.ok(lines.some((l) => l.includes("copies stage 1 instead of linking it")), lines.join("\n"));
+  assert.equal(fs.readFileSync(path.join(out, "etc", "appended"), "utf8"), "one\ntwo\n");
+  assert.equal(fs.readFileSync(path.join(stage1, "etc", "appended"), "utf8"), "one\n");
+  assert.notEqual(fs.statSync(path.join(out, "etc", "hostname")).ino, fs.statSync(path.join(stage1, "etc", "hostname")).ino);
+  assert.deepEqual(fs.readdirSync(m).sort(), ["out", "stage1"], "scratch folders left beside the tree");
+  assert.deepEqual(await mountsUnder(dir), [m]);
+});

@@ -110,7 +110,12 @@ const run = (cmd: string, ...args: string[]) => {
 function inNamespace(job: NamespaceJob): number {
   const ov = job.overlay;
   if (ov) {
-    const r = spawnSync("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${job.tree},upperdir=${ov.upper},workdir=${ov.work},redirect_dir=off,metacopy=off`, ov.merged], { stdio: "ignore" });
+    // Relative to the folder that holds them all: option strings cannot hold every path (a
+    // comma or a colon in the store's path would split them), and these names are ours.
+    const at = path.dirname(job.tree);
+    const rel = (p: string) => path.relative(at, p);
+    const options = `lowerdir=${rel(job.tree)},upperdir=${rel(ov.upper)},workdir=${rel(ov.work)},redirect_dir=off,metacopy=off`;
+    const r = spawnSync("mount", ["-t", "overlay", "overlay", "-o", options, ov.merged], { stdio: "ignore", cwd: at });
     if (r.status !== 0) return NO_OVERLAY;
   }
   const m = ov?.merged ?? job.tree;
@@ -142,7 +147,8 @@ function inNamespace(job: NamespaceJob): number {
   };
   visit("");
   fsSync.writeFileSync(job.listings!, JSON.stringify(listings));
-  run("umount", m);
+  // Lazily: a daemon setup.sh left running must not fail the build (nor did it before).
+  run("umount", "-l", m);
   return status;
 }
 

@@ -92,10 +92,9 @@ interface NamespaceJob {
   script: string;
   /** With `overlay`: where to write, for every folder of the upper layer, the names the merged view shows in it. */
   listings?: string;
+  /** With `overlay`: the file made when the overlay cannot be mounted (setup.sh has not run then). */
+  noOverlay?: string;
 }
-
-/** inNamespace's exit status when the overlay cannot be mounted: setup.sh has not run. */
-const NO_OVERLAY = 125;
 
 const run = (cmd: string, ...args: string[]) => {
   const r = spawnSync(cmd, args, { stdio: ["ignore", "inherit", "inherit"] });
@@ -116,7 +115,10 @@ function inNamespace(job: NamespaceJob): number {
     const rel = (p: string) => path.relative(at, p);
     const options = `lowerdir=${rel(job.tree)},upperdir=${rel(ov.upper)},workdir=${rel(ov.work)},redirect_dir=off,metacopy=off`;
     const r = spawnSync("mount", ["-t", "overlay", "overlay", "-o", options, ov.merged], { stdio: "ignore", cwd: at });
-    if (r.status !== 0) return NO_OVERLAY;
+    if (r.status !== 0) {
+      fsSync.writeFileSync(job.noOverlay!, "");
+      return 1;
+    }
   }
   const m = ov?.merged ?? job.tree;
   const madeMnt = !fsSync.existsSync(path.join(m, "mnt"));
@@ -174,7 +176,9 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
   try {
     const ov = overlay ? { upper: path.join(scratch, "upper"), work: path.join(scratch, "work"), merged: path.join(scratch, "merged") } : undefined;
     for (const d of ov ? [ov.upper, ov.work, ov.merged] : []) await fs.mkdir(d);
-    const job: NamespaceJob = { tree: o.out, overlay: ov, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json") };
+    const job: NamespaceJob = {
+      tree: o.out, overlay: ov, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
+    };
     // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
     const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };
     const res = await execa("unshare", ["--mount", "--propagation", "private", process.execPath, __filename, "--in-namespace", JSON.stringify(job)], {
@@ -188,7 +192,7 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
     });
     const left = [...(await mountsUnder(o.out)), ...(await mountsUnder(scratch))];
     if (left.length > 0) throw new Error(`configure: mounts left after ${name}: ${left.join(", ")} (umount them before removing the folder)`);
-    if (ov && res.exitCode === NO_OVERLAY) return false;
+    if (job.noOverlay && fsSync.existsSync(job.noOverlay)) return false;
     const output = String(res.all ?? "").trimEnd();
     if (res.exitCode !== 0 || res.failed) {
       const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s` : `failed (exit ${res.exitCode ?? res.signal})`;

@@ -210,16 +210,21 @@ interface Segment extends SegmentRange {
   records: NewcRecord[];
 }
 
-/** The tree's segments, and when the records were taken (stamps are trusted only if older). */
-async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; walkedAt: number }> {
+/**
+ * The tree's segments, and the ctime from which a file's stamp is not trusted. After a walk,
+ * that is 2 s before it began: a file written in the same clock tick as the walk could be
+ * written again without changing its stamp (git's "racily clean"). A listing is of a tree
+ * that nothing writes to after it is listed, so every stamp in it is trusted.
+ */
+async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; trustBefore: number }> {
   const listed = s.listing ? readListing(s.listing, s.tree) : undefined;
-  const walkedAt = listed?.walkedAt ?? Date.now();
+  const trustBefore = listed ? Infinity : Date.now() - 2000;
   const records = listed ? excludeRecords(listed.records, s.exclude) : await walk(s.tree, { exclude: s.exclude });
   const segs = splitSegments(records, s.splitBytes).map((r) => ({
     ...r,
     records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),
   }));
-  return { segs, walkedAt };
+  return { segs, trustBefore };
 }
 
 const keyPrefix = (s: { compression: Compression; level: number }) => `${FORMAT}\n${s.compression}:${s.level}\n`;
@@ -229,8 +234,8 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
 
 /**
  * A segment's fingerprint: its records as they will be encoded, plus the stamp of every file
- * whose content they carry. Undefined when a file changed too recently to be trusted (in the
- * same clock tick as the walk, a later write could keep the stamp: git's "racily clean").
+ * whose content they carry. Undefined when a file changed too recently to be trusted (see
+ * segmentsOf).
  */
 function fingerprint(prefix: string, records: NewcRecord[], trustBefore: number): string | undefined {
   // Names and link targets as one string, numbers as doubles: no number is turned into text.
@@ -316,8 +321,7 @@ function bySizeDesc(segs: Segment[]): number[] {
 
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
-  const { segs, walkedAt } = await segmentsOf(s);
-  const trustBefore = Math.min(walkedAt, Date.now()) - 2000;
+  const { segs, trustBefore } = await segmentsOf(s);
   const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
   const known = fps.map((fp) => recall(opts.cacheDir, fp));
   const results = await withPool((pool) => {

@@ -149,7 +149,7 @@ function inNamespace(job: NamespaceJob): number {
   };
   visit("");
   fsSync.writeFileSync(job.listings!, JSON.stringify(listings));
-  // Lazily: a daemon setup.sh left running must not fail the build (nor did it before).
+  // Lazily, as the chroot's own mounts: a daemon that setup.sh left running must not fail the build.
   run("umount", "-l", m);
   return status;
 }
@@ -216,7 +216,10 @@ const isWhiteout = (st: fsSync.Stats) => st.isCharacterDevice() && st.rdev === 0
  * of the upper layer, the names the merged view no longer showed (whiteouts, opaque folders).
  */
 export async function applyUpper(upper: string, tree: string, listings: Record<string, string[]>, rel = ""): Promise<void> {
-  const shown = new Set(listings[rel] ?? []);
+  const names = listings[rel];
+  // Without the merged view of a folder, nothing of it can be removed safely.
+  if (!names) throw new Error(`configure: no listing of /${rel} from the overlay; the configure stage cannot apply setup.sh's changes`);
+  const shown = new Set(names);
   const dir = path.join(tree, rel);
   for (const name of await fs.readdir(dir)) if (!shown.has(name)) await removeTree(path.join(dir, name));
   for (const name of await fs.readdir(path.join(upper, rel))) {

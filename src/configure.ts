@@ -44,7 +44,6 @@ export async function configureRootfs(o: ConfigureOptions): Promise<boolean> {
     // No overlay here (an overlay's upper layer cannot be on overlayfs, as in a container):
     // setup.sh then runs on a copy, which it may write through.
     o.log?.("no overlay filesystem here: the configure stage copies stage 1 instead of linking it");
-    for (const e of await fs.readdir(o.out)) await removeTree(path.join(o.out, e));
     linked = await copyTree(o.packages, o.out);
     if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
     await runSetup({ ...o, setup: o.setup }, false);
@@ -61,13 +60,13 @@ export async function configureRootfs(o: ConfigureOptions): Promise<boolean> {
 export async function linkTree(from: string, to: string): Promise<boolean> {
   const { execa } = await import("execa");
   if ((await execa("cp", ["-al", `${from}/.`, to], { reject: false })).exitCode === 0) return true;
-  for (const e of await fs.readdir(to)) await removeTree(path.join(to, e));
   return copyTree(from, to);
 }
 
-/** cp -a, sharing blocks (reflink) where the filesystem can. */
+/** `to` emptied (of a failed or unwanted link), then cp -a, sharing blocks (reflink) where the filesystem can. */
 async function copyTree(from: string, to: string): Promise<false> {
   const { execa } = await import("execa");
+  for (const e of await fs.readdir(to)) await removeTree(path.join(to, e));
   await execa("cp", ["-a", "--reflink=auto", `${from}/.`, to]);
   return false;
 }

@@ -219,7 +219,7 @@ interface Segment extends SegmentRange {
 async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; trustBefore: number }> {
   const listed = s.listing ? readListing(s.listing, s.tree) : undefined;
   const trustBefore = listed ? Infinity : Date.now() - 2000;
-  const records = listed ? excludeRecords(listed.records, s.exclude) : await walk(s.tree, { exclude: s.exclude });
+  const records = listed ? excludeRecords(listed, s.exclude) : await walk(s.tree, { exclude: s.exclude });
   const segs = splitSegments(records, s.splitBytes).map((r) => ({
     ...r,
     records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),

@@ -93,15 +93,23 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
 
 /** Stage 2: rootfs/<hash2>, and its listing beside it. */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
-  // Stage 1's own listing (made now if it has none): its stamps are from before any link to
-  // its files changed their ctimes, so each new configured tree keeps them for the files it
-  // left alone, and their initramfs segments keep their fingerprints.
-  const base = readListing(listingFile(stage1), stage1) ?? (await recordListing(stage1));
+  const linkedFrom = await stage1Records(stage1);
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
   }, { dir: true });
-  if (res.built) await recordListing(res.path, base && new Map(base.records.map((r) => [r.name, r])));
+  if (res.built) await recordListing(res.path, linkedFrom);
   return res;
+}
+
+/**
+ * Stage 1's records by path, from its own listing (made now if it has none), for the listing of
+ * a tree linked from it: they hold the stamps from before any link changed its files' ctimes,
+ * so each new configured tree keeps them for the files it left alone, and their initramfs
+ * segments keep their fingerprints.
+ */
+export async function stage1Records(stage1: string): Promise<Map<string, NewcRecord> | undefined> {
+  const records = readListing(listingFile(stage1), stage1) ?? (await recordListing(stage1));
+  return records && new Map(records.map((r) => [r.name, r]));
 }
 
 /**
@@ -110,12 +118,11 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
  * initramfs). Without it (a crash just before it is written, a name the walk refuses) the
  * initramfs walks the tree: slower, never wrong.
  */
-export async function recordListing(tree: string, linkedFrom?: Map<string, NewcRecord>): Promise<{ records: NewcRecord[]; walkedAt: number } | undefined> {
+export async function recordListing(tree: string, linkedFrom?: Map<string, NewcRecord>): Promise<NewcRecord[] | undefined> {
   try {
-    const walkedAt = Date.now();
     const records = await walk(tree, { linkedFrom });
-    await writeListing(listingFile(tree), tree, records, walkedAt);
-    return { records, walkedAt };
+    await writeListing(listingFile(tree), tree, records);
+    return records;
   } catch {
     // The initramfs walks the tree instead, and reports what it finds wrong there.
     return undefined;

@@ -29,24 +29,25 @@ export type Stamp = [dev: number, ino: number, mtimeMs: number, ctimeMs: number]
  * is for trees nothing writes to after they are made (the store's rootfs trees): it says
  * nothing about changes made later. It is taken with no exclusions.
  *
- * File: magic, 8 doubles of header (count, bytes of names, bytes of link targets, when the
- * walk started, and the tree's root folder's dev, inode, mtime and ctime), the names joined by
+ * File: magic, 7 doubles of header (count, bytes of names, bytes of link targets, and the
+ * tree's root folder's dev, inode, mtime and ctime), the names joined by
  * NUL (UTF-8), the link targets, zero padding to 8 bytes, then ROW_L doubles a record
  * (little-endian): read back with one readFileSync and no parsing of numbers.
  */
-const LISTING = "ramroot-listing-1\n";
-const HEAD = LISTING.length + 8 * 8;
+const LISTING = "ramroot-listing-2\n";
+const HEAD_DOUBLES = 7;
+const HEAD = LISTING.length + 8 * HEAD_DOUBLES;
 const ROW_L = 16;
 
 const rootStamp = (st: fs.Stats) => [st.dev, st.ino, st.mtimeMs, st.ctimeMs];
 
-export async function writeListing(file: string, tree: string, records: NewcRecord[], walkedAt: number): Promise<void> {
+export async function writeListing(file: string, tree: string, records: NewcRecord[]): Promise<void> {
   const names = Buffer.from(records.map((r) => r.name).join("\0"));
   const data = Buffer.concat(records.filter((r) => r.data).map((r) => r.data!));
   const at = Math.ceil((HEAD + names.length + data.length) / 8) * 8;
   const buf = Buffer.alloc(at + records.length * ROW_L * 8);
   buf.write(LISTING, 0, "latin1");
-  const head = [records.length, names.length, data.length, walkedAt, ...rootStamp(fs.statSync(tree))];
+  const head = [records.length, names.length, data.length, ...rootStamp(fs.statSync(tree))];
   head.forEach((v, i) => buf.writeDoubleLE(v, LISTING.length + 8 * i));
   names.copy(buf, HEAD);
   data.copy(buf, HEAD + names.length);
@@ -63,7 +64,7 @@ export async function writeListing(file: string, tree: string, records: NewcReco
  * listing, it is not one of ours, or it belongs to another folder than `tree` (its root folder's
  * dev, inode, mtime and ctime differ) -- then walk it.
  */
-export function readListing(file: string, tree: string): { records: NewcRecord[]; walkedAt: number } | undefined {
+export function readListing(file: string, tree: string): NewcRecord[] | undefined {
   let buf: Buffer;
   let root: fs.Stats;
   try {
@@ -73,9 +74,9 @@ export function readListing(file: string, tree: string): { records: NewcRecord[]
     return undefined;
   }
   if (buf.length < HEAD || buf.toString("latin1", 0, LISTING.length) !== LISTING) return undefined;
-  const head = Array.from({ length: 8 }, (_, i) => buf.readDoubleLE(LISTING.length + 8 * i));
-  const [count, namesLen, dataLen, walkedAt] = head;
-  if (rootStamp(root).some((v, i) => v !== head[4 + i])) return undefined;
+  const head = Array.from({ length: HEAD_DOUBLES }, (_, i) => buf.readDoubleLE(LISTING.length + 8 * i));
+  const [count, namesLen, dataLen] = head;
+  if (rootStamp(root).some((v, i) => v !== head[3 + i])) return undefined;
   const at = Math.ceil((HEAD + namesLen + dataLen) / 8) * 8;
   if (buf.length !== at + count * ROW_L * 8) return undefined;
   const names = buf.toString("utf8", HEAD, HEAD + namesLen).split("\0");
@@ -100,7 +101,7 @@ export function readListing(file: string, tree: string): { records: NewcRecord[]
       stamp: regular && v[o + 12] >= 0 ? [v[o + 12], v[o + 13], v[o + 14], v[o + 15]] : undefined,
     };
   });
-  return { records, walkedAt };
+  return records;
 }
 
 /** Records without the excluded paths and everything under them, as `walk` leaves them out. */
@@ -183,8 +184,9 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
       if (isRegular(mode)) {
         r.size = s.size;
         r.source = full;
-        const base = opts.linkedFrom?.get(relName)?.stamp;
-        r.stamp = base && base[0] === s.dev && base[1] === s.ino && base[2] === s.mtimeMs && opts.linkedFrom!.get(relName)!.size === s.size ? base : [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
+        const base = opts.linkedFrom?.get(relName);
+        const st = base?.stamp;
+        r.stamp = st && st[0] === s.dev && st[1] === s.ino && st[2] === s.mtimeMs && base!.size === s.size ? st : [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
         if (s.nlink > 1) {
           r.linkKey = `${s.dev}:${s.ino}`;
           links.set(r.linkKey, (links.get(r.linkKey) ?? 0) + 1);

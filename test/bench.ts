@@ -15,8 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from "../src/initramfs";
 import { configureRootfs } from "../src/configure";
-import { listingFile, recordListing } from "../src/rootfs";
-import { readListing } from "../src/walk";
+import { listingFile, recordListing, stage1Records } from "../src/rootfs";
 import { Store, sha256File } from "../src/store";
 import { buildUki } from "../src/uki";
 import { hashTree } from "../src/treehash";
@@ -83,9 +82,9 @@ async function child(args: string[]): Promise<void> {
     // The rootfs's configure stage (src/rootfs.ts buildConfigured): the tree linked, the
     // skeleton `c` over it, and its listing beside it, with the stamps of the tree's own listing.
     const t0 = performance.now();
-    const base = readListing(listingFile(tree), tree) ?? (await recordListing(tree));
+    const linkedFrom = await stage1Records(tree);
     await configureRootfs({ packages: tree, skeleton: c, arch: "aarch64", out });
-    await recordListing(out, base && new Map(base.records.map((r) => [r.name, r])));
+    await recordListing(out, linkedFrom);
     console.log(JSON.stringify({ configureMs: performance.now() - t0 }));
   } else if (mode === "store") {
     const t0 = performance.now();

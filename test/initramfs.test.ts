@@ -231,8 +231,8 @@ test("a new link of the tree (as the rootfs's configure stage makes) re-reads on
   const cache = path.join(work, "fingerprints");
   // The tree's own listing (stage 1's), taken before any link changes its files' ctimes.
   const baseListing = path.join(work, "base.listing");
-  await writeListing(baseListing, tree, await walk(tree), Date.now());
-  const base = new Map(readListing(baseListing, tree)!.records.map((r) => [r.name, r]));
+  await writeListing(baseListing, tree, await walk(tree));
+  const base = new Map(readListing(baseListing, tree)!.map((r) => [r.name, r]));
   // As src/rootfs.ts buildConfigured: link, let `change` replace files (the skeleton, setup.sh
   // through the overlay), then list the final tree.
   const link = async (name: string, change: (dir: string) => void = () => {}) => {
@@ -240,8 +240,7 @@ test("a new link of the tree (as the rootfs's configure stage makes) re-reads on
     execFileSync("cp", ["-al", `${tree}/.`, dir]);
     change(dir);
     const listing = `${dir}.listing`;
-    const walkedAt = Date.now();
-    await writeListing(listing, dir, await walk(dir, { linkedFrom: base }), walkedAt);
+    await writeListing(listing, dir, await walk(dir, { linkedFrom: base }));
     return { dir, listing };
   };
   const a = await link("link-a");

@@ -131,7 +131,7 @@ test("Alpine path with a stand-in builder: what it is given, the boot, and which
     assert.ok(listed, "no listing beside the configured tree");
     const fields = (r: { name: string; mode: number; uid: number; gid: number; size: number; source?: string; data?: Uint8Array }) =>
       [r.name, r.mode, r.uid, r.gid, r.size, r.source ?? "", Buffer.from(r.data ?? []).toString("hex")];
-    assert.deepEqual(listed.records.map(fields), (await walk(configured)).map(fields));
+    assert.deepEqual(listed.map(fields), (await walk(configured)).map(fields));
     // The booted guest: its skeleton file, what setup.sh did in the chroot, the rc-update links.
     assert.match(res.stdout, new RegExp(`console: ramroot: build ${o.buildId} up`));
     assert.match(res.stdout, /console: ramroot: skeleton says one/);

@@ -22,7 +22,9 @@ const arch = cfg.get("arch") ?? "aarch64";
 if (arch !== "aarch64" && arch !== "x86_64") throw new Error(`ramroot:arch is ${arch}: use aarch64 or x86_64`);
 const target = cfg.get("target") ?? (stack === "production" ? "production" : "qemu");
 if (target !== "qemu" && target !== "production") throw new Error(`ramroot:target is ${target}: use qemu (boot the image under QEMU) or production (deploy it over SSH)`);
+// One resolved path everywhere: ramroot:system may be relative to the project or absolute.
 const system = cfg.get("system") ?? "system";
+const systemDir = path.resolve(project, system);
 // The packages stage's source: `alpine` (alpine-make-rootfs installs system/packages; needs the
 // internet), a folder or tarball (an Alpine minirootfs), or `testsys`: the Debian-made test
 // system, the default on ramroot's own machines, which cannot reach an Alpine mirror.
@@ -42,6 +44,8 @@ const rootfs = new Rootfs("rootfs", {
   base: baseTree(),
   branch: cfg.get("branch"),
   mirror: cfg.get("mirror"),
+  repositories: cfg.getObject<string[]>("repositories"),
+  apk: cfg.get("apk") && path.resolve(project, cfg.get("apk")!),
   refresh: cfg.get("refresh"),
   builderUrl: cfg.get("builderUrl"),
   builderSha256: cfg.get("builderSha256"),
@@ -58,7 +62,7 @@ const initramfs = new Initramfs("initramfs", {
 
 // Secrets: declared in system/secrets (paths, modes, config keys), valued from this stack's
 // encrypted config, in a layer of their own. A declared key that is not set stops preview here.
-const secretDecls = readSecretsDeclSync(path.join(project, system));
+const secretDecls = readSecretsDeclSync(systemDir);
 const secrets = secretDecls.length === 0 ? undefined : new Secrets("secrets", {
   system,
   rootfs: rootfs.path,

@@ -9,8 +9,9 @@ import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, context, InputError, isKnown, projectDir } from "./artifact";
 import { baseSource, buildConfigured, buildPackages, configureHash, packagesHash, type RootfsSpec } from "../src/rootfs";
-import { SystemError, validateSystem } from "../src/system";
+import { repositoryTags, SystemError, validateSystem } from "../src/system";
 import { hostProblem } from "../src/configure";
+import { apkProblem } from "../src/alpine";
 import { Store } from "../src/store";
 
 export interface RootfsArgs {
@@ -24,6 +25,10 @@ export interface RootfsArgs {
   /** Alpine branch (edge), mirror (https://dl-cdn.alpinelinux.org/alpine). */
   branch?: pulumi.Input<string>;
   mirror?: pulumi.Input<string>;
+  /** `[@tag ]URL` lines for /etc/apk/repositories, instead of branch and mirror (needed for name@tag packages). */
+  repositories?: pulumi.Input<pulumi.Input<string>[]>;
+  /** The apk program the builder runs (absolute); default: the host's apk, else apk.static (pinned, kept in the store). */
+  apk?: pulumi.Input<string>;
   /** Any string: changing it rebuilds stage 1 from the branch as it is now. */
   refresh?: pulumi.Input<string>;
   /** Where alpine-make-rootfs comes from, and the sha256 it must have (default v0.7.0's). */
@@ -37,7 +42,7 @@ export interface RootfsArgs {
 
 interface Inputs {
   arch: string; system?: string; skeleton?: string; base?: string; branch?: string; mirror?: string; refresh?: string;
-  builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[];
+  repositories?: string[]; apk?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[];
 }
 
 /** The inputs as a build spec, after validating the system folder (SystemError → InputError). */
@@ -47,11 +52,13 @@ async function specOf(i: Inputs): Promise<RootfsSpec> {
   let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: context("rootfs").store.path("cache/treehash") };
   if (i.system) {
     try {
-      const sys = await validateSystem(path.resolve(root, i.system), { shown: i.system, needPackages: !source, execDirs: i.execDirs });
+      // Tags are checked only where the packages are installed; the default repositories have none.
+      const tags = source ? undefined : i.repositories ? repositoryTags(i.repositories) : new Set<string>();
+      const sys = await validateSystem(path.resolve(root, i.system), { shown: i.system, needPackages: !source, execDirs: i.execDirs, tags });
       spec = { ...spec, skeleton: sys.skeleton, setup: sys.setup, system: path.resolve(root, i.system) };
-      if (!source) spec.source = { kind: "alpine", packages: sys.packages!, branch: i.branch, mirror: i.mirror, builderUrl: i.builderUrl, builderSha256: i.builderSha256, keysDir: i.keysDir, refresh: i.refresh };
+      if (!source) spec.source = { kind: "alpine", packages: sys.packages!, branch: i.branch, mirror: i.mirror, repositories: i.repositories, apk: i.apk, builderUrl: i.builderUrl, builderSha256: i.builderSha256, keysDir: i.keysDir, refresh: i.refresh };
     } catch (e) {
-      if (e instanceof SystemError) throw new InputError("system", e.message);
+      if (e instanceof SystemError) throw new InputError(e.file === "repositories" ? "repositories" : "system", e.message);
       throw e;
     }
   } else if (i.skeleton) {
@@ -67,7 +74,7 @@ async function specOf(i: Inputs): Promise<RootfsSpec> {
 export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: string; packagesPath: string }>({
   kind: "rootfs",
   version: 2,
-  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "refresh", "builderSha256", "keysDir", "execDirs"],
+  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs"],
   async validate(i) {
     if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
     if (isKnown(i.base) && i.base) {
@@ -80,6 +87,10 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
       throw new InputError("builderSha256", `ramroot:builderSha256 ${i.builderSha256} is not a sha256 (64 lowercase hex digits)`);
     if (isKnown(i.keysDir) && i.keysDir && !(await fs.stat(i.keysDir).catch(() => undefined))?.isDirectory())
       throw new InputError("keysDir", `the apk keys folder ${i.keysDir} does not exist: point ramroot:keysDir at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${i.arch})`);
+    if (isKnown(i.repositories) && i.repositories && (i.branch !== undefined || i.mirror !== undefined))
+      throw new InputError("repositories", "ramroot:repositories replaces ramroot:mirror and ramroot:branch: set the one or the others, not both");
+    if (isKnown(i.apk) && i.apk !== undefined && !path.isAbsolute(i.apk))
+      throw new InputError("apk", `ramroot:apk ${i.apk} is not an absolute path: give the full path of an apk program`);
   },
   async hash(i) {
     const spec = await specOf(i);
@@ -88,8 +99,13 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     // Fail in preview, before anything is built, when this host cannot build what is missing.
     const store = Store.forProject(projectDir());
     if (!(await store.has(`rootfs/${hash2}`))) {
+      const installs = spec.source.kind === "alpine" && !(await store.has(`rootfs-packages/${hash1}`));
+      if (installs && spec.source.kind === "alpine") {
+        const apk = apkProblem({ apk: spec.source.apk, keysDir: spec.source.keysDir, arch: i.arch });
+        if (apk) throw new InputError(apk.key, `installing Alpine packages: ${apk.message}`);
+      }
       const needs = [
-        spec.source.kind === "alpine" && !(await store.has(`rootfs-packages/${hash1}`)) ? "installing Alpine packages (alpine-make-rootfs)" : undefined,
+        installs ? "installing Alpine packages (alpine-make-rootfs)" : undefined,
         spec.setup ? `running ${path.join(i.system ?? "", "setup.sh")} in a chroot` : undefined,
       ].filter(Boolean);
       const problem = needs.length > 0 ? hostProblem(i.arch) : undefined;
@@ -102,7 +118,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     const hash1 = await packagesHash(spec);
     const hash2 = await configureHash(spec, hash1);
     if (hash2 !== i.hash) throw new Error(`rootfs: the inputs changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash2.slice(0, 12)}): run again`);
-    if (spec.source.kind !== "alpine" && i.system && (await fs.stat(path.join(ctx.projectDir, i.system, "packages")).catch(() => undefined)))
+    if (spec.source.kind !== "alpine" && i.system && (await fs.stat(path.resolve(ctx.projectDir, i.system, "packages")).catch(() => undefined)))
       ctx.log(`${path.join(i.system, "packages")} is not installed: the base ${i.base} is used as it is (set ramroot:base alpine to install packages)`);
     const stage1 = await buildPackages(ctx.store, spec, hash1, ctx.log);
     ctx.log(`packages ${hash1.slice(0, 12)}: ${stage1.built ? (spec.source.kind === "folder" ? `copied from the base folder ${spec.source.path}` : "built") : "reused from the store"}`);

@@ -10,7 +10,7 @@ import { Store } from "../src/store";
 import { hmacKey, parseSecrets, secretsDigest, writeSecretsLayer } from "../src/secrets";
 
 export interface SecretsArgs {
-  /** The declared system folder (its `secrets` file lists the files). */
+  /** The declared system folder (its `secrets` file lists the files), absolute or relative to the project. */
   system: pulumi.Input<string>;
   rootfs: pulumi.Input<string>;
   rootfsHash: pulumi.Input<string>;
@@ -24,7 +24,7 @@ interface Inputs { system: string; rootfs: string; rootfsHash: string; compressi
 const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
 async function declarations(system: string) {
-  const file = path.join(projectDir(), system, "secrets");
+  const file = path.resolve(projectDir(), system, "secrets");
   return { file, text: await fs.readFile(file, "utf8").catch(() => "") };
 }
 

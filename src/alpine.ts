@@ -3,24 +3,37 @@
 // run only if its sha256 is the pinned one; it is kept in the store under that hash.
 //
 // Defaults (each a ramroot: config key, see the README):
-//   branch   edge                                      ALPINE_BRANCH
-//   mirror   https://dl-cdn.alpinelinux.org/alpine     ALPINE_MIRROR
-//   arch     aarch64                                   apk --arch (APK_OPTS)
-//   builder  alpine-make-rootfs v0.7.0, BUILDER below
-// The apk cache is kept in the store (apk-cache/<arch>), so a rebuild downloads only what changed.
+//   branch        edge                                  ALPINE_BRANCH
+//   mirror        https://dl-cdn.alpinelinux.org/alpine ALPINE_MIRROR
+//   repositories  (instead of branch and mirror)        REPOS_FILE: `[@tag ]URL` lines
+//   arch          aarch64                               apk --arch (APK_OPTS)
+//   apk           the host's `apk`, else apk.static     APK
+//   builder       alpine-make-rootfs v0.7.0, BUILDER below
+// The apk cache is kept in the store (apk-cache/<arch>), so a rebuild downloads only what changed;
+// so is apk.static (tools/), fetched once, sha256-pinned, for a host that has no apk of its own.
 // Before anything is installed, /etc/mkinitfs/mkinitfs.conf says disable_trigger=yes: the kernel
 // package must not build an initramfs of its own (ramroot makes the initramfs).
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Store } from "./store";
 import { sha256 } from "./store";
-import { checkHost } from "./configure";
+import { checkHost, hostArch } from "./configure";
 
 export const BUILDER = {
   name: "alpine-make-rootfs",
   version: "0.7.0",
   url: "https://raw.githubusercontent.com/alpinelinux/alpine-make-rootfs/v0.7.0/alpine-make-rootfs",
   sha256: "91ceb95b020260832417b01e45ce02c3a250c4527835d1bdf486bf44f80287dc",
+};
+/**
+ * apk-tools' static build, for a build host without apk (alpine-make-rootfs would download the
+ * x86_64 one on every run). Pinned per host architecture, as Alpine publishes them.
+ */
+export const APK_STATIC: Record<string, { url: string; sha256: string }> = {
+  x86_64: { url: "https://gitlab.alpinelinux.org/api/v4/projects/5/packages/generic/v2.14.4/x86_64/apk.static", sha256: "42cea2a41dc09b263f04bb0ade8a2ba251256b91f89095ecc8a19903b2b3e39e" },
+  aarch64: { url: "https://gitlab.alpinelinux.org/api/v4/projects/5/packages/generic/v2.14.4/aarch64/apk.static", sha256: "0fbf66c343240dacd2ef5a31692542efcf107dbad35896caa4c3179a3bbed1e2" },
 };
 export const DEFAULT_BRANCH = "edge";
 export const DEFAULT_MIRROR = "https://dl-cdn.alpinelinux.org/alpine";
@@ -31,6 +44,10 @@ export interface AlpineOptions {
   packages: string[];
   branch?: string;
   mirror?: string;
+  /** `[@tag ]URL` lines for /etc/apk/repositories, instead of branch and mirror. */
+  repositories?: string[];
+  /** The apk program to run (APK); default: the host's `apk`, else the pinned apk.static. */
+  apk?: string;
   builderUrl?: string;
   builderSha256?: string;
   /** A folder of apk signing keys (KEYS_DIR); default: the host's /etc/apk/keys, else the builder's own. */
@@ -46,10 +63,74 @@ export interface AlpineOptions {
 export async function makeAlpineRootfs(o: AlpineOptions): Promise<void> {
   checkHost(o.arch, "installing Alpine packages");
   const builder = await fetchBuilder(o.store, o.builderUrl ?? BUILDER.url, o.builderSha256 ?? BUILDER.sha256, o.log);
+  const apk = o.apk ?? hostApk() ?? (await fetchApkStatic(o.store, hostArch(), o.log));
   await disableMkinitfsTrigger(o.out);
   const cache = o.store.path(`apk-cache/${o.arch}`);
   await fs.mkdir(cache, { recursive: true });
-  await runBuilder(builder, o, cache);
+  // The builder copies REPOS_FILE into the tree; it must not be inside it.
+  const repos = o.repositories && `${o.out}.repositories`;
+  try {
+    if (repos) await fs.writeFile(repos, o.repositories!.join("\n") + "\n");
+    await runBuilder(builder, { ...o, apk, reposFile: repos }, cache);
+  } finally {
+    if (repos) await fs.rm(repos, { force: true });
+  }
+  // apk kept our mkinitfs.conf (disable_trigger=yes) and left the package's own beside it.
+  await fs.rm(path.join(o.out, "etc", "mkinitfs", "mkinitfs.conf.apk-new"), { force: true });
+}
+
+/** The host's own apk (an Alpine build host), as alpine-make-rootfs would find it on PATH. */
+export function hostApk(): string | undefined {
+  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
+    const p = dir && path.join(dir, "apk");
+    if (p && existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+/** apk.static for this host, from the store or downloaded once and checked against its pin. */
+export async function fetchApkStatic(store: Store, arch: string, log?: (l: string) => void): Promise<string> {
+  const pin = APK_STATIC[arch];
+  if (!pin) throw new Error(`alpine: no pinned apk.static for a ${arch} build host: set ramroot:apk to an apk program that runs here`);
+  const res = await store.put(`tools/apk.static-${arch}-${pin.sha256}`, async (tmp) => {
+    log?.(`downloading ${pin.url}`);
+    const bytes = await download(pin.url);
+    const actual = sha256(bytes);
+    if (actual !== pin.sha256) throw new Error(`alpine: refusing ${pin.url}: its sha256 is ${actual}, expected ${pin.sha256} (set ramroot:apk to an apk program you trust)`);
+    await fs.writeFile(tmp, bytes, { mode: 0o755 });
+  }, { mode: 0o755 });
+  return res.path;
+}
+
+/**
+ * What is wrong with the apk and keys this build would use, checked before anything is built
+ * (preview); undefined when nothing is.
+ */
+export function apkProblem(o: { apk?: string; keysDir?: string; arch: string; hostArch?: string; hostKeys?: string }): { key: "apk" | "keysDir"; message: string } | undefined {
+  const apk = (message: string) => ({ key: "apk" as const, message });
+  const keys = (message: string) => ({ key: "keysDir" as const, message });
+  if (o.apk) {
+    const st = statSync(o.apk, { throwIfNoEntry: false });
+    if (!st?.isFile()) return apk(`ramroot:apk ${o.apk} does not exist: point it at an apk program (an Alpine host's /sbin/apk, or apk.static)`);
+    if ((st.mode & 0o111) === 0) return apk(`ramroot:apk ${o.apk} is not executable: chmod +x ${o.apk}`);
+    const r = spawnSync(o.apk, ["--version"], { encoding: "utf8", timeout: 30_000, stdio: ["ignore", "pipe", "pipe"] });
+    if (r.status !== 0 || !/apk-tools/.test(r.stdout ?? ""))
+      return apk(`ramroot:apk ${o.apk} does not run here (\`${o.apk} --version\` ${r.error ? `failed: ${r.error.message}` : `exited ${r.status ?? r.signal}: ${(r.stderr || r.stdout || "").trim().split("\n").slice(-2).join(" ")}`}): point it at an apk program for this ${o.hostArch ?? hostArch()} host`);
+  } else if (!hostApk() && !APK_STATIC[o.hostArch ?? hostArch()]) {
+    return apk(`this ${o.hostArch ?? hostArch()} host has no apk and ramroot has no pinned apk.static for it: set ramroot:apk to an apk program that runs here`);
+  }
+  if (o.keysDir) {
+    const entries = readdirSync(o.keysDir, { withFileTypes: true });
+    const folders = entries.filter((e) => e.isDirectory()).map((e) => `${e.name}/`);
+    // The builder copies KEYS_DIR/* without -r: a folder in it stops the build.
+    if (folders.length > 0) return keys(`ramroot:keysDir ${o.keysDir} holds folders (${folders.join(", ")}): point it at the folder that holds the *.rsa.pub keys themselves (e.g. ${path.join(o.keysDir, folders[0]!)})`);
+    if (!entries.some((e) => e.isFile() && e.name.endsWith(".rsa.pub")))
+      return keys(`ramroot:keysDir ${o.keysDir} holds no *.rsa.pub key: point it at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${o.arch})`);
+  } else if (o.arch !== "x86_64" && !existsSync(o.hostKeys ?? "/etc/apk/keys")) {
+    // Without KEYS_DIR or /etc/apk/keys the builder falls back to its embedded x86_64 keys.
+    return keys(`${o.arch} packages are signed with keys that alpine-make-rootfs does not embed, and this host has no /etc/apk/keys: set ramroot:keysDir to a folder of Alpine's ${o.arch} keys (the alpine-keys package's /usr/share/apk/keys/${o.arch})`);
+  }
+  return undefined;
 }
 
 /** The builder script from the store, or downloaded, checked against `expected` and stored. */
@@ -82,7 +163,7 @@ export async function disableMkinitfsTrigger(root: string): Promise<void> {
 }
 
 /** The builder's environment: its documented options, and nothing of the build host's secrets. */
-export function builderEnv(o: Pick<AlpineOptions, "arch" | "packages" | "branch" | "mirror" | "keysDir">, cache: string): Record<string, string> {
+export function builderEnv(o: Pick<AlpineOptions, "arch" | "packages" | "branch" | "mirror" | "keysDir" | "apk"> & { reposFile?: string }, cache: string): Record<string, string> {
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
     HOME: process.env.HOME ?? "/root",
@@ -94,13 +175,18 @@ export function builderEnv(o: Pick<AlpineOptions, "arch" | "packages" | "branch"
     APK_OPTS: `--no-progress --arch ${o.arch} --cache-dir ${cache} --update-cache`,
   };
   if (o.keysDir) env.KEYS_DIR = o.keysDir;
+  if (o.apk) env.APK = o.apk;
+  if (o.reposFile) env.REPOS_FILE = o.reposFile;
   for (const k of ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]) if (process.env[k]) env[k] = process.env[k]!;
   return env;
 }
 
-async function runBuilder(builder: string, o: AlpineOptions, cache: string): Promise<void> {
+/** The builder paints its messages (bold red ERROR:, cyan steps): Pulumi's output shows plain text. */
+export const stripColour = (s: string) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "");
+
+async function runBuilder(builder: string, o: AlpineOptions & { reposFile?: string }, cache: string): Promise<void> {
   const { execa } = await import("execa");
-  o.log?.(`${BUILDER.name}: ${o.arch}, branch ${o.branch ?? DEFAULT_BRANCH}, ${o.packages.length} packages`);
+  o.log?.(`${BUILDER.name}: ${o.arch}, ${o.repositories ? `${o.repositories.length} repositories` : `branch ${o.branch ?? DEFAULT_BRANCH}`}, ${o.packages.length} packages`);
   const res = await execa("/bin/sh", [builder, o.out], {
     env: builderEnv(o, cache),
     extendEnv: false,
@@ -109,7 +195,7 @@ async function runBuilder(builder: string, o: AlpineOptions, cache: string): Pro
     stdin: "ignore",
     timeout: (o.timeoutSeconds ?? 3600) * 1000,
   });
-  const output = String(res.all ?? "").trimEnd();
+  const output = stripColour(String(res.all ?? "")).trimEnd();
   if (res.exitCode !== 0 || res.failed) {
     const lines = output.split("\n");
     throw new Error(`alpine: ${BUILDER.name} failed (${res.timedOut ? "timed out" : `exit ${res.exitCode ?? res.signal}`}); its output:\n${lines.slice(-60).join("\n")}`);

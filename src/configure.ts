@@ -257,6 +257,8 @@ function tail(text: string, lines: number): string {
 }
 
 const HOST_ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64" };
+/** This machine's architecture, in Alpine's words. */
+export const hostArch = () => HOST_ARCH[process.arch] ?? process.arch;
 
 /**
  * Why this host cannot run `arch` programs in a chroot as root, or undefined when it can. A
@@ -266,7 +268,7 @@ const HOST_ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64" };
 export function hostProblem(arch: string, opts: { uid?: number; hostArch?: string; binfmtDir?: string } = {}): string | undefined {
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   if (uid !== 0) return "it needs root (chroot and mounts): run the build as root, or in a privileged container (docker run --privileged ...)";
-  const host = opts.hostArch ?? HOST_ARCH[process.arch] ?? process.arch;
+  const host = opts.hostArch ?? hostArch();
   if (arch === host) return undefined;
   const dir = opts.binfmtDir ?? "/proc/sys/fs/binfmt_misc";
   const fix = `on Debian: apt-get install qemu-user-static binfmt-support (in a container, also: mount -t binfmt_misc binfmt_misc ${dir} && update-binfmts --enable qemu-${arch})`;

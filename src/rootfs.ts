@@ -16,10 +16,11 @@ import { configureRootfs } from "./configure";
 import type { NewcRecord } from "./newc";
 import { readListing, walk, writeListing } from "./walk";
 import { hashTree } from "./treehash";
+import { mountEntries, parseFstab } from "./fstab";
 
 /** Where stage 1 comes from. */
 export type Source =
-  | { kind: "alpine"; packages: string[]; branch?: string; mirror?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; refresh?: string }
+  | { kind: "alpine"; packages: string[]; branch?: string; mirror?: string; repositories?: string[]; apk?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; refresh?: string }
   | { kind: "folder"; path: string }
   | { kind: "tarball"; path: string };
 
@@ -52,9 +53,10 @@ export async function packagesHash(spec: RootfsSpec): Promise<string> {
     case "tarball":
       return sha256(JSON.stringify(["rootfs-packages/tarball/1", await sha256File(s.path)]));
     case "alpine":
+      // The apk program is a tool, like cp: named, not hashed (a host's apk is upgraded in place).
       return sha256(JSON.stringify([
-        "rootfs-packages/alpine/1", spec.arch, s.branch ?? DEFAULT_BRANCH, s.mirror ?? DEFAULT_MIRROR, s.packages,
-        s.builderSha256 ?? BUILDER.sha256, s.keysDir ? await hashTree(s.keysDir, { cacheDir: spec.hashCache }) : "", s.refresh ?? "",
+        "rootfs-packages/alpine/2", spec.arch, ...(s.repositories ? [s.repositories] : [s.branch ?? DEFAULT_BRANCH, s.mirror ?? DEFAULT_MIRROR]), s.packages,
+        s.builderSha256 ?? BUILDER.sha256, s.keysDir ? await hashTree(s.keysDir, { cacheDir: spec.hashCache }) : "", s.refresh ?? "", s.apk ?? "",
       ]));
   }
 }
@@ -64,7 +66,7 @@ export async function configureHash(spec: RootfsSpec, stage1: string): Promise<s
   const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
   const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
-  return sha256(JSON.stringify(["rootfs/2", spec.arch, stage1, skel, sys, setup]));
+  return sha256(JSON.stringify(["rootfs/3", spec.arch, stage1, skel, sys, setup]));
 }
 
 export interface Built { path: string; built: boolean }
@@ -96,9 +98,38 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   const linkedFrom = await stage1Records(stage1);
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
+    await makeMountPoints(out, log);
   }, { dir: true });
   if (res.built) await recordListing(res.path, linkedFrom);
   return res;
+}
+
+/**
+ * Every mount point named in the tree's final /etc/fstab (after setup.sh), made where missing
+ * (0755, root's), following the tree's own symlinks; a line whose mount point cannot be made
+ * is an error that names it.
+ */
+export async function makeMountPoints(tree: string, log?: (l: string) => void): Promise<string[]> {
+  const fstab = await resolveInRoot(tree, "etc/fstab");
+  const text = await fs.readFile(fstab, "utf8").catch((e) => (e.code === "ENOENT" ? "" : Promise.reject(e)));
+  const made: string[] = [];
+  for (const e of mountEntries(parseFstab(text))) {
+    const where = `/etc/fstab:${e.line} (${e.spec} on ${e.file})`;
+    if (!e.file.startsWith("/")) throw new Error(`configure: ${where}: the mount point is not an absolute path: write it as /${e.file}`);
+    const dir = await resolveInRoot(tree, e.file);
+    const st = await fs.stat(dir).catch(() => undefined);
+    if (st?.isDirectory()) continue;
+    if (st) throw new Error(`configure: ${where}: ${e.file} is a file in the image, not a folder: remove it (skeleton or setup.sh) or mount elsewhere`);
+    try {
+      await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+    } catch (err: any) {
+      throw new Error(`configure: ${where}: cannot make the mount point (${err.code ?? err.message}): a part of ${e.file} is a file in the image`);
+    }
+    await fs.chmod(dir, 0o755);
+    made.push(e.file);
+  }
+  if (made.length > 0) log?.(`made the mount points ${made.join(", ")} (from /etc/fstab)`);
+  return made;
 }
 
 /**

@@ -34,29 +34,51 @@ export function systemFiles(dir: string): SystemFiles {
 // apk's dependency syntax: an optional `!` (conflict), a name (with a provider prefix such as
 // so: or cmd:), an optional @tag (a pinned repository), an optional version constraint
 // (=, <, >, <=, >=, ~, =~, ><). Nothing a shell would interpret can match.
-const APK_DEP = /^!?[A-Za-z0-9][A-Za-z0-9+_.:-]*(@[A-Za-z0-9_.-]+)?((=|<|>|<=|>=|~|=~|><)[A-Za-z0-9+_.~*-]+)?$/;
+const APK_DEP = /^!?[A-Za-z0-9][A-Za-z0-9+_.:-]*(@[A-Za-z0-9_.-]+)?(?:(?:=|<|>|<=|>=|~|=~|><)[A-Za-z0-9+_.~*-]+)?$/;
 
-/** The package list: one dependency per line; `#` starts a comment; blank lines are ignored. */
-export function parsePackages(text: string, file = "packages"): string[] {
+/**
+ * The package list: one dependency per line; `#` starts a comment; blank lines are ignored.
+ * With `tags` (the @tags that ramroot:repositories defines), a `name@tag` line must name one of
+ * them: apk would otherwise refuse it only once the build runs.
+ */
+export function parsePackages(text: string, file = "packages", tags?: Set<string>): string[] {
   const out: string[] = [];
   text.split("\n").forEach((raw, i) => {
     const line = raw.replace(/#.*/, "").trim();
     if (!line) return;
     const where = `${file}:${i + 1}`;
     if (/\s/.test(line)) throw new SystemError(file, `${where}: "${line}" holds several words: put one package per line`);
-    if (!APK_DEP.test(line))
+    const m = APK_DEP.exec(line);
+    if (!m)
       throw new SystemError(file, `${where}: "${line}" is not an apk package name (letters, digits, + _ . - and an optional version such as =1.2-r0 or >=1.2): fix the line or make it a # comment`);
+    if (tags && m[1] && !tags.has(m[1]))
+      throw new SystemError(file, `${where}: "${line}" pins the repository ${m[1]}, which ramroot:repositories does not define: add "${m[1]} URL" to ramroot:repositories, or remove ${m[1]}`);
     out.push(line);
   });
   return out;
 }
 
-export async function readPackages(file: string, shown = file): Promise<string[]> {
+export async function readPackages(file: string, shown = file, tags?: Set<string>): Promise<string[]> {
   const text = await fs.readFile(file, "utf8").catch((e) => {
     if (e.code === "ENOENT") throw new SystemError(shown, `${shown} does not exist: list the Alpine packages there, one per line (alpine-base, linux-lts, ...)`);
     throw e;
   });
-  return parsePackages(text, shown);
+  return parsePackages(text, shown, tags);
+}
+
+/**
+ * ramroot:repositories, the lines of /etc/apk/repositories: `[@tag ]URL`. Returns the tags it
+ * defines; throws naming the first bad line.
+ */
+export function repositoryTags(lines: string[]): Set<string> {
+  const tags = new Set<string>();
+  lines.forEach((line, i) => {
+    const m = /^(?:(@[A-Za-z0-9_.-]+)\s+)?((?:https?|ftp|file):\/\/\S+|\/\S*)$/.exec(line.trim());
+    if (!m) throw new SystemError("repositories", `ramroot:repositories line ${i + 1} "${line}" is not "[@tag ]URL" (an http(s)://, ftp://, file:// URL or an absolute path, e.g. "@community https://dl-cdn.alpinelinux.org/alpine/edge/community")`);
+    if (m[1]) tags.add(m[1]);
+  });
+  if (lines.length === 0) throw new SystemError("repositories", "ramroot:repositories is empty: list at least one repository, or leave it unset to use ramroot:mirror and ramroot:branch");
+  return tags;
 }
 
 /** The files under `skeleton` that the system would execute but that are not executable. */
@@ -104,7 +126,7 @@ export interface DeclaredSystem {
  * exists, the files in executed folders are executable, the package list parses (required
  * when `needPackages`), setup.sh (optional) has a shebang and is executable.
  */
-export async function validateSystem(dir: string, opts: { shown?: string; needPackages?: boolean; execDirs?: string[] } = {}): Promise<DeclaredSystem> {
+export async function validateSystem(dir: string, opts: { shown?: string; needPackages?: boolean; execDirs?: string[]; tags?: Set<string> } = {}): Promise<DeclaredSystem> {
   const shown = opts.shown ?? dir;
   const f = systemFiles(dir);
   const show = (p: string) => path.join(shown, path.relative(dir, p));
@@ -118,7 +140,7 @@ export async function validateSystem(dir: string, opts: { shown?: string; needPa
     throw new SystemError(files[0], `${files.join(", ")} ${bad.length === 1 ? "is" : "are"} in a folder whose files the system executes but not executable: chmod +x ${files.join(" ")}`);
   }
   const hasPackages = await fs.stat(f.packages).then(() => true, () => false);
-  const packages = hasPackages || opts.needPackages ? await readPackages(f.packages, show(f.packages)) : undefined;
+  const packages = hasPackages || opts.needPackages ? await readPackages(f.packages, show(f.packages), opts.tags) : undefined;
   const setup = (await checkSetup(f.setup, show(f.setup))) ? f.setup : undefined;
   return { skeleton: f.skeleton, packages, setup };
 }

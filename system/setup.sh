@@ -25,6 +25,14 @@ rc-update add mount-ro shutdown
 rc-update add killprocs shutdown
 rc-update add savecache shutdown
 
+# A login on the serial console: ttyAMA0 on the arm64 NAS, ttyS0 on x86_64 (uname -m says the
+# image's architecture, also in a chroot run through qemu-user).
+case "$(uname -m)" in
+	aarch64) serial=ttyAMA0 ;;
+	*) serial=ttyS0 ;;
+esac
+grep -q "^$serial::" /etc/inittab || echo "$serial::respawn:/sbin/getty -L 115200 $serial vt100" >> /etc/inittab
+
 # Small edits, as the original does them: keys only, never passwords, for SSH.
 if [ -f /etc/ssh/sshd_config ]; then
 	sed -i 's/^#*PasswordAuthentication .*/PasswordAuthentication no/' /etc/ssh/sshd_config

@@ -121,9 +121,9 @@ export function apkProblem(o: { apk?: string; keysDir?: string; arch: string; ho
   }
   if (o.keysDir) {
     const entries = readdirSync(o.keysDir, { withFileTypes: true });
-    const folders = entries.filter((e) => e.isDirectory()).map((e) => `${e.name}/`);
+    const folders = entries.filter((e) => e.isDirectory()).map((e) => e.name);
     // The builder copies KEYS_DIR/* without -r: a folder in it stops the build.
-    if (folders.length > 0) return keys(`ramroot:keysDir ${o.keysDir} holds folders (${folders.join(", ")}): point it at the folder that holds the *.rsa.pub keys themselves (e.g. ${path.join(o.keysDir, folders[0]!)})`);
+    if (folders.length > 0) return keys(`ramroot:keysDir ${o.keysDir} holds folders (${folders.map((f) => `${f}/`).join(", ")}): point it at the folder that holds the *.rsa.pub keys themselves (e.g. ${path.join(o.keysDir, folders[0]!)})`);
     if (!entries.some((e) => e.isFile() && e.name.endsWith(".rsa.pub")))
       return keys(`ramroot:keysDir ${o.keysDir} holds no *.rsa.pub key: point it at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${o.arch})`);
   } else if (o.arch !== "x86_64" && !existsSync(o.hostKeys ?? "/etc/apk/keys")) {

@@ -10,11 +10,11 @@ import * as http from "node:http";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Project, repo } from "./project";
-import { EXEC_DIRS, notExecutable, parsePackages, SystemError, validateSystem } from "../src/system";
+import { EXEC_DIRS, notExecutable, parsePackages, repositoryTags, SystemError, validateSystem } from "../src/system";
 import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
-import { BUILDER, fetchBuilder } from "../src/alpine";
+import { apkProblem, BUILDER, builderEnv, fetchBuilder, stripColour } from "../src/alpine";
 import { Store } from "../src/store";
-import { listingFile } from "../src/rootfs";
+import { listingFile, makeMountPoints } from "../src/rootfs";
 import { readListing, walk } from "../src/walk";
 import { handlers as rootfs } from "../components/rootfs";
 
@@ -71,6 +71,79 @@ test("system/ validation: packages, executable folders, setup.sh, host checks", 
   assert.match(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt })!, /without the F flag/);
   fs.writeFileSync(path.join(binfmt, "qemu-aarch64"), "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n");
   assert.equal(hostProblem("aarch64", { uid: 0, hostArch: "x86_64", binfmtDir: binfmt }), undefined);
+});
+
+test("repositories, @tags, apk and keys: checked before anything is built", async (t) => {
+  // A name@tag line needs its tag in ramroot:repositories; without them, no tag is defined.
+  assert.deepEqual(parsePackages("alpine-base\ndosfstools@local\n", "system/packages", new Set(["@local"])), ["alpine-base", "dosfstools@local"]);
+  assert.throws(() => parsePackages("alpine-base\ntailscale@community\n", "system/packages", new Set()),
+    /system\/packages:2: "tailscale@community" pins the repository @community, which ramroot:repositories does not define: add "@community URL" to ramroot:repositories/);
+  assert.deepEqual([...repositoryTags(["https://dl-cdn.alpinelinux.org/alpine/v3.20/main", "@edge https://dl-cdn.alpinelinux.org/alpine/edge/main", "/srv/repo"])], ["@edge"]);
+  for (const bad of ["dl-cdn.alpinelinux.org/alpine", "@tag", "@x y z", "https://a b", "@bad;tag https://x"])
+    assert.throws(() => repositoryTags(["https://ok/main", bad]), (e: any) => e instanceof SystemError && e.message.startsWith(`ramroot:repositories line 2 "${bad}" is not "[@tag ]URL"`), bad);
+  assert.throws(() => repositoryTags([]), /ramroot:repositories is empty/);
+  // The builder gets the repositories file and the apk program through its own variables.
+  const env = builderEnv({ arch: "aarch64", packages: ["a"], apk: "/opt/apk", reposFile: "/tmp/r" }, "/cache");
+  assert.equal(env.APK, "/opt/apk");
+  assert.equal(env.REPOS_FILE, "/tmp/r");
+
+  const dir = tmpdir(t, "ramroot-apk-");
+  const keys = path.join(dir, "keys");
+  fs.mkdirSync(path.join(keys, "aarch64"), { recursive: true });
+  assert.deepEqual(apkProblem({ keysDir: keys, arch: "aarch64", hostArch: "x86_64" }),
+    { key: "keysDir", message: `ramroot:keysDir ${keys} holds folders (aarch64/): point it at the folder that holds the *.rsa.pub keys themselves (e.g. ${keys}/aarch64)` });
+  const flat = path.join(keys, "aarch64");
+  assert.match(apkProblem({ keysDir: flat, arch: "aarch64", hostArch: "x86_64" })!.message, /holds no \*\.rsa\.pub key/);
+  fs.writeFileSync(path.join(flat, "alpine-devel@lists.alpinelinux.org-616ae350.rsa.pub"), "-----BEGIN PUBLIC KEY-----\n");
+  assert.equal(apkProblem({ keysDir: flat, arch: "aarch64", hostArch: "x86_64" }), undefined);
+  // No keys at all: fine for x86_64 (the builder embeds those), not for aarch64.
+  assert.equal(apkProblem({ arch: "x86_64", hostArch: "x86_64", hostKeys: path.join(dir, "none") }), undefined);
+  assert.match(apkProblem({ arch: "aarch64", hostArch: "x86_64", hostKeys: path.join(dir, "none") })!.message, /aarch64 packages are signed with keys that alpine-make-rootfs does not embed, and this host has no \/etc\/apk\/keys: set ramroot:keysDir/);
+  // ramroot:apk: missing, not executable, not an apk.
+  const apk = path.join(dir, "apk");
+  assert.match(apkProblem({ apk, arch: "x86_64" })!.message, new RegExp(`ramroot:apk ${apk} does not exist`));
+  fs.writeFileSync(apk, "#!/bin/sh\necho 'not apk at all' >&2\nexit 3\n", { mode: 0o644 });
+  assert.match(apkProblem({ apk, arch: "x86_64" })!.message, new RegExp(`ramroot:apk ${apk} is not executable: chmod \\+x ${apk}`));
+  fs.chmodSync(apk, 0o755);
+  assert.match(apkProblem({ apk, arch: "x86_64" })!.message, /does not run here \(`.* --version` exited 3: not apk at all\)/);
+  fs.writeFileSync(apk, "#!/bin/sh\necho 'apk-tools 2.14.4, compiled for x86_64.'\n");
+  assert.equal(apkProblem({ apk, arch: "x86_64", keysDir: flat }), undefined);
+  // A build host without apk and without a pinned apk.static for its architecture.
+  assert.match(apkProblem({ arch: "x86_64", hostArch: "riscv64" })?.message ?? "no problem (this host has an apk on PATH)", /riscv64 host has no apk .* set ramroot:apk|apk on PATH/);
+  assert.equal(stripColour("\x1b[1;31mERROR:\x1b[0m unable to select packages"), "ERROR: unable to select packages");
+});
+
+test("the configure stage makes every mount point /etc/fstab names, or names the line it cannot", async (t) => {
+  const dir = tmpdir(t, "ramroot-fstab-");
+  const tree = path.join(dir, "tree");
+  fs.mkdirSync(path.join(tree, "etc"), { recursive: true });
+  fs.mkdirSync(path.join(tree, "srv"));
+  fs.symlinkSync("/srv", path.join(tree, "data"));
+  const fstab = (text: string) => fs.writeFileSync(path.join(tree, "etc", "fstab"), text);
+  fstab([
+    "# the persistence stick",
+    "UUID=B61B-19E7 /media/usb vfat noatime,rw,fmask=177 0 0",
+    "/dev/sdb1 none swap sw 0 0",
+    "LABEL=x /data/disk ext4 defaults 0 2",
+    "tmpfs /mnt/with\\040space tmpfs defaults 0 0",
+    "proc /proc proc defaults 0 0",
+    "",
+  ].join("\n"));
+  assert.deepEqual(await makeMountPoints(tree), ["/media/usb", "/data/disk", "/mnt/with space", "/proc"]);
+  assert.equal(fs.statSync(path.join(tree, "media", "usb")).mode & 0o7777, 0o755);
+  // Through the tree's own symlink (/data -> /srv), never the build host's.
+  assert.ok(fs.statSync(path.join(tree, "srv", "disk")).isDirectory());
+  assert.ok(!fs.existsSync(path.join(tree, "none")));
+  assert.deepEqual(await makeMountPoints(tree), [], "a second run makes nothing");
+  fs.writeFileSync(path.join(tree, "media", "file"), "");
+  fstab("UUID=B61B-19E7 /media/usb vfat rw 0 0\n/dev/sdc1 /media/file/x vfat rw 0 0\n");
+  await assert.rejects(makeMountPoints(tree), /configure: \/etc\/fstab:2 \(\/dev\/sdc1 on \/media\/file\/x\): cannot make the mount point \(ENOTDIR\)/);
+  fstab("/dev/sdc1 /media/file vfat rw 0 0\n");
+  await assert.rejects(makeMountPoints(tree), /\/etc\/fstab:1 \(\/dev\/sdc1 on \/media\/file\): \/media\/file is a file in the image, not a folder/);
+  fstab("/dev/sdc1 media/x vfat rw 0 0\n");
+  await assert.rejects(makeMountPoints(tree), /\/etc\/fstab:1 .*: the mount point is not an absolute path: write it as \/media\/x/);
+  fstab("/dev/sdc1\n");
+  await assert.rejects(makeMountPoints(tree), /\/etc\/fstab:1: "\/dev\/sdc1" has no mount point/);
 });
 
 test("the builder is refused unless its sha256 is the pinned one, before it runs", async (t) => {

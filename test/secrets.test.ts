@@ -68,12 +68,17 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     assert.equal(after.initramfsHash, before.initramfsHash);
   });
 
-  await t.test("production holds its own values: same build, different secrets layer", async () => {
+  await t.test("production holds its own values: same build, different secrets layer (its system folder given as an absolute path)", async () => {
     await run(["stack", "init", "production"]);
     await run(["config", "set", "ramroot:target", "production", "--stack", "production"]);
+    // An absolute ramroot:system once dropped every secret silently (path.join(project, system)).
+    await run(["config", "set", "ramroot:system", path.join(p.dir, "system"), "--stack", "production"]);
     await run(["config", "set", "--secret", "ramroot:testSecret", "production value", "--stack", "production"]);
     await run(["config", "set", "--secret", "ramroot:rootPasswordHash", password, "--stack", "production"]);
+    const mark = p.journal().length;
     await run(["up", "--yes", "--stack", "production"]);
+    const built = p.journal().slice(mark).filter((e) => e.event === "built").map((e) => String(e.artifact).split("/")[0]);
+    assert.ok(built.includes("secrets"), `production built no secrets layer: ${built.join(", ")}`);
     const q = JSON.parse((await run(["stack", "output", "--json", "--stack", "qemu"])).stdout);
     const prod = JSON.parse((await run(["stack", "output", "--json", "--stack", "production"])).stdout);
     assert.equal(prod.buildId, q.buildId);

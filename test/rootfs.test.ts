@@ -280,6 +280,31 @@ test("validation errors from pulumi preview name the file and the fix, and nothi
     },
     /system\/packages does not exist: list the Alpine packages there/);
 
+  const alpine = async (k: string, v: string) => {
+    await p.pulumi(["config", "set", "ramroot:base", "alpine", "--stack", "qemu"]);
+    await p.pulumi(["config", "set", `ramroot:${k}`, v, "--stack", "qemu"]);
+  };
+  const noAlpine = (k: string) => async () => {
+    await p.pulumi(["config", "rm", "ramroot:base", "--stack", "qemu"]);
+    await p.pulumi(["config", "rm", `ramroot:${k}`, "--stack", "qemu"]);
+  };
+  const keysDir = path.join(p.dir, "keys");
+  fs.mkdirSync(path.join(keysDir, "x86_64"), { recursive: true });
+  await failsWith("ramroot:keysDir holding folders (the builder would fail on them)", () => alpine("keysDir", keysDir), noAlpine("keysDir"),
+    new RegExp(`ramroot:keysDir ${keysDir} holds folders \\(x86_64/\\): point it at the folder that holds the \\*\\.rsa\\.pub keys themselves`));
+  await failsWith("ramroot:apk that does not run", () => alpine("apk", "/bin/false"), noAlpine("apk"),
+    /ramroot:apk \/bin\/false does not run here/);
+  await failsWith("a name@tag package without ramroot:repositories",
+    async () => {
+      fs.appendFileSync(path.join(sys, "packages"), "tailscale@community\n");
+      await p.pulumi(["config", "set", "ramroot:base", "alpine", "--stack", "qemu"]);
+    },
+    async () => {
+      packages();
+      await p.pulumi(["config", "rm", "ramroot:base", "--stack", "qemu"]);
+    },
+    /system\/packages:\d+: "tailscale@community" pins the repository @community, which ramroot:repositories does not define/);
+
   await t.test("nothing was built, and the restored system previews cleanly", async () => {
     assert.deepEqual(built(p, 0), []);
     assert.deepEqual(await p.previewSteps("qemu"), ["create boot", "create initramfs", "create media", "create rootfs", "create uki"]);

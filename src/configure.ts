@@ -79,7 +79,14 @@ async function copyTree(from: string, to: string): Promise<false> {
 export async function overlaySkeleton(skeleton: string, out: string): Promise<void> {
   const { execa } = await import("execa");
   await execa("cp", ["-a", "--remove-destination", `${skeleton}/.`, out]);
-  if (process.getuid?.() === 0) for (const rel of await listTree(skeleton)) await fs.lchown(path.join(out, rel), 0, 0);
+  if (process.getuid?.() !== 0) return;
+  for (const rel of await listTree(skeleton)) {
+    const to = path.join(out, rel);
+    await fs.lchown(to, 0, 0);
+    // chown clears the setuid and setgid bits: give the skeleton's mode back (links have none).
+    const st = await fs.lstat(path.join(skeleton, rel));
+    if (!st.isSymbolicLink() && st.mode & 0o6000) await fs.chmod(to, st.mode & 0o7777);
+  }
 }
 
 interface NamespaceJob {

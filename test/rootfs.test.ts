@@ -335,6 +335,12 @@ test("configure links stage 1 and never writes through the links: what setup.sh 
   const system = path.join(dir, "system");
   fs.mkdirSync(path.join(system, "root", "etc"), { recursive: true });
   fs.writeFileSync(path.join(system, "root", "etc", "skeleton-file"), "from the skeleton\n");
+  // Modes are kept, setuid and setgid included (a chown to root would clear them).
+  fs.mkdirSync(path.join(system, "root", "usr", "local", "bin"), { recursive: true });
+  fs.writeFileSync(path.join(system, "root", "usr", "local", "bin", "suid-tool"), "#!/bin/sh\n");
+  fs.chmodSync(path.join(system, "root", "usr", "local", "bin", "suid-tool"), 0o4755);
+  fs.mkdirSync(path.join(system, "root", "srv", "shared"), { recursive: true });
+  fs.chmodSync(path.join(system, "root", "srv", "shared"), 0o2775);
   fs.writeFileSync(path.join(system, "setup.sh"), [
     "#!/bin/sh -e",
     "echo two >> /etc/appended",
@@ -361,6 +367,8 @@ test("configure links stage 1 and never writes through the links: what setup.sh 
   assert.equal(fs.statSync(path.join(out, "etc/keep/new")).ino, fs.statSync(path.join(out, "etc/keep/new-link")).ino);
   assert.equal(read("etc/skeleton-file"), "from the skeleton\n");
   assert.equal(fs.statSync(path.join(out, "etc/skeleton-file")).uid, 0);
+  assert.equal(fs.statSync(path.join(out, "usr/local/bin/suid-tool")).mode & 0o7777, 0o4755);
+  assert.equal(fs.statSync(path.join(out, "srv/shared")).mode & 0o7777, 0o2775);
   // What nobody touched is stage 1's own file, not a copy.
   assert.equal(fs.statSync(path.join(out, "etc/keep/old")).ino, fs.statSync(path.join(stage1, "etc/keep/old")).ino);
   assert.equal(fs.existsSync(path.join(out, "mnt")), fs.existsSync(path.join(stage1, "mnt")));

@@ -106,8 +106,9 @@ function opensslVerifies(dir: string, m: Mirror, sigStream: Buffer, signed: Buff
 
 test("alpine mirror: signed indexes, genuine packages repackaged, cached", async (t) => {
   let start = performance.now();
-  const m = await alpineMirror();
-  if ("unavailable" in m) { t.skip(m.unavailable); return; }
+  const got = await alpineMirror();
+  if ("unavailable" in got) { t.skip(got.unavailable); return; }
+  const m: Mirror = got;
   t.after(() => m.close());
   t.diagnostic(`first call (builds the mirror unless cached): ${ms(start)}`);
   start = performance.now();
@@ -125,16 +126,24 @@ test("alpine mirror: signed indexes, genuine packages repackaged, cached", async
       assert.equal(members.length, 2, `${repo}/${arch}: signature + index`);
       assert.equal(opensslVerifies(dir, m, members[0], members[1]), "Verified OK", `${repo}/${arch} index signature`);
     }
+    // The real apk checks every package's signature and datahash, and trusts only the fixture's key.
+    const main = path.join(m.root, m.branch, "main", arch);
+    const apks = m.manifest.packages[arch].map((p) => p.file);
+    const verified = execFileSync(m.apk, ["--keys-dir", m.keysDir, "verify", ...apks], { cwd: main, encoding: "utf8" });
+    assert.deepEqual(verified.trim().split("\n"), apks.map((f) => `${f}: 0 - OK`));
+    fs.mkdirSync(path.join(dir, "no-keys"), { recursive: true });
+    const untrusted = await new Promise<string>((resolve) => execFile(m.apk, ["--keys-dir", path.join(dir, "no-keys"), "verify", apks[0]], { cwd: main }, (err, out) => resolve(`${err ? "failed" : "passed"}: ${out}`)));
+    assert.equal(untrusted.trim(), `failed: ${apks[0]}: 0 - UNTRUSTED`);
     const [description, apkindex] = readTar(zlib.gunzipSync(gzipMembers(fs.readFileSync(path.join(m.root, m.branch, "main", arch, "APKINDEX.tar.gz")))[1]));
     assert.deepEqual([description.name, apkindex.name], ["DESCRIPTION", "APKINDEX"]);
     const index = new Map(parseDb(apkindex.data.toString()).map((r) => [r.find(([k]) => k === "P")![1], new Map(r)]));
-    const minirootfs: string = fs.readFileSync(m.minirootfsDb[arch], "utf8");
+    const minirootfs = fs.readFileSync(m.minirootfsDb[arch], "utf8");
     const alpineZ = dbChecksums(minirootfs);
-    const alpineC: Map<string, string> = new Map(parseDb(minirootfs).map((r) => [new Map(r).get("P")!, new Map(r).get("C")!]));
+    const alpineC = new Map(parseDb(minirootfs).map((r) => [new Map(r).get("P")!, new Map(r).get("C")!]));
     assert.deepEqual([...alpineC.keys()].filter((p) => !m.manifest.packages[arch].some((q) => q.name === p && !q.synthetic)), [], `${arch}: every minirootfs package is in the mirror`);
 
     for (const p of m.manifest.packages[arch]) {
-      const bytes: Buffer = fs.readFileSync(path.join(m.root, m.branch, "main", arch, p.file));
+      const bytes = fs.readFileSync(path.join(m.root, m.branch, "main", arch, p.file));
       const members = gzipMembers(bytes);
       assert.equal(members.length, 3, `${p.file}: signature, control, data`);
       const [sig, control, data] = members;
@@ -168,8 +177,9 @@ test("alpine mirror: signed indexes, genuine packages repackaged, cached", async
 });
 
 test("alpine-make-rootfs v0.7.0 with the real apk against the mirror, x86_64 and aarch64", async (t) => {
-  const m = await alpineMirror();
-  if ("unavailable" in m) { t.skip(m.unavailable); return; }
+  const got = await alpineMirror();
+  if ("unavailable" in got) { t.skip(got.unavailable); return; }
+  const m: Mirror = got;
   t.after(() => m.close());
   const dir = tmpdir(t, "ramroot-amr-");
   // Fetched from the mirror's server and checked, as the project fetches its pinned builder.

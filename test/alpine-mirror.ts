@@ -15,7 +15,7 @@
 //   C: (the SHA-1 of the control stream) differs from the minirootfs's.
 // - synthetic packages, each labelled "ramroot test fixture: synthetic stand-in, not an Alpine
 //   package" in its pkgdesc: what system/packages and alpine-make-rootfs need that the minirootfs
-//   lacks (SYNTHETIC below). The kernel, its modules, the EFI stub and the OpenRC stand-in come
+//   lacks (synthetic() below). The kernel, its modules, the EFI stub and the OpenRC stand-in come
 //   from the Debian-made test tree of scripts/testsys.sh.
 // - community: a valid, signed, empty index.
 //
@@ -152,14 +152,17 @@ export async function buildAlpineMirror(): Promise<BuiltMirror | { unavailable: 
       fs.mkdirSync(path.join(tmp, "db"), { recursive: true });
       fs.copyFileSync(path.join(mini, "lib/apk/db/installed"), path.join(tmp, "db", `${arch}-installed`));
     }));
-    // apk for the build host: the x86_64 minirootfs, kept whole for its loader and libraries.
-    fs.renameSync(path.join(tmp, "minirootfs-x86_64"), path.join(tmp, "host"));
-    fs.rmSync(path.join(tmp, "minirootfs-aarch64"), { recursive: true, force: true });
+    // apk for the build host (x86_64; an arm64 host would take the other): the minirootfs kept
+    // whole for its musl loader and libraries. The same apk installs the other arch's packages.
+    const hostArch: Arch = process.arch === "arm64" ? "aarch64" : "x86_64";
+    for (const arch of ARCHES)
+      if (arch === hostArch) fs.renameSync(path.join(tmp, `minirootfs-${arch}`), path.join(tmp, "host"));
+      else fs.rmSync(path.join(tmp, `minirootfs-${arch}`), { recursive: true, force: true });
     fs.mkdirSync(path.join(tmp, "bin"));
     const host = path.join(dir, "host");
     fs.writeFileSync(path.join(tmp, "bin", "apk"),
-      "#!/bin/sh\n# ramroot test fixture: the Alpine 3.20.3 x86_64 minirootfs's own apk-tools, run through its musl loader.\n" +
-      `exec '${host}/lib/ld-musl-x86_64.so.1' --library-path '${host}/lib:${host}/usr/lib' '${host}/sbin/apk' "$@"\n`, { mode: 0o755 });
+      `#!/bin/sh\n# ramroot test fixture: the Alpine ${RELEASE} ${hostArch} minirootfs's own apk-tools, run through its musl loader.\n` +
+      `exec '${host}/lib/ld-musl-${hostArch}.so.1' --library-path '${host}/lib:${host}/usr/lib' '${host}/sbin/apk' "$@"\n`, { mode: 0o755 });
     fs.mkdirSync(path.join(tmp, "keys"));
     fs.writeFileSync(path.join(tmp, "keys", key.name), key.publicPem);
     fs.copyFileSync(mat.builder, path.join(tmp, builderName));
@@ -211,7 +214,7 @@ async function material(): Promise<Material | { unavailable: string }> {
       found[name] = cached;
     } catch (e: any) {
       const why = e?.cause?.message ?? e?.message ?? String(e);
-      return { unavailable: `cannot run: ../shared/alpine is absent and ${url} could not be fetched: ${why}` };
+      return { unavailable: `cannot run: ${shared ? `${shared} has no ${name}` : "../shared/alpine is absent"} and ${url} could not be fetched: ${why}` };
     }
   }
   return { minirootfs: { x86_64: found[minirootfsName("x86_64")], aarch64: found[minirootfsName("aarch64")] }, builder: found[builderName] };
@@ -241,7 +244,7 @@ async function testTree(arch: Arch): Promise<TestTree | { unavailable: string }>
     return { unavailable: `cannot run: scripts/testsys.sh ${arch} failed: ${String(e.stderr || e.message).trim().split("\n").slice(-3).join(" ")}` };
   }
   const info = Object.fromEntries(fs.readFileSync(path.join(dir, "etc", "ramroot-testsys"), "utf8").split("\n").filter((l) => l.includes("=")).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
-  const kver = info.KERNEL;
+  const kver = info.KERNEL ?? fs.readdirSync(path.join(dir, "lib", "modules"))[0];
   const stub = arch === "x86_64" ? "linuxx64.efi.stub" : "linuxaa64.efi.stub";
   const rels = ["etc/ramroot-testsys", "sbin/openrc", "sbin/rc-update", "sbin/rc-service", `boot/vmlinuz-${kver}`, `boot/config-${kver}`, `usr/lib/systemd/boot/efi/${stub}`,
     ...walkTree(dir, "etc/init.d"), ...walkTree(dir, `lib/modules/${kver}`)];
@@ -540,7 +543,20 @@ async function buildArch(arch: Arch, mini: string, tree: TestTree, key: Key, out
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic packages: what the example system and alpine-make-rootfs install that the minirootfs
-// lacks. Each pkgdesc says so; the README of the report lists how each differs from Alpine's.
+// lacks, each labelled in its pkgdesc. How each differs from Alpine's package of that name:
+//   alpine-base          a metapackage as Alpine's, without the dependencies not here (alpine-conf,
+//                        busybox-openrc, busybox-mdev-openrc)
+//   alpine-release       Alpine's own three files, from the minirootfs (no package there owns them)
+//   busybox-suid         empty: no /bin/bbsuid, so no setuid applets
+//   openrc               the test tree's busybox-sh stand-in (openrc, rc-update, rc-service, and its
+//                        etc/init.d/*): no openrc-run, no service dependencies or supervision
+//   linux-lts            Debian's kernel and the test tree's module subset; kernel.release holds
+//                        Debian's release name (6.1.0-56-arm64, not 6.6.x-0-lts); no System.map
+//   mkinitfs             /sbin/mkinitfs writes a one-line marker, not an initramfs; its trigger
+//                        behaves as Alpine's; no features.d, initramfs-init or nlplug-findfs
+//   systemd-efistub      Debian's systemd-stub (bookworm: 252) at Alpine's path
+//   openssh, dosfstools  empty
+//   linux-firmware-none  empty, as Alpine's is
 
 const LABEL = "ramroot test fixture: synthetic stand-in, not an Alpine package:";
 
@@ -628,8 +644,10 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
   // alpine-release's files are genuine (the minirootfs has them, no package of its database owns them).
   const release = ["etc/alpine-release", "etc/issue", "etc/os-release"].filter((f) => !owned.has(f) && fs.existsSync(path.join(mini, f)));
   return [
-    pkg({ name: "alpine-base", version: `${RELEASE}-r0`, license: "MIT",
-      depends: ["alpine-baselayout", "alpine-keys", "alpine-release", "apk-tools", "busybox", "busybox-suid", "musl-utils", "openrc"],
+    // Alpine's depends on alpine-conf, busybox-mdev-openrc and busybox-openrc too, which are not
+    // here; alpine-keys comes through alpine-release, as in Alpine.
+    pkg({ name: "alpine-base", version: `${RELEASE}-r0`, license: "MIT", replaces: ["alpine-baselayout"],
+      depends: ["alpine-baselayout", "alpine-release", "apk-tools", "busybox", "busybox-suid", "musl-utils", "openrc"],
       desc: "Alpine's alpine-base metapackage, with those of its dependencies this mirror has (no alpine-conf, busybox-openrc, busybox-mdev-openrc)" }),
     pkg({ name: "alpine-release", version: `${RELEASE}-r0`, origin: "alpine-base", depends: ["alpine-keys"],
       desc: `Alpine ${RELEASE}'s release files (${release.join(", ")}, copied from the minirootfs)` }, release.map((f) => copy(mini, f))),

@@ -1,7 +1,11 @@
 // BootCheck: boots the qemu stack's boot disk headless (TCG, the arch's UEFI firmware) and waits
-// for a marker on the serial console. On success it records in the store that this UKI (by the
-// sha256 of its bytes) booted, which is what lets production refuse bytes that never did. On
-// failure `pulumi up` fails with the last console lines.
+// for a marker on the serial console and for the guest's health report (src/health.ts: fstab's
+// mounts, OpenRC's failed services); then the guest powers itself off (asked through QEMU's
+// fw_cfg, which no real machine has), qemu must exit by itself, and the persistence image must
+// be clean (fsck.vfat -n). On success it records in the store that this UKI (by the sha256 of
+// its bytes) booted, which is what lets production refuse bytes that never did. On failure
+// `pulumi up` fails naming what is wrong (a mount missing, a service failed, no report, no
+// power-off, a dirty persistence image) with the report and the last console lines.
 import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
@@ -27,11 +31,12 @@ export interface BootCheckArgs {
 
 interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string }
 
-export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string }
+export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[] }
 
-export const handlers = artifactHandlers<Inputs, { seconds: number; console: string }>({
+export const handlers = artifactHandlers<Inputs, { seconds: number; console: string; health: string; shutdownSeconds: number }>({
   kind: "bootcheck",
-  version: 1,
+  // 2: the health report, the clean power-off and the fsck are part of the check.
+  version: 2,
   hashKeys: ["arch", "diskHash", "marker"],
   async validate(i) {
     if (isKnown(i.marker) && !i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
@@ -41,7 +46,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
     return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker]));
   },
   async build(i, ctx) {
-    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU, waiting for "${i.marker}"`);
+    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU, waiting for "${i.marker}" and the health report`);
     const res = await bootCheck({
       arch: i.arch as Arch,
       disk: i.disk,
@@ -49,21 +54,21 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       marker: i.marker,
       timeoutMs: (i.timeoutSeconds ?? 180) * 1000,
       memoryMiB: i.memoryMiB,
-      // The marker line is printed after the guest synced the persistence disk.
-      exitGraceMs: 500,
+      health: true,
+      powerOff: true,
       // The guest's own lines, not the kernel's timestamped ones: progress without a flood.
       log: (line) => {
-        if (/^ramroot:/.test(line)) ctx.log(`console: ${line}`);
+        if (/^ramroot(-health)?:/.test(line)) ctx.log(`console: ${line}`);
       },
     });
-    const record: BootRecord = { ukiSha256: i.ukiSha256, buildId: i.buildId, stack: i.stack, arch: i.arch, seconds: res.seconds, time: new Date().toISOString() };
+    const record: BootRecord = { ukiSha256: i.ukiSha256, buildId: i.buildId, stack: i.stack, arch: i.arch, seconds: res.seconds, time: new Date().toISOString(), health: res.health!.lines };
     // By the exact bytes, and by build id: a production UKI that differs only in its secrets
     // layer is the same build (components/uki.ts).
     await ctx.store.writeRecord(`booted/${i.ukiSha256}.json`, record);
     await ctx.store.writeRecord(`booted-build/${i.buildId}.json`, record);
     await ctx.store.journal({ event: "booted", uki: i.ukiSha256, buildId: i.buildId, seconds: res.seconds });
-    ctx.log(`build ${i.buildId} booted in ${res.seconds.toFixed(1)} s`);
-    return { seconds: res.seconds, console: res.console.split("\n").slice(-40).join("\n") };
+    ctx.log(`build ${i.buildId} booted in ${res.seconds.toFixed(1)} s, reported healthy, powered off in ${(res.shutdownSeconds ?? 0).toFixed(1)} s; the persistence image is clean`);
+    return { seconds: res.seconds, console: res.console.split("\n").slice(-40).join("\n"), health: res.health!.lines.join("\n"), shutdownSeconds: res.shutdownSeconds ?? 0 };
   },
 });
 
@@ -71,7 +76,11 @@ export class BootCheck extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly seconds: pulumi.Output<number>;
   declare readonly console: pulumi.Output<string>;
+  /** The guest's health report (ramroot-health: lines, src/health.ts). */
+  declare readonly health: pulumi.Output<string>;
+  /** Seconds from the report to qemu's exit (the guest's clean power-off). */
+  declare readonly shutdownSeconds: pulumi.Output<number>;
   constructor(name: string, args: BootCheckArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("bootcheck"), name, { ...args, hash: undefined, seconds: undefined, console: undefined }, opts, "ramroot", "BootCheck");
+    super(dynamicProvider("bootcheck"), name, { ...args, hash: undefined, seconds: undefined, console: undefined, health: undefined, shutdownSeconds: undefined }, opts, "ramroot", "BootCheck");
   }
 }

@@ -11,6 +11,7 @@ import { sha256, sha256File } from "../src/store";
 import { buildUki, kernelRelease, validateCmdline } from "../src/uki";
 import { resolveInRoot } from "../src/rootfs";
 import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
+import { healthFiles, healthFilesHash } from "../src/health";
 
 export interface UkiArgs {
   rootfs: pulumi.Input<string>;
@@ -40,7 +41,8 @@ interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initram
 const buildInputs = async (i: Inputs) => {
   // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
   const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
-  return ["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release"];
+  // ramroot's own files in the release member (the health report) are part of the build.
+  return ["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
 };
 
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
@@ -75,7 +77,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     const uname = (await kernelRelease(kernel)) ?? "";
     const release = await ctx.store.put(`release/${i.hash}.cpio`, async (tmp) => {
       const text = releaseFile({ BUILD_ID: buildId, UKI_INPUTS: i.hash, ROOTFS: i.rootfsHash, INITRAMFS: i.initramfsHash, KERNEL: uname, CMDLINE: i.cmdline });
-      await fs.writeFile(tmp, await smallArchive([{ name: "etc/ramroot-release", content: text }, { name: "etc/os-release", content: osrel }]));
+      await fs.writeFile(tmp, await smallArchive([{ name: "etc/ramroot-release", content: text }, { name: "etc/os-release", content: osrel }, ...healthFiles()]));
     });
     let info = { sha256: "", size: 0 };
     const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {

@@ -11,12 +11,16 @@
 #
 # The tree:
 #   bin/busybox + applet symlinks (busybox --list-full)   sbin/init is busybox init
-#   etc/inittab (Alpine's: openrc sysinit/boot/default/shutdown), etc/local.d/, etc/runlevels/,
+#   etc/inittab (Alpine's: openrc sysinit/boot/default/shutdown), etc/local.d/, etc/runlevels/
+#     (empty, as on a fresh Alpine: a system enables its services), var/run -> /run,
 #   etc/fstab (UUID=B61B-19E7 /media/usb vfat ...)
-#   sbin/openrc, sbin/rc-update, sbin/rc-service: a tiny OpenRC stand-in (busybox sh), so that
-#     an Alpine-style system/ (inittab, setup.sh's rc-update add ...) boots on this tree
+#   sbin/openrc, sbin/rc-update, sbin/rc-service, etc/init.d/*: an OpenRC stand-in (busybox sh)
+#     that keeps OpenRC's state in /run/openrc, with stand-ins for the services the example
+#     system enables, so that an Alpine-style system/ (inittab, setup.sh's rc-update add ...)
+#     boots on this tree and ramroot's health report reads it as it reads OpenRC's
 #   etc/passwd, etc/group, etc/hostname, etc/os-release, etc/ramroot-testsys (KERNEL=<release>)
-#   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage and their deps
+#   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage, qemu_fw_cfg
+#     and their deps
 #   boot/vmlinuz-<release>, boot/vmlinuz (symlink), boot/efistub (systemd-stub, also at
 #   usr/lib/systemd/boot/efi/linux{x64,aa64}.efi.stub as Alpine's systemd-efistub puts it)
 # /boot goes into the UKI, never into the initramfs.
@@ -27,10 +31,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 RAMROOT_CACHE=${RAMROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ramroot}
 export RAMROOT_CACHE
 
-# Modules the rc script loads, plus what a real NAS needs to reach its USB stick. Missing ones
-# (built in, or absent from the flavour: the cloud kernels have no USB) are skipped.
+# What the boot check's QEMU devices need (hwdrivers loads them by modalias), qemu_fw_cfg (ramroot's
+# health hook reads QEMU's request to power off through it), plus what a real NAS needs to reach
+# its USB stick. Missing ones (built in, or absent from the flavour: the cloud kernels have no
+# USB) are skipped.
 MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console vfat fat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1
-  usb-storage uas sd_mod xhci-pci xhci-plat-hcd ehci-pci ehci-platform ohci-pci"
+  qemu_fw_cfg usb-storage uas sd_mod xhci-pci xhci-plat-hcd ehci-pci ehci-platform ohci-pci"
 
 die() { echo "testsys.sh: $*" >&2; exit 1; }
 
@@ -114,87 +120,496 @@ install_modules() {
 	depmod -b "$T" "$KVER"
 }
 
-# A stand-in for OpenRC, in busybox sh: enough for an Alpine inittab and setup.sh to work here.
-#   openrc RUNLEVEL     sysinit: /proc, /sys, /dev, /run, modules; boot: hostname, mount -a (the
-#                       persistence stick); default: /etc/local.d/*.start (OpenRC's local service);
-#                       shutdown: *.stop, unmount. Each prints the services enabled in that runlevel.
-#   rc-update add|del SVC [RUNLEVEL]   the symlink /etc/runlevels/RUNLEVEL/SVC -> /etc/init.d/SVC, as OpenRC
-#   rc-service ...      does nothing (no service scripts here)
+# A stand-in for OpenRC, in busybox sh, that behaves like OpenRC where ramroot's health report
+# (src/health.ts) looks: an Alpine inittab, setup.sh's `rc-update add` lines and the runlevels
+# work here, and /run/openrc records what started and what failed.
+#   openrc RUNLEVEL   sysinit first mounts /proc, /sys and /run (OpenRC's init.sh and sysfs);
+#                     then, for every runlevel, starts each service linked in
+#                     /etc/runlevels/RUNLEVEL that is not started yet, through rc-service.
+#                     `openrc shutdown` stops the started services (last started first, with
+#                     RC_GOINGDOWN=YES), then starts the shutdown runlevel's (killprocs, savecache,
+#                     mount-ro).
+#   rc-service SVC start|stop|restart|status   runs /etc/init.d/SVC ACTION and keeps OpenRC's state:
+#                     /run/openrc/starting/SVC while it starts, then started/SVC, or failed/SVC and
+#                     " * ERROR: SVC failed to start" (links to /etc/init.d/SVC, as OpenRC's).
+#   rc-update add|del SVC [RUNLEVEL]   the link /etc/runlevels/RUNLEVEL/SVC -> /etc/init.d/SVC;
+#                     refuses a service without an /etc/init.d script, as OpenRC's does.
+#   etc/init.d/*      small labelled stand-ins for the services the example setup.sh enables.
+# Not OpenRC: no dependency tree (a fixed order: FIRST, then the rest by name, then LAST), no
+# parallel start, no rc.conf, no openrc-run (the scripts are plain sh taking start|stop), no
+# `need`/`use`, no hotplug or inactive states of its own.
 install_openrc_standin() {
-	cat >"$T/sbin/openrc" <<-'EOF'
-	#!/bin/sh
-	# ramroot test system: a stand-in for OpenRC's `openrc RUNLEVEL` (scripts/testsys.sh).
-	export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-	level=${1:-default}
-	case "$level" in
-	sysinit)
-		mount -t proc proc /proc
-		mount -t sysfs sysfs /sys
-		mount -t devtmpfs devtmpfs /dev 2>/dev/null
-		mkdir -p /dev/pts /dev/shm
-		mount -t devpts devpts /dev/pts
-		mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-		for m in virtio_pci virtio_blk vfat nls_cp437 nls_ascii usb-storage sd_mod xhci-pci; do
-			modprobe -q "$m" 2>/dev/null
-		done
-		;;
-	boot)
-		hostname -F /etc/hostname 2>/dev/null
-		# The persistence disk appears asynchronously: wait up to 5 s for its UUID.
-		i=0
-		while [ $i -lt 50 ] && ! findfs UUID=B61B-19E7 >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
-		mount -a 2>/dev/null
-		if ! grep -q ' /media/usb ' /proc/mounts && dev=$(findfs UUID=B61B-19E7 2>/dev/null); then
-			mount -t vfat -o noatime,rw,fmask=177 "$dev" /media/usb
-		fi
-		;;
-	default)
-		# OpenRC's local service, when enabled (or when nothing was ever enabled). The links
-		# point at service scripts this tree does not have: test them with -L.
-		set -- /etc/runlevels/*/*
-		if [ -L /etc/runlevels/default/local ] || ! [ -L "$1" ]; then
-			for f in /etc/local.d/*.start; do
-				[ -x "$f" ] && "$f"
-			done
-		fi
-		;;
-	shutdown)
-		for f in /etc/local.d/*.stop; do
-			[ -x "$f" ] && "$f"
-		done
-		sync
-		umount -a -r 2>/dev/null
-		;;
-	*) echo "openrc: unknown runlevel $level" >&2; exit 1 ;;
-	esac
-	echo "openrc (ramroot stand-in): $level:" $(ls /etc/runlevels/"$level" 2>/dev/null)
-	exit 0
-	EOF
-	cat >"$T/sbin/rc-update" <<-'EOF'
-	#!/bin/sh
-	# ramroot test system: OpenRC's rc-update add|del SERVICE [RUNLEVEL] (default runlevel: default).
-	usage() { echo "usage: rc-update add|del SERVICE [RUNLEVEL] | show" >&2; exit 1; }
-	case "${1:-}" in
-	add|del) [ -n "${2:-}" ] || usage; svc=$2 level=${3:-default} ;;
-	show|"") for d in /etc/runlevels/*/; do echo "$(basename "$d"):" $(ls "$d"); done; exit 0 ;;
-	*) usage ;;
-	esac
-	case "$svc$level" in */*|.*) echo "rc-update: bad name $svc $level" >&2; exit 1 ;; esac
-	mkdir -p "/etc/runlevels/$level"
-	if [ "$1" = add ]; then
-		ln -sfn "/etc/init.d/$svc" "/etc/runlevels/$level/$svc"
-		echo " * service $svc added to runlevel $level"
-	else
-		rm -f "/etc/runlevels/$level/$svc"
-		echo " * service $svc removed from runlevel $level"
+	cat >"$T/sbin/openrc" <<'EOF'
+#!/bin/sh
+# ramroot test system: a stand-in for OpenRC's `openrc RUNLEVEL` (scripts/testsys.sh), in busybox
+# sh. Starts the services linked in /etc/runlevels/RUNLEVEL through rc-service, which records
+# /run/openrc/started/SVC or failed/SVC as OpenRC does; `openrc shutdown` stops what was started,
+# last first, then starts the shutdown runlevel. No dependency tree: a fixed order instead.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+svcdir=/run/openrc
+# Where OpenRC's dependencies put them (devfs before mdev and hwdrivers, modules before
+# localmount, localmount before what writes to disks; local after everything; mount-ro last).
+FIRST="sysfs devfs dmesg mdev hwdrivers modules sysctl hostname hwclock swclock fsck root localmount"
+LAST="killprocs savecache mount-ro local"
+has() { [ -e "$1" ] || [ -L "$1" ]; }
+# The services of runlevel $1, in start order.
+ordered() {
+	dir=/etc/runlevels/$1
+	for s in $FIRST; do has "$dir/$s" && echo "$s"; done
+	for f in "$dir"/*; do
+		has "$f" || continue
+		s=${f##*/}
+		case " $FIRST $LAST " in *" $s "*) ;; *) echo "$s" ;; esac
+	done
+	for s in $LAST; do has "$dir/$s" && echo "$s"; done
+}
+level=${1:-default}
+case "$level" in
+sysinit)
+	echo "   OpenRC (ramroot test-system stand-in) is starting up Linux $(uname -r) ($(uname -m))"
+	grep -q ' /proc ' /proc/mounts 2>/dev/null || mount -t proc -o nosuid,nodev,noexec proc /proc
+	grep -q ' /sys ' /proc/mounts || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+	grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev,size=10% tmpfs /run
+	;;
+esac
+mkdir -p "$svcdir/started" "$svcdir/starting" "$svcdir/stopping" "$svcdir/failed" "$svcdir/inactive"
+echo "$level" >"$svcdir/softlevel"
+case "$level" in
+shutdown | reboot)
+	export RC_GOINGDOWN=YES
+	keep=" $(ordered sysinit | tr '\n' ' ') $(ordered shutdown | tr '\n' ' ') "
+	order=" $(ordered boot | tr '\n' ' ') $(ordered default | tr '\n' ' ') "
+	# Started by hand (rc-service) and not in a runlevel: stopped first.
+	for f in "$svcdir"/started/*; do
+		has "$f" || continue
+		s=${f##*/}
+		case "$order$keep" in *" $s "*) ;; *) order=" $s$order" ;; esac
+	done
+	reversed=""
+	for s in $order; do reversed="$s $reversed"; done
+	for s in $reversed; do
+		case "$keep" in *" $s "*) continue ;; esac
+		has "$svcdir/started/$s" && rc-service "$s" stop
+	done
+	for s in $(ordered shutdown); do rc-service "$s" start; done
+	;;
+*)
+	[ -d "/etc/runlevels/$level" ] || { echo " * ERROR: runlevel $level does not exist" >&2; exit 1; }
+	for s in $(ordered "$level"); do
+		has "$svcdir/started/$s" || rc-service "$s" start
+	done
+	;;
+esac
+exit 0
+EOF
+	cat >"$T/sbin/rc-service" <<'EOF'
+#!/bin/sh
+# ramroot test system: a stand-in for OpenRC's `rc-service SERVICE start|stop|restart|status`
+# (scripts/testsys.sh) and the state keeping of openrc-run: runs /etc/init.d/SERVICE ACTION and
+# records it under /run/openrc as OpenRC does: starting/SERVICE while it starts, then
+# started/SERVICE, or failed/SERVICE with " * ERROR: SERVICE failed to start"; stopping/ likewise.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+svcdir=/run/openrc
+usage() { echo "usage: rc-service SERVICE start|stop|restart|status | --exists SERVICE | --list" >&2; exit 1; }
+case "${1:-}" in
+-e | --exists) [ -n "${2:-}" ] && [ -x "/etc/init.d/$2" ]; exit ;;
+-l | --list) ls /etc/init.d; exit 0 ;;
+"" | -*) usage ;;
+esac
+svc=$1 action=${2:-}
+script=/etc/init.d/$svc
+case "$svc" in */* | .*) echo " * rc-service: bad service name $svc" >&2; exit 1 ;; esac
+[ -x "$script" ] || { echo " * rc-service: service \`$svc' does not exist" >&2; exit 1; }
+mkdir -p "$svcdir/started" "$svcdir/starting" "$svcdir/stopping" "$svcdir/failed" "$svcdir/inactive"
+has() { [ -e "$svcdir/$1/$svc" ] || [ -L "$svcdir/$1/$svc" ]; }
+mark() { ln -sfn "$script" "$svcdir/$1/$svc"; }
+unmark() { rm -f "$svcdir/$1/$svc"; }
+start() {
+	if has started; then echo " * WARNING: $svc has already been started"; return 0; fi
+	unmark failed
+	mark starting
+	echo " * Starting $svc ..."
+	"$script" start
+	rc=$?
+	unmark starting
+	if [ $rc -eq 0 ]; then
+		mark started
+		return 0
 	fi
-	EOF
-	cat >"$T/sbin/rc-service" <<-'EOF'
-	#!/bin/sh
-	# ramroot test system: there are no service scripts; rc-service does nothing.
-	exit 0
-	EOF
+	mark failed
+	echo " * ERROR: $svc failed to start"
+	return 1
+}
+stop() {
+	if ! has started; then echo " * WARNING: $svc is already stopped"; return 0; fi
+	mark stopping
+	echo " * Stopping $svc ..."
+	"$script" stop
+	rc=$?
+	unmark stopping
+	if [ $rc -eq 0 ]; then
+		unmark started
+		return 0
+	fi
+	echo " * ERROR: $svc failed to stop"
+	return 1
+}
+case "$action" in
+start) start ;;
+stop) stop ;;
+restart) stop && start ;;
+status)
+	if has starting; then echo " * status: starting"; exit 0
+	elif has started; then echo " * status: started"; exit 0
+	elif has failed; then echo " * status: crashed"; exit 32
+	else echo " * status: stopped"; exit 3
+	fi
+	;;
+*) usage ;;
+esac
+EOF
+	cat >"$T/sbin/rc-update" <<'EOF'
+#!/bin/sh
+# ramroot test system: a stand-in for OpenRC's `rc-update add|del SERVICE [RUNLEVEL]` (default
+# runlevel: default) and `rc-update show` (scripts/testsys.sh): the link
+# /etc/runlevels/RUNLEVEL/SERVICE -> /etc/init.d/SERVICE. As OpenRC's, it refuses a service that
+# has no /etc/init.d script.
+usage() { echo "usage: rc-update add|del SERVICE [RUNLEVEL] | show" >&2; exit 1; }
+case "${1:-}" in
+add | del) [ -n "${2:-}" ] || usage; svc=$2 level=${3:-default} ;;
+show | "") for d in /etc/runlevels/*/; do echo "$(basename "$d"):" $(ls "$d"); done; exit 0 ;;
+*) usage ;;
+esac
+case "$svc$level" in */* | .*) echo " * rc-update: bad name $svc $level" >&2; exit 1 ;; esac
+if [ "$1" = add ]; then
+	if ! [ -e "/etc/init.d/$svc" ]; then
+		echo " * rc-update: service \`$svc' does not exist" >&2
+		exit 1
+	fi
+	mkdir -p "/etc/runlevels/$level"
+	if [ -L "/etc/runlevels/$level/$svc" ]; then
+		echo " * rc-update: $svc already installed in runlevel \`$level'; skipping"
+		exit 0
+	fi
+	ln -sfn "/etc/init.d/$svc" "/etc/runlevels/$level/$svc"
+	echo " * service $svc added to runlevel $level"
+else
+	if ! [ -L "/etc/runlevels/$level/$svc" ]; then
+		echo " * rc-update: service \`$svc' is not in the runlevel \`$level'" >&2
+		exit 1
+	fi
+	rm -f "/etc/runlevels/$level/$svc"
+	echo " * service $svc removed from runlevel $level"
+fi
+EOF
 	chmod 0755 "$T/sbin/openrc" "$T/sbin/rc-update" "$T/sbin/rc-service"
+	install_initd_standins
+}
+
+# Writes etc/init.d/$1 from stdin, executable.
+initd() {
+	cat >"$T/etc/init.d/$1"
+	chmod 0755 "$T/etc/init.d/$1"
+}
+
+# Stand-ins for the services of the example system/setup.sh. Each is plain sh taking start|stop
+# (OpenRC's are openrc-run scripts) and says in its first lines what the real one does and what
+# this one does instead.
+install_initd_standins() {
+	mkdir -p "$T/etc/init.d"
+	initd devfs <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's devfs service. As the real one:
+# devtmpfs on /dev, devpts, /dev/shm and the /dev/fd links.
+case "$1" in
+start)
+	grep -q ' /dev ' /proc/mounts || mount -t devtmpfs -o exec,nosuid,mode=0755,size=10M devtmpfs /dev || exit 1
+	mkdir -p /dev/pts /dev/shm
+	grep -q ' /dev/pts ' /proc/mounts || mount -t devpts -o gid=5,mode=0620,noexec,nosuid devpts /dev/pts
+	grep -q ' /dev/shm ' /proc/mounts || mount -t tmpfs -o nodev,nosuid,noexec shm /dev/shm
+	[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+	[ -e /dev/stdin ] || ln -s fd/0 /dev/stdin
+	[ -e /dev/stdout ] || ln -s fd/1 /dev/stdout
+	[ -e /dev/stderr ] || ln -s fd/2 /dev/stderr
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd dmesg <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's dmesg service. As the real one:
+# the console's kernel log level from /etc/conf.d/dmesg (dmesg_level, default 1).
+dmesg_level=1
+[ -f /etc/conf.d/dmesg ] && . /etc/conf.d/dmesg
+case "$1" in
+start) dmesg -n "$dmesg_level" ;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd mdev <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's mdev service. As the real one:
+# mdev as the kernel's hotplug helper, then `mdev -s` for the devices already there.
+case "$1" in
+start)
+	[ -w /proc/sys/kernel/hotplug ] && echo /sbin/mdev >/proc/sys/kernel/hotplug
+	mdev -s
+	;;
+stop) [ -w /proc/sys/kernel/hotplug ] && echo "" >/proc/sys/kernel/hotplug; exit 0 ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd hwdrivers <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's hwdrivers service. As the real
+# one: loads the module for every device's modalias in /sys (busybox modprobe reads
+# modules.alias), twice, so that the devices the first pass's drivers bring (virtio_pci's disks)
+# get theirs too. The test tree holds only a subset of the kernel's modules: the rest are skipped.
+case "$1" in
+start)
+	for pass in 1 2; do
+		find /sys -name modalias -type f -print0 2>/dev/null | xargs -0 sort -u | xargs modprobe -b -a -q 2>/dev/null
+	done
+	exit 0
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd modules <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's modules service. As the real
+# one: loads the modules named in /etc/modules and /etc/modules-load.d/*.conf, one per line.
+case "$1" in
+start)
+	for f in /etc/modules /etc/modules-load.d/*.conf; do
+		[ -f "$f" ] || continue
+		sed -e 's/#.*//' "$f" | while read -r m args; do
+			[ -n "$m" ] && modprobe -q "$m" $args
+		done
+	done
+	exit 0
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd sysctl <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's sysctl service. As the real
+# one: applies /etc/sysctl.conf and /etc/sysctl.d/*.conf.
+case "$1" in
+start)
+	rc=0
+	for f in /etc/sysctl.d/*.conf /etc/sysctl.conf; do
+		[ -f "$f" ] && { sysctl -q -p "$f" || rc=1; }
+	done
+	exit $rc
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd hostname <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's hostname service. As the real
+# one: the host name from /etc/hostname (else "localhost").
+case "$1" in
+start)
+	if [ -s /etc/hostname ]; then hostname -F /etc/hostname; else hostname localhost; fi
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd bootmisc <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's bootmisc service. The real one
+# cleans /tmp and /var/run and prepares /var/log; this one makes the folders.
+case "$1" in
+start) mkdir -p /var/log /var/tmp /var/lib /run/lock && chmod 1777 /var/tmp ;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd syslog <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's syslog service. As the real
+# one: busybox syslogd (SYSLOGD_OPTS from /etc/conf.d/syslog), writing /var/log/messages.
+SYSLOGD_OPTS=""
+[ -f /etc/conf.d/syslog ] && . /etc/conf.d/syslog
+case "$1" in
+start) mkdir -p /var/log && syslogd $SYSLOGD_OPTS ;;
+stop) killall -q syslogd; exit 0 ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd localmount <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's localmount service. As the real
+# one: `mount -a` of /etc/fstab's local filesystems (not network ones, not noauto), and it never
+# fails (a filesystem that does not mount is reported, not fatal: ramroot's health report is
+# what names it). Stopping while the system goes down (RC_GOINGDOWN=YES) syncs and unmounts
+# every mounted filesystem but /, /dev, /proc, /sys and /run, last mounted first.
+netfs="afs ceph cifs coda davfs fuse.sshfs gfs glusterfs lustre ncpfs nfs nfs4 ocfs2 shfs smbfs smb3 sshfs 9p virtiofs"
+case "$1" in
+start)
+	# busybox mount: one "no" before the list excludes every type in it.
+	types=noproc
+	for t in $netfs; do types="$types,$t"; done
+	if ! mount -a -t "$types" -O no_netdev; then
+		echo " * Some local filesystem failed to mount"
+	fi
+	exit 0
+	;;
+stop)
+	[ "$RC_GOINGDOWN" = YES ] || exit 0
+	sync
+	for m in $(awk '{ m[NR] = $2 "|" $3 } END { for (i = NR; i > 0; i--) print m[i] }' /proc/mounts); do
+		point=${m%|*} type=${m##*|}
+		case "$point" in / | /dev | /dev/* | /proc | /proc/* | /sys | /sys/* | /run | /run/*) continue ;; esac
+		case " $netfs " in *" $type "*) continue ;; esac
+		point=$(printf '%b' "$point")
+		umount "$point" || echo " * Failed to unmount $point"
+	done
+	exit 0
+	;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd seedrng <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's seedrng service. As the real
+# one: feeds the saved seed in seed_dir (/etc/conf.d/seedrng, default /var/lib/seedrng) to the
+# kernel at start and saves a new one at start and stop. The seed is written with head, not
+# busybox's seedrng applet (not in this busybox), and is never credited.
+seed_dir=/var/lib/seedrng
+[ -f /etc/conf.d/seedrng ] && . /etc/conf.d/seedrng
+save() { mkdir -p "$seed_dir" && head -c 512 /dev/urandom >"$seed_dir/seed.no-credit.new" && mv -f "$seed_dir/seed.no-credit.new" "$seed_dir/seed.no-credit"; }
+case "$1" in
+start)
+	for f in "$seed_dir/seed.credit" "$seed_dir/seed.no-credit"; do
+		[ -f "$f" ] && cat "$f" >/dev/urandom
+	done
+	save
+	;;
+stop) save ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd networking <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's networking service. As the real
+# one: ifup for every `auto` interface of /etc/network/interfaces; it succeeds when at least one
+# came up (lo does; the boot check's QEMU has no network card, so eth0 does not).
+case "$1" in
+start)
+	rc=1
+	for i in $(awk '$1 == "auto" { for (n = 2; n <= NF; n++) print $n }' /etc/network/interfaces 2>/dev/null); do
+		if ifup "$i" >/dev/null 2>&1; then rc=0; else ifdown "$i" >/dev/null 2>&1; fi
+	done
+	exit $rc
+	;;
+stop) ifdown -a >/dev/null 2>&1; exit 0 ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd sshd <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for openssh's sshd service. It starts NO
+# daemon: the test system has no sshd (a real one comes later). It succeeds, so that
+# `rc-update add sshd default` works and the runlevel boots as on the NAS.
+case "$1" in
+start) echo " * sshd: the test system's stand-in, no daemon started" ;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd local <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's local service. As the real one:
+# runs the executable /etc/local.d/*.start in order at start (*.stop at stop), their output
+# discarded unless rc_verbose=yes (/etc/conf.d/local), and never fails.
+rc_verbose=no
+[ -f /etc/conf.d/local ] && . /etc/conf.d/local
+case "$rc_verbose" in [Yy][Ee][Ss] | [Tt][Rr][Uu][Ee] | [Oo][Nn] | 1) verbose=1 ;; *) verbose="" ;; esac
+case "$1" in
+start | stop)
+	for f in /etc/local.d/*."$1"; do
+		[ -x "$f" ] || continue
+		if [ -n "$verbose" ]; then "$f"; else "$f" >/dev/null 2>&1; fi || echo " * Execution of \"$f\" failed."
+	done
+	exit 0
+	;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd killprocs <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's killprocs service (shutdown
+# runlevel). As the real one (killall5): SIGTERM to every process but init, kernel threads and
+# our own session (openrc shutdown), then SIGKILL to what is left after at most a second.
+mysid=$(sed 's/^.*) //' /proc/$$/stat | cut -d' ' -f4)
+others() {
+	for d in /proc/[0-9]*; do
+		pid=${d#/proc/}
+		[ "$pid" = 1 ] || [ "$pid" = 2 ] && continue
+		set -- $(sed 's/^.*) //' "$d/stat" 2>/dev/null)
+		[ $# -ge 4 ] || continue
+		[ "$2" = 2 ] && continue
+		[ "$4" = "$mysid" ] && continue
+		echo "$pid"
+	done
+}
+case "$1" in
+start)
+	pids=$(others)
+	[ -n "$pids" ] || exit 0
+	kill -TERM $pids 2>/dev/null
+	i=0
+	while [ $i -lt 10 ] && [ -n "$(others)" ]; do sleep 0.1; i=$((i + 1)); done
+	pids=$(others)
+	[ -z "$pids" ] || kill -KILL $pids 2>/dev/null
+	exit 0
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd savecache <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's savecache service (shutdown
+# runlevel). The real one saves the apk cache to the LBU medium when one is configured; there is
+# no apk here: it does nothing.
+case "$1" in
+start | stop) exit 0 ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd mount-ro <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for OpenRC's mount-ro service (shutdown
+# runlevel, after killprocs and savecache). As the real one: syncs, then unmounts (or, when
+# busy, remounts read-only: umount -r) every filesystem still mounted but /, /dev, /proc, /sys
+# and /run (the RAM root has nothing to protect).
+case "$1" in
+start)
+	sync
+	rc=0
+	for point in $(awk '{ m[NR] = $2 } END { for (i = NR; i > 0; i--) print m[i] }' /proc/mounts); do
+		case "$point" in / | /dev | /dev/* | /proc | /proc/* | /sys | /sys/* | /run | /run/*) continue ;; esac
+		point=$(printf '%b' "$point")
+		umount -r "$point" || { echo " * Failed to unmount or remount $point read-only"; rc=1; }
+	done
+	sync
+	exit $rc
+	;;
+stop) ;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
 }
 
 write_etc() {
@@ -202,6 +617,7 @@ write_etc() {
 		"$T/media/usb" "$T/mnt" "$T/root" "$T/var/log" "$T/var/tmp" "$T/lib/firmware"
 	chmod 1777 "$T/tmp" "$T/var/tmp"
 	chmod 0700 "$T/root"
+	ln -s /run "$T/var/run"
 	mkdir -p "$T/etc/runlevels/sysinit" "$T/etc/runlevels/boot" "$T/etc/runlevels/default" "$T/etc/runlevels/shutdown"
 	# Alpine's runlevels; a shell on the console (a system's own inittab replaces this one).
 	cat >"$T/etc/inittab" <<-'EOF'

@@ -158,6 +158,25 @@ export async function makePersistImage(opts: { out: string; volumeId?: string; s
   }
 }
 
+/**
+ * `fsck.vfat -n` on the persistence image (read-only: nothing is repaired). Clean means no
+ * errors and no dirty bit, i.e. the last system that mounted it unmounted it.
+ */
+export async function checkPersistImage(image: string): Promise<{ clean: boolean; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("fsck.vfat", ["-n", image], { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d: Buffer) => (output += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (output += d.toString()));
+    child.on("error", (e: any) => reject(e.code === "ENOENT" ? new Error("bootmedia: fsck.vfat not found: install the Debian package dosfstools") : e));
+    child.on("close", (code) => {
+      // 0: clean; 1: errors found (-n leaves them); anything else: fsck could not check it.
+      if (code === 0 || code === 1) resolve({ clean: code === 0, output: output.trim() });
+      else reject(new Error(`bootmedia: fsck.vfat -n ${image} failed (${code}): ${output.trim()}`));
+    });
+  });
+}
+
 /** A file from the persistence image (a path from its root), or undefined when it is absent. */
 export async function readPersistFile(image: string, file: string): Promise<Buffer | undefined> {
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-persist-"));

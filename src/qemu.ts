@@ -5,14 +5,19 @@
 //
 // QEMU always runs with TCG (the build machines' KVM cannot run stock firmware). A failed boot
 // never ends by itself (the firmware falls through to a shell and waits), so bootCheck watches
-// the serial console for a marker under a timeout and kills qemu in every case.
+// the serial console for a marker under a timeout and kills qemu in every case where it does
+// not exit by itself. With `health` it also waits for the guest's health report (src/health.ts)
+// and fails on the problems it names; with `powerOff` it asks the guest, through a QEMU fw_cfg
+// item no real machine has, to power off cleanly after the report, waits for qemu to exit, and
+// checks that the persistence image is clean (fsck.vfat -n).
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 
-import type { Arch } from "./bootmedia";
+import { checkPersistImage, type Arch } from "./bootmedia";
+import { FW_CFG_AFTER_BOOT, FW_CFG_POWEROFF, HEALTH_HOOK_PATH, parseHealth, type HealthReport } from "./health";
 export type { Arch };
 
 interface ArchSpec {
@@ -63,6 +68,11 @@ export interface QemuOptions {
   firmwareVars?: string;
   /** Serial and the qemu monitor multiplexed on stdio (Ctrl-A X quits), for `ramroot qemu`. */
   interactive?: boolean;
+  /**
+   * QEMU fw_cfg items (`-fw_cfg name=NAME,string=VALUE`), readable in the guest under
+   * /sys/firmware/qemu_fw_cfg/by_name/NAME/raw. Names start with opt/ (QEMU's rule).
+   */
+  fwCfg?: Record<string, string>;
   /** Appended as they are. */
   extraArgs?: string[];
 }
@@ -93,6 +103,10 @@ export function qemuCommand(opts: QemuOptions): { cmd: string; args: string[] } 
     args.push("-drive", `if=none,id=persist,format=raw,file=${drivePath(opts.persist)}`);
     args.push("-device", "virtio-blk-pci,drive=persist");
   }
+  for (const [name, value] of Object.entries(opts.fwCfg ?? {})) {
+    if (!/^opt\/[A-Za-z0-9._\/-]{1,50}$/.test(name)) throw new Error(`qemu: fw_cfg name ${name}: use opt/ followed by letters, digits, dots, dashes and slashes (at most 55 characters)`);
+    args.push("-fw_cfg", `name=${name},string=${value.replace(/,/g, ",,")}`);
+  }
   args.push("-serial", opts.interactive ? "mon:stdio" : "stdio");
   if (!opts.interactive) args.push("-monitor", "none");
   args.push(...(opts.extraArgs ?? []));
@@ -105,17 +119,30 @@ export interface BootOptions {
   persist?: string;
   /** Text (or pattern) on one console line that means "booted". */
   marker: string | RegExp;
-  /** Default 180 s. */
+  /** Default 180 s: for the marker and, when asked for, the health report. */
   timeoutMs?: number;
   memoryMiB?: number;
   cpus?: number;
   /** Called with every console line, for progress. */
   log?: (line: string) => void;
   /**
-   * After the marker, how long qemu may take to exit by itself (a guest that syncs and calls
-   * `poweroff -f`) before it is killed. Default 3000 ms; the measured time ends at the marker.
+   * Without powerOff: after the marker (and the report), how long qemu may take to exit by itself
+   * (a guest that syncs and calls `poweroff -f`) before it is killed. Default 3000 ms.
    */
   exitGraceMs?: number;
+  /**
+   * Wait for ramroot's health report (src/health.ts) as well as the marker; a problem it names
+   * (a local mount missing, a service that failed) fails the check.
+   */
+  health?: boolean;
+  /**
+   * Ask the guest, over QEMU's fw_cfg (opt/org.ramroot/after-boot=poweroff), to power off after
+   * its health report; then qemu must exit by itself within exitTimeoutMs, and the persistence
+   * image must be clean (fsck.vfat -n). Implies waiting for the report.
+   */
+  powerOff?: boolean;
+  /** With powerOff: how long the guest may take from its report to qemu's exit. Default 60 s. */
+  exitTimeoutMs?: number;
 }
 
 export interface BootResult {
@@ -124,16 +151,37 @@ export interface BootResult {
   seconds: number;
   /** The whole console, escape sequences and carriage returns removed. */
   console: string;
+  /** The guest's health report, when asked for. */
+  health?: HealthReport;
+  /** With powerOff: seconds from the report to qemu's exit. */
+  shutdownSeconds?: number;
+  /** With powerOff and a persistence disk: what fsck.vfat -n said about it afterwards. */
+  fsck?: string;
 }
 
+/** A failed boot check. `health` is the guest's report when it came. */
+export class BootCheckError extends Error {
+  constructor(message: string, readonly health?: HealthReport) {
+    super(message);
+  }
+}
+
+/** Where the report comes from, and how to get it: said in every error about a missing report. */
+export const HEALTH_HINT = `the report is printed by /${HEALTH_HOOK_PATH}, which ramroot adds to every image and OpenRC's local service runs at the end of boot: enable that service (in setup.sh: rc-update add local default)`;
+
 /**
- * Boots `disk` and waits for `marker` on the serial console. Throws, with the last 40 console
- * lines in the message, when qemu exits first or the marker does not appear within the timeout.
+ * Boots `disk` and waits for `marker` on the serial console (and for the guest's health report,
+ * with `health` or `powerOff`). Throws, with the last 40 console lines in the message, when qemu
+ * exits first, the marker or the report does not appear within the timeout, the report names a
+ * problem, or (powerOff) the guest does not power off or leaves the persistence image dirty.
  * qemu never outlives the call.
  */
 export async function bootCheck(opts: BootOptions): Promise<BootResult> {
   const timeoutMs = opts.timeoutMs ?? 180_000;
+  const wantReport = !!(opts.health || opts.powerOff);
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-qemu-"));
+  let w: Watched;
+  let cmdline: string;
   try {
     const spec = ARCH_SPECS[opts.arch];
     let firmwareVars: string | undefined;
@@ -145,11 +193,57 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
     }
     await fs.access(opts.disk).catch(() => { throw new Error(`qemu: boot disk ${opts.disk} not found`); });
     if (opts.persist) await fs.access(opts.persist).catch(() => { throw new Error(`qemu: persistence disk ${opts.persist} not found`); });
-    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars });
-    return await watch(cmd, args, opts.marker, timeoutMs, opts.exitGraceMs ?? 3000, opts.log);
+    const fwCfg = opts.powerOff ? { [FW_CFG_AFTER_BOOT]: FW_CFG_POWEROFF } : undefined;
+    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars, fwCfg });
+    cmdline = `${cmd} ${args.join(" ")}`;
+    w = await watch(cmd, args, {
+      marker: opts.marker, timeoutMs, wantReport, powerOff: !!opts.powerOff,
+      graceMs: opts.exitGraceMs ?? 3000, exitTimeoutMs: opts.exitTimeoutMs ?? 60_000, log: opts.log,
+    });
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
   }
+
+  const marker = String(opts.marker);
+  const tail = `last console lines:\n${w.tail}`;
+  const stderr = w.stderr.trim() ? `; stderr: ${w.stderr.trim()}` : "";
+  const exited = w.exited && `qemu exited (${w.exited.signal ?? w.exited.code})`;
+  if (w.fatal) throw new BootCheckError(`qemu: ${w.fatal}; ${tail}`, w.report);
+  if (w.seconds === undefined) {
+    const neither = wantReport && !w.report ? ` (nor the health report: both come from /etc/local.d; ${HEALTH_HINT})` : "";
+    if (exited) throw new BootCheckError(`${exited} before "${marker}" appeared${neither}${stderr}; ${tail}`, w.report);
+    throw new BootCheckError(`qemu: no "${marker}" on the console within ${timeoutMs / 1000} s${neither} (${cmdline}); ${tail}`, w.report);
+  }
+  if (wantReport && !w.report) {
+    if (exited) throw new BootCheckError(`${exited} after "${marker}" but before the guest's health report (ramroot-health: lines): ${HEALTH_HINT}${stderr}; ${tail}`);
+    throw new BootCheckError(`qemu: "${marker}" appeared, but no health report (ramroot-health: lines) within ${timeoutMs / 1000} s: ${HEALTH_HINT}; ${tail}`);
+  }
+
+  const problems = [...(w.report?.problems ?? [])];
+  let fsck: string | undefined;
+  if (opts.powerOff) {
+    if (w.exitTimedOut) {
+      problems.push(`qemu did not exit within ${(opts.exitTimeoutMs ?? 60_000) / 1000} s after the health report, so the guest did not power off cleanly and was killed (the hook /${HEALTH_HOOK_PATH} runs poweroff when QEMU's fw_cfg ${FW_CFG_AFTER_BOOT} says ${FW_CFG_POWEROFF}; busybox init then runs the inittab's shutdown actions, openrc shutdown, which unmounts the disks): the console lines below show how far the shutdown got`);
+    }
+    if (opts.persist) {
+      const res = await checkPersistImage(opts.persist);
+      fsck = res.output;
+      if (!res.clean) {
+        const said = res.output.split("\n").filter((l) => !/^fsck\.fat \d|^Leaving filesystem unchanged|^\s*$/.test(l)).slice(0, 6).join(" / ");
+        problems.push(`the persistence image ${opts.persist} is dirty after the boot check (fsck.vfat -n: ${said}): the guest did not unmount it before powering off; its shutdown must unmount /media/usb (OpenRC: localmount unmounts fstab's filesystems when it stops, and rc-update add mount-ro shutdown remounts what is left read-only); fsck.vfat -a ${opts.persist} repairs the image`);
+      }
+    }
+  }
+  if (problems.length) {
+    const build = w.report?.build ? ` of build ${w.report.build}` : "";
+    throw new BootCheckError(`boot check${build} failed:\n${problems.map((p) => `  - ${p}`).join("\n")}\n${w.report ? `health report:\n${w.report.lines.join("\n")}\n` : ""}${tail}`, w.report);
+  }
+  return {
+    ok: true, seconds: w.seconds, console: w.console,
+    ...(w.report ? { health: w.report } : {}),
+    ...(opts.powerOff && w.shutdownSeconds !== undefined ? { shutdownSeconds: w.shutdownSeconds } : {}),
+    ...(fsck !== undefined ? { fsck } : {}),
+  };
 }
 
 /**
@@ -161,44 +255,103 @@ const FATAL: Array<[RegExp, string]> = [
   [/Kernel panic - not syncing/, "the kernel panicked"],
 ];
 
-function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: number, graceMs: number,
-  log?: (line: string) => void): Promise<BootResult> {
-  const pattern = typeof marker === "string" ? undefined : new RegExp(marker.source, marker.flags.replace(/[gy]/g, ""));
-  const matches = (line: string) => (pattern ? pattern.test(line) : line.includes(marker as string));
-  const started = process.hrtime.bigint();
+interface WatchOptions {
+  marker: string | RegExp;
+  timeoutMs: number;
+  wantReport: boolean;
+  powerOff: boolean;
+  graceMs: number;
+  exitTimeoutMs: number;
+  log?: (line: string) => void;
+}
+
+/** What happened to one qemu run; bootCheck turns it into a result or an error. */
+interface Watched {
+  /** Seconds from qemu's start to the marker. */
+  seconds?: number;
+  report?: HealthReport;
+  /** qemu exited by itself (not killed by us). */
+  exited?: { code: number | null; signal: NodeJS.Signals | null };
+  /** powerOff: seconds from the report to qemu's exit. */
+  shutdownSeconds?: number;
+  /** powerOff: qemu was still running exitTimeoutMs after the report, and was killed. */
+  exitTimedOut?: boolean;
+  /** A console line after which the boot cannot succeed, explained, with the line. */
+  fatal?: string;
+  console: string;
+  tail: string;
+  stderr: string;
+}
+
+function watch(cmd: string, args: string[], o: WatchOptions): Promise<Watched> {
+  const pattern = typeof o.marker === "string" ? undefined : new RegExp(o.marker.source, o.marker.flags.replace(/[gy]/g, ""));
+  const matches = (line: string) => (pattern ? pattern.test(line) : line.includes(o.marker as string));
+  const now = () => Number(process.hrtime.bigint()) / 1e9;
+  const started = now();
   const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
   live.add(child);
   const lines: string[] = [];
+  const reportLines: string[] = [];
   let partial = "";
-  let stderr = "";
-  let seconds: number | undefined;
+  const w: Watched = { console: "", tail: "", stderr: "" };
+  let reportAt: number | undefined;
 
-  return new Promise<BootResult>((resolve, reject) => {
+  return new Promise<Watched>((resolve, reject) => {
     let settled = false;
-    const finish = (err?: Error) => {
+    let error: Error | undefined;
+    const all = () => [...lines, ...(partial ? [cleanConsole(partial)] : [])];
+    const finish = () => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      clearTimeout(grace);
+      clearTimeout(after);
       stop(child).then(() => {
-        if (err) reject(err);
-        else resolve({ ok: true, seconds: seconds!, console: consoleText() });
+        w.console = all().join("\n");
+        w.tail = all().slice(-40).join("\n");
+        if (error) reject(error);
+        else resolve(w);
       });
     };
-    const all = () => [...lines, ...(partial ? [cleanConsole(partial)] : [])];
-    const consoleText = () => all().join("\n");
-    const tail = () => all().slice(-40).join("\n");
-    const seen = () => {
-      if (seconds !== undefined) return;
-      seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      if (child.exitCode !== null || child.signalCode !== null) finish();
-      else grace = setTimeout(() => finish(), graceMs);
+    const exitedByItself = () => child.exitCode !== null || child.signalCode !== null;
+    let after: NodeJS.Timeout | undefined;
+    /** Marker (and report) seen: what is left is qemu's exit. */
+    const done = () => w.seconds !== undefined && (!o.wantReport || w.report !== undefined);
+    const progress = () => {
+      if (!done() || after) return;
+      clearTimeout(timer);
+      if (exitedByItself()) {
+        // The last lines came after qemu's exit event (its output is read until it closes).
+        w.exited = { code: child.exitCode, signal: child.signalCode };
+        if (reportAt !== undefined) w.shutdownSeconds = 0;
+        return finish();
+      }
+      if (o.powerOff) {
+        after = setTimeout(() => {
+          w.exitTimedOut = true;
+          finish();
+        }, o.exitTimeoutMs);
+      } else {
+        after = setTimeout(finish, o.graceMs);
+      }
     };
-    let grace: NodeJS.Timeout | undefined;
-    const timer = setTimeout(() => {
-      finish(new Error(`qemu: no "${String(marker)}" on the console within ${timeoutMs / 1000} s (${cmd} ${args.join(" ")}); last console lines:\n${tail()}`));
-    }, timeoutMs);
+    const timer = setTimeout(finish, o.timeoutMs);
 
+    const onLine = (line: string) => {
+      if (w.seconds === undefined && matches(line)) w.seconds = now() - started;
+      if (o.wantReport && w.report === undefined && line.includes("ramroot-health:")) {
+        reportLines.push(line);
+        if (/ramroot-health:\s*result /.test(line)) {
+          w.report = parseHealth(reportLines.join("\n"));
+          if (w.report) reportAt = now();
+        }
+      }
+      const fatal = !done() && FATAL.find(([re]) => re.test(line));
+      if (fatal) {
+        w.fatal = `${fatal[1]}: "${line.trim()}"`;
+        return finish();
+      }
+      progress();
+    };
     child.stdout!.on("data", (chunk: Buffer) => {
       // Cleaned line by line: an escape sequence may span two chunks.
       const parts = (partial + chunk.toString("latin1")).split("\n");
@@ -206,22 +359,27 @@ function watch(cmd: string, args: string[], marker: string | RegExp, timeoutMs: 
       for (const raw of parts) {
         const line = cleanConsole(raw);
         lines.push(line);
-        log?.(line);
-        if (matches(line)) seen();
-        const fatal = seconds === undefined && FATAL.find(([re]) => re.test(line));
-        if (fatal) finish(new Error(`qemu: ${fatal[1]}: "${line.trim()}"; last console lines:\n${tail()}`));
+        o.log?.(line);
+        onLine(line);
+        if (settled) return;
       }
-      if (partial && matches(cleanConsole(partial))) seen();
+      if (partial && w.seconds === undefined && matches(cleanConsole(partial))) {
+        w.seconds = now() - started;
+        progress();
+      }
     });
-    child.stderr!.on("data", (chunk: Buffer) => { stderr += chunk.toString(); });
+    child.stderr!.on("data", (chunk: Buffer) => { w.stderr += chunk.toString(); });
     child.stdin!.on("error", () => {});
     child.on("error", (e: any) => {
-      finish(e.code === "ENOENT" ? new Error(`qemu: ${cmd} not found: install the Debian package ${qemuPackageOf(cmd)}`) : e);
+      error = e.code === "ENOENT" ? new Error(`qemu: ${cmd} not found: install the Debian package ${qemuPackageOf(cmd)}`) : e;
+      finish();
     });
     child.on("close", (code, signal) => {
       live.delete(child);
-      if (seconds !== undefined) return finish();
-      finish(new Error(`qemu exited (${signal ?? code}) before "${String(marker)}" appeared${stderr.trim() ? `; stderr: ${stderr.trim()}` : ""}; last console lines:\n${tail()}`));
+      if (settled) return;
+      w.exited = { code, signal };
+      if (reportAt !== undefined) w.shutdownSeconds = now() - reportAt;
+      finish();
     });
   });
 }

@@ -3,6 +3,7 @@
 // carry the same id and a running system can say exactly which build it is: `. /etc/os-release;
 // echo $BUILD_ID`, or /etc/ramroot-release. The files travel in a small extra initrd member
 // appended after the rootfs segments, so the rootfs segments stay byte-identical across builds.
+// The same member carries ramroot's health report (src/health.ts).
 import { encodeNewc, type NewcRecord } from "./newc";
 
 export function buildIdOf(ukiHash: string): string {
@@ -19,11 +20,16 @@ export function releaseFile(fields: Record<string, string>): string {
   return Object.entries(fields).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n") + "\n";
 }
 
-/** An uncompressed newc archive of a few regular files (into folders the rootfs already has). */
-export async function smallArchive(files: Array<{ name: string; content: string; mode?: number }>): Promise<Buffer> {
+/**
+ * An uncompressed newc archive of a few regular files and folders, owned by root. A file's
+ * parent must be in the rootfs or listed before it (the kernel makes no missing parents). A
+ * folder entry for a folder the rootfs has sets its mode and owner, so list only new ones.
+ */
+export async function smallArchive(files: Array<{ name: string; content?: string; mode?: number; dir?: boolean }>): Promise<Buffer> {
   const records: NewcRecord[] = files.map((f, i) => {
-    const data = Buffer.from(f.content);
-    return { name: f.name, mode: 0o100000 | (f.mode ?? 0o644), uid: 0, gid: 0, nlink: 1, mtime: 0, ino: i + 1, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: data.length, data };
+    const data = Buffer.from(f.dir ? "" : f.content ?? "");
+    const type = f.dir ? 0o040000 : 0o100000;
+    return { name: f.name, mode: type | (f.mode ?? (f.dir ? 0o755 : 0o644)), uid: 0, gid: 0, nlink: f.dir ? 2 : 1, mtime: 0, ino: i + 1, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: data.length, data };
   });
   const chunks: Buffer[] = [];
   for await (const c of encodeNewc(records)) chunks.push(Buffer.from(c));

@@ -134,12 +134,14 @@ export async function buildAlpineMirror(): Promise<BuiltMirror | { unavailable: 
   for (const t of inputs) for (const f of t.files) h.update(`${t.arch} ${f.rel} ${fileDigest(f.abs)}\n`);
   const dir = path.join(base, h.digest("hex").slice(0, 16));
   const result = (): BuiltMirror => ({ dir, keysDir: path.join(dir, "keys"), apk: path.join(dir, "bin", "apk"), manifest: JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")) });
-  if (fs.existsSync(dir)) return result();
-
+  // A mirror's folder is touched at each use; one unused for a week (an older fixture or test
+  // tree) is removed when another is built, as are builds that died over an hour ago.
+  if (fs.existsSync(dir)) { fs.utimesSync(dir, new Date(), new Date()); return result(); }
   fs.mkdirSync(base, { recursive: true });
-  // Leftovers of builds that died over an hour ago (a live one is seconds old).
-  for (const f of fs.readdirSync(base).filter((f) => f.startsWith(".build-")))
-    try { if (Date.now() - fs.statSync(path.join(base, f)).mtimeMs > 3600_000) fs.rmSync(path.join(base, f), { recursive: true, force: true }); } catch { /* gone */ }
+  for (const f of fs.readdirSync(base)) {
+    const age = Date.now() - fs.statSync(path.join(base, f)).mtimeMs;
+    if ((f.startsWith(".build-") && age > 3600_000) || (/^[0-9a-f]{16}$/.test(f) && age > 7 * 86400_000)) fs.rmSync(path.join(base, f), { recursive: true, force: true });
+  }
   const tmp = fs.mkdtempSync(path.join(base, ".build-"));
   fs.chmodSync(tmp, 0o755);
   try {

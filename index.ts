@@ -12,7 +12,7 @@ import { Uki } from "./components/uki";
 import { BootMedia } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
-import { readSecretsDeclSync } from "./src/secrets";
+import { readSecretsDeclSync, saltCommand } from "./src/secrets";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
 const project = path.resolve(__dirname, "..");
@@ -74,6 +74,9 @@ const secrets = secretDecls.length === 0 ? undefined : new Secrets("secrets", {
       throw new Error(`${path.join(system, "secrets")}:${d.line} declares ramroot:${d.key}, which is not set in stack ${stack}: pulumi config set --secret ramroot:${d.key} VALUE --stack ${stack}`);
     return [d.key, value];
   })),
+  salt: cfg.getSecret("secretsSalt") ?? (() => {
+    throw new Error(`${path.join(system, "secrets")} declares secrets, and stack ${stack} has no salt for them (it keeps the image from being predicted, and the secrets from being guessed offline): ${saltCommand(stack)} (npm run pulumi does this when it creates a stack)`);
+  })(),
 });
 
 const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
 import { Store } from "../src/store";
-import { hmacKey, parseSecrets, secretsDigest, writeSecretsLayer } from "../src/secrets";
+import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/secrets";
 
 export interface SecretsArgs {
   /** The declared system folder (its `secrets` file lists the files), absolute or relative to the project. */
@@ -17,9 +17,11 @@ export interface SecretsArgs {
   compression?: pulumi.Input<string>;
   /** Config key -> value; pass pulumi secrets. */
   values: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /** The stack's random salt (ramroot:secretsSalt, a pulumi secret), written into the layer. */
+  salt: pulumi.Input<string>;
 }
 
-interface Inputs { system: string; rootfs: string; rootfsHash: string; compression?: string; values: Record<string, string> }
+interface Inputs { system: string; rootfs: string; rootfsHash: string; compression?: string; values: Record<string, string>; salt: string }
 
 const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
@@ -30,9 +32,11 @@ async function declarations(system: string) {
 
 export const handlers = artifactHandlers<Inputs, { path: string }>({
   kind: "secrets",
-  version: 1,
-  hashKeys: ["system", "rootfsHash", "compression", "values"],
+  version: 2,
+  hashKeys: ["system", "rootfsHash", "compression", "values", "salt"],
   async validate(i) {
+    if (isKnown(i.salt) && !(typeof i.salt === "string" && i.salt.length >= SALT_MIN))
+      throw new InputError("salt", `ramroot:secretsSalt must be a random string of at least ${SALT_MIN} characters: ${saltCommand("STACK")}`);
     if (!isKnown(i.system) || !isKnown(i.values)) return;
     const { file, text } = await declarations(i.system);
     let decls;
@@ -47,13 +51,13 @@ export const handlers = artifactHandlers<Inputs, { path: string }>({
   async hash(i) {
     const { text } = await declarations(i.system);
     const key = await hmacKey(Store.forProject(projectDir()).root);
-    return secretsDigest(key, ["secrets/1", text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort()]);
+    return secretsDigest(key, ["secrets/2", text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort(), i.salt]);
   },
   async build(i, ctx) {
     const { file, text } = await declarations(i.system);
     const decls = parseSecrets(text, path.relative(ctx.projectDir, file));
     const compression = (i.compression ?? "zstd") as "zstd" | "gzip" | "none";
-    const res = await ctx.store.put(`secrets/${i.hash}.cpio.${EXT[compression]}`, (tmp) => writeSecretsLayer({ decls, values: i.values, rootfs: i.rootfs, compression, out: tmp, declFile: path.relative(ctx.projectDir, file) }), { mode: 0o600 });
+    const res = await ctx.store.put(`secrets/${i.hash}.cpio.${EXT[compression]}`, (tmp) => writeSecretsLayer({ decls, values: i.values, salt: i.salt, rootfs: i.rootfs, compression, out: tmp, declFile: path.relative(ctx.projectDir, file) }), { mode: 0o600 });
     // Names and counts only: never a value.
     ctx.log(`${res.built ? "wrote" : "reused"} the secrets layer: ${decls.length} declared (${decls.map((d) => (d.kind === "file" ? d.path : `password of ${d.user}`)).join(", ")})`);
     return { path: res.path };
@@ -64,6 +68,6 @@ export class Secrets extends pulumi.dynamic.Resource {
   declare readonly hash: pulumi.Output<string>;
   declare readonly path: pulumi.Output<string>;
   constructor(name: string, args: SecretsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("secrets"), name, { ...args, hash: undefined, path: undefined }, { ...opts, additionalSecretOutputs: ["values"] }, "ramroot", "Secrets");
+    super(dynamicProvider("secrets"), name, { ...args, hash: undefined, path: undefined }, { ...opts, additionalSecretOutputs: ["values", "salt"] }, "ramroot", "Secrets");
   }
 }

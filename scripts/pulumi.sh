@@ -12,5 +12,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 if [ -n "$stack" ] && [ "${1:-}" != "stack" ] && ! pulumi stack ls --json 2>/dev/null | grep -q "\"name\": *\"$stack\""; then
 	pulumi stack init "$stack" --secrets-provider passphrase >&2
+	# The salt of the stack's secrets layer (src/secrets.ts), random, a stack secret.
+	pulumi config set --secret ramroot:secretsSalt "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" --stack "$stack" >&2
 fi
 exec pulumi "$@"

@@ -181,6 +181,8 @@ export function shq(s: string): string {
  * >= 1.27), else everything; flushdir: the same for a renamed file and its folder.
  */
 const PRELUDE = `set -u
+# The image holds the secrets layer: readable by root only, whatever the login's umask.
+umask 077
 die() { printf 'ramroot: %s\\n' "$*" >&2; exit 1; }
 h() {
   if [ -f "$1" ]; then
@@ -414,7 +416,7 @@ class Session {
       await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
         // Many large writes in flight: throughput close to scp's, far above a naive stream.
         sftp.fastPut(file, remote, {
-          concurrency: 16, chunkSize: 1024 * 1024, fileSize: size,
+          concurrency: 16, chunkSize: 1024 * 1024, fileSize: size, mode: 0o600,
           step: (done) => { touch(); progress(done); },
         }, (err) => (err ? reject(err) : resolve()));
       }), true);
@@ -634,6 +636,7 @@ while IFS= read -r cmd; do
   case $cmd in
   verify)
     # Flush and hash at the same time (the hash reads the page cache).
+    chmod 600 "$tn" 2>/dev/null # FAT has no modes (the NAS mounts it fmask=177)
     flush "$tn" & f=$!
     x=$(h "$tn") || exit 1
     wait $f
@@ -724,7 +727,7 @@ async function writeDelta(sftp: SFTPWrapper, src: string, dst: string, file: str
   try {
     const hs = await sftpCall<Buffer>((cb) => sftp.open(src, "r", cb));
     handles.push(hs);
-    const hd = await sftpCall<Buffer>((cb) => sftp.open(dst, "w", cb));
+    const hd = await sftpCall<Buffer>((cb) => sftp.open(dst, "w", { mode: 0o600 }, cb));
     handles.push(hd);
     const copyAll = pool(copies, 4, (c) => sftpCall<void>((cb) => (sftp as any).ext_copy_data(hs, c.src, c.len, hd, c.dst, cb)).then(touch));
     const writeAll = (async () => {

@@ -4,9 +4,13 @@
 // after the rootfs segments, so changing a secret rebuilds only that layer and the UKI.
 //
 // What is protected: the values are encrypted in the stack config and in the Pulumi state, the
-// layer and every artifact that contains it are mode 0600 in the store, nothing prints them,
-// and the layer's name is an HMAC with a per-store key, so a hash in the state or in the store
-// cannot be used to test a guess of a low-entropy secret (a password hash, a short key).
+// layer and every artifact that contains it are mode 0600 in the store (and on the host),
+// nothing prints them, and the layer's name is an HMAC with a per-store key, so a hash in the
+// state or in the store cannot be used to test a guess of a low-entropy secret (a password
+// hash, a short key). The layer also holds the stack's random salt (ramroot:secretsSalt, a
+// stack secret): the rest of the image is reproducible from git and public packages, so without
+// the salt the sha256 of a UKI, which the state and the boot records hold in the clear, would
+// let anyone test guesses of the values offline.
 // What is not: whoever holds the boot stick (or the UKI file) can read the image.
 import { createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -138,6 +142,8 @@ function owner(spec: string, ids: Ids, where: string): [number, number] {
 export async function writeSecretsLayer(opts: {
   decls: SecretDecl[];
   values: Record<string, string>;
+  /** The stack's salt: its bytes are in the layer, so the image cannot be predicted without it. */
+  salt: string;
   rootfs: string;
   compression: "zstd" | "gzip" | "none";
   out: string;
@@ -160,6 +166,8 @@ export async function writeSecretsLayer(opts: {
       files.set("etc/shadow", { data: Buffer.from(replaceShadowEntry(text, d.user, value)), mode: st.mode & 0o7777, uid: st.uid, gid: st.gid });
     }
   }
+  if (opts.salt.length < SALT_MIN) throw new Error(`ramroot:secretsSalt is shorter than ${SALT_MIN} characters: ${saltCommand("STACK")}`);
+  files.set(SALT_PATH, { data: Buffer.from(opts.salt + "\n"), mode: 0o400, uid: 0, gid: 0 });
   const dirs = new Set<string>();
   for (const name of files.keys()) for (let d = path.posix.dirname(name); d !== "."; d = path.posix.dirname(d)) dirs.add(d);
   const records: NewcRecord[] = [];
@@ -185,6 +193,12 @@ export async function writeSecretsLayer(opts: {
     : raw;
   await fs.writeFile(opts.out, packed, { mode: 0o600 });
 }
+
+/** Where the salt is in the image. */
+export const SALT_PATH = "etc/ramroot/secrets.salt";
+export const SALT_MIN = 32;
+/** How to give a stack its salt (npm run pulumi does it when it creates a stack). */
+export const saltCommand = (stack: string) => `pulumi config set --secret ramroot:secretsSalt "$(openssl rand -hex 32)" --stack ${stack}`;
 
 /** For the program, which runs synchronously: the declarations of a system folder. */
 export function readSecretsDeclSync(systemDir: string): SecretDecl[] {

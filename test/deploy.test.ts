@@ -97,6 +97,8 @@ test("deploy: the remote file's hash equals ours; a second, different deploy kee
   assert.equal(fileSha(`${e.target}.prev`), a.sha);
   assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
   assert.deepEqual(await remoteState(e.t), { sha256: b.sha, size: 8 * MB + 12345, prevSha256: a.sha, prevSize: 8 * MB });
+  // The image holds the secrets layer: root's alone on the host, whatever sshd's umask (022).
+  assert.equal(fs.statSync(e.target).mode & 0o777, 0o600);
   // The private key never shows up in what the deploy says.
   const keyBody = e.sshd.clientKey.split("\n")[1];
   assert.ok(!e.lines.join("\n").includes(keyBody));
@@ -232,6 +234,7 @@ test("a server without SFTP: the upload goes through cat, with the same checks",
   assert.equal(fileSha(e.target), b.sha);
   assert.equal(fileSha(`${e.target}.prev`), a.sha);
   assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"]);
+  assert.equal(fs.statSync(e.target).mode & 0o777, 0o600);
   // A cut during a cat upload leaves the old image too.
   const c = e.image(3 * MB);
   e.proxy.cutAfter = 1 * MB; // per connection
@@ -467,6 +470,7 @@ test("delta deploy: far fewer bytes than the image, the exact new bytes at the p
   assert.equal(fileSha(e.target), b.sha);
   assert.equal(fileSha(`${e.target}.prev`), a.sha);
   assert.deepEqual(e.stick(), ["BOOTAA64.EFI", "BOOTAA64.EFI.prev"], "no temporaries left");
+  assert.equal(fs.statSync(e.target).mode & 0o777, 0o600);
   assert.ok(e.lines.some((l) => /copied on the host, .* sent, \d+ ranges/.test(l)), e.lines.join("\n"));
   assert.ok(fs.existsSync(path.join(cache, `${b.sha}.json`)), "the deployed image's chunk list is kept");
 

@@ -3,8 +3,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
+import { execFileSync } from "node:child_process";
 import { Project } from "./project";
+import { parseSecrets, SALT_PATH, writeSecretsLayer } from "../src/secrets";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const files = (dir: string): string[] => (fs.existsSync(dir) ? fs.readdirSync(dir, { recursive: true }).map((f) => path.join(dir, String(f))).filter((f) => fs.lstatSync(f).isFile()) : []);
@@ -20,6 +23,7 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     { mode: 0o755 },
   );
   const value = `s3cret-${randomBytes(12).toString("hex")}`;
+  const salt = randomBytes(32).toString("hex");
   const password = `$6$salt$${randomBytes(16).toString("hex")}`;
   const outputs: string[] = [];
   const run = async (args: string[], opts = {}) => {
@@ -35,9 +39,16 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     assert.match(r.stdout + r.stderr, /declares ramroot:testSecret, which is not set in stack qemu: pulumi config set --secret ramroot:testSecret/);
   });
 
-  await t.test("the guest sees the file with its mode and content, and root's password", async () => {
+  await t.test("a stack without a salt for its secrets fails preview, saying how to make one", async () => {
     await run(["config", "set", "--secret", "ramroot:testSecret", value, "--stack", "qemu"]);
     await run(["config", "set", "--secret", "ramroot:rootPasswordHash", password, "--stack", "qemu"]);
+    const r = await run(["preview", "--stack", "qemu"], { allowFail: true });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stdout + r.stderr, /system\/secrets declares secrets, and stack qemu has no salt for them .*: pulumi config set --secret ramroot:secretsSalt "\$\(openssl rand -hex 32\)" --stack qemu/);
+  });
+
+  await t.test("the guest sees the file with its mode and content, and root's password", async () => {
+    await run(["config", "set", "--secret", "ramroot:secretsSalt", salt, "--stack", "qemu"]);
     const r = await run(["up", "--yes", "--stack", "qemu"]);
     assert.match(r.stdout, new RegExp(`ramroot: secret mode=600 owner=0:0 sha256=${sha(value)}`));
     assert.match(r.stdout, new RegExp(`ramroot: root password field sha256=${sha(password)}`));
@@ -48,9 +59,9 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     const secretBearing = (f: string) => /\/(secrets|uki|disk)\//.test(f);
     for (const f of [...files(path.join(p.dir, ".ramroot", "state")), ...files(store).filter((f) => !secretBearing(f)), ...files(path.join(p.dir, "stacks"))]) {
       const text = fs.readFileSync(f).toString("latin1");
-      assert.ok(!text.includes(value) && !text.includes(password), `a secret value is in ${f}`);
+      assert.ok(!text.includes(value) && !text.includes(password) && !text.includes(salt), `a secret value is in ${f}`);
     }
-    for (const o of outputs) assert.ok(!o.includes(value) && !o.includes(password), "a secret value is in the CLI output");
+    for (const o of outputs) assert.ok(!o.includes(value) && !o.includes(password) && !o.includes(salt), "a secret value is in the CLI output");
     for (const f of files(store).filter(secretBearing)) assert.equal(fs.statSync(f).mode & 0o777, 0o600, `${f} is readable by others`);
   });
 
@@ -75,6 +86,7 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     await run(["config", "set", "ramroot:system", path.join(p.dir, "system"), "--stack", "production"]);
     await run(["config", "set", "--secret", "ramroot:testSecret", "production value", "--stack", "production"]);
     await run(["config", "set", "--secret", "ramroot:rootPasswordHash", password, "--stack", "production"]);
+    await run(["config", "set", "--secret", "ramroot:secretsSalt", randomBytes(32).toString("hex"), "--stack", "production"]);
     const mark = p.journal().length;
     await run(["up", "--yes", "--stack", "production"]);
     const built = p.journal().slice(mark).filter((e) => e.event === "built").map((e) => String(e.artifact).split("/")[0]);
@@ -84,4 +96,22 @@ test("secrets: in the image with their mode, nowhere else in plaintext, rebuilt 
     assert.equal(prod.buildId, q.buildId);
     assert.notEqual(prod.ukiSha256, q.ukiSha256);
   });
+});
+
+test("the salt: in the layer (root's, 0400), and the same values under another salt give other bytes", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-salt-"));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, "rootfs", "etc"), { recursive: true });
+  const decls = parseSecrets("file /etc/ramroot/pin 0600 root pin\n", "system/secrets");
+  const layer = async (salt: string, out: string) => {
+    await writeSecretsLayer({ decls, values: { pin: "1234" }, salt, rootfs: path.join(dir, "rootfs"), compression: "none", out: path.join(dir, out), declFile: "system/secrets" });
+    return fs.readFileSync(path.join(dir, out));
+  };
+  const a = await layer("a".repeat(64), "a.cpio");
+  const b = await layer("b".repeat(64), "b.cpio");
+  assert.notDeepEqual(a, b);
+  // GNU cpio lists what the kernel will unpack.
+  const listing = execFileSync("cpio", ["-itv", "--quiet"], { input: a, encoding: "utf8" });
+  assert.match(listing, new RegExp(`^-r-------- +1 root +root +65 .* ${SALT_PATH}$`, "m"));
+  await assert.rejects(layer("short", "c.cpio"), /ramroot:secretsSalt is shorter than 32 characters/);
 });

@@ -229,7 +229,9 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
       const res = await checkPersistImage(opts.persist);
       fsck = res.output;
       if (!res.clean) {
-        const said = res.output.split("\n").filter((l) => !/^fsck\.fat \d|^Leaving filesystem unchanged|^\s*$/.test(l)).slice(0, 6).join(" / ");
+        // The dirty bit says it all; other findings (orphaned clusters, a broken chain) as fsck words them.
+        const lines = res.output.split("\n").map((l) => l.trim()).filter((l) => l && !/^fsck\.fat \d|^Leaving filesystem unchanged|^Automatically removing dirty bit|\d+ files, \d+\/\d+ clusters$/.test(l));
+        const said = lines.find((l) => /^Dirty bit is set/.test(l)) ?? lines.slice(0, 4).join(" / ");
         problems.push(`the persistence image ${opts.persist} is dirty after the boot check (fsck.vfat -n: ${said}): the guest did not unmount it before powering off; its shutdown must unmount /media/usb (OpenRC: localmount unmounts fstab's filesystems when it stops, and rc-update add mount-ro shutdown remounts what is left read-only); fsck.vfat -a ${opts.persist} repairs the image`);
       }
     }

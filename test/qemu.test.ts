@@ -1,19 +1,22 @@
 // End to end: a UKI built from the test system (scripts/testsys.sh) is put on an ESP image,
 // booted from that disk by the firmware under QEMU, and proves it ran by printing a marker from
-// /etc/local.d and leaving a file on the persistence disk, which a second boot reads back.
+// /etc/local.d and leaving a file on the persistence disk, which a second boot reads back. The
+// guest also prints ramroot's health report and, asked through QEMU's fw_cfg, powers itself off
+// cleanly: every boot here ends with a clean persistence image (fsck.vfat -n).
 //
 // The initramfs and the UKI are built here with plain tools (cpio | zstd, objcopy), independent
 // of src/initramfs.ts and src/uki.ts, so that this runner is tested on its own.
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile, execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import { makeEspImage, makePersistImage, readPersistFile, writePersistFile } from "../src/bootmedia";
-import { bootCheck, cleanConsole, qemuCommand, type Arch } from "../src/qemu";
+import { BootCheckError, bootCheck, cleanConsole, qemuCommand, type Arch } from "../src/qemu";
+import { healthFiles } from "../src/health";
 
 const exec = promisify(execFile);
 const repo = path.resolve(__dirname, "..", "..");
@@ -25,7 +28,7 @@ async function sh(script: string, cwd?: string): Promise<string> {
   return stdout;
 }
 
-/** The guest's test: report the persistence disk, count boots on it, power off. */
+/** The guest's test: report the persistence disk, count boots on it. OpenRC's shutdown unmounts it. */
 const TEST_START = `#!/bin/sh
 echo "RAMROOT-TEST-MOUNT: $(grep ' /media/usb ' /proc/mounts)"
 n=0
@@ -34,11 +37,23 @@ n=$((n + 1))
 echo "$n" > /media/usb/boot-count
 echo "RAMROOT-TEST-HASH: $(sha256sum /media/usb/from-host | cut -d' ' -f1)"
 sync
-umount /media/usb
 echo "RAMROOT-BOOT-OK count=$n arch=$(uname -m) kernel=$(uname -r)"
-poweroff -f
 `;
 
+/** OpenRC runlevels of the test system (empty in the tree, as on a fresh Alpine), as setup.sh would link them. */
+const RUNLEVELS: Record<string, string[]> = {
+  sysinit: ["devfs", "mdev", "hwdrivers"],
+  boot: ["localmount"],
+  default: ["local"],
+  shutdown: ["killprocs", "mount-ro"],
+};
+
+/**
+ * What each test disk's overlay holds besides the runlevels: `ok` the test script and ramroot's
+ * health files; `nolocal` no local service (no marker, no report) and a service that powers off;
+ * `dirty` a local.d script after the health hook that powers off at once, disks still mounted.
+ */
+type Variant = "ok" | "nolocal" | "dirty";
 /** Section end of a PE stub, from objdump -h: the first free address for added sections. */
 async function peEnd(objdump: string, file: string): Promise<bigint> {
   let end = 0n;
@@ -65,17 +80,33 @@ async function objcopyUki(arch: Arch, stub: string, sections: [string, string][]
 
 interface Built { dir: string; disk: string; kernel: string }
 
-/** Test tree -> initramfs (base archive + local.d overlay) -> UKI -> ESP disk image. */
-async function buildDisk(arch: Arch, dir: string): Promise<Built> {
+/** Test tree -> initramfs (base archive + overlay: runlevels, local.d, health files) -> UKI -> ESP disk image. */
+async function buildDisk(arch: Arch, dir: string, variant: Variant = "ok"): Promise<Built> {
   const tree = (await exec("bash", [path.join(repo, "scripts/testsys.sh"), arch], { maxBuffer: 1 << 20 })).stdout.trim();
   const kernel = /^KERNEL=(.*)$/m.exec(await fs.readFile(path.join(tree, "etc/ramroot-testsys"), "utf8"))![1]!;
   const overlay = path.join(dir, "overlay");
-  await fs.mkdir(path.join(overlay, "etc/local.d"), { recursive: true, mode: 0o755 });
-  await fs.writeFile(path.join(overlay, "etc/local.d/zz-ramroot-test.start"), TEST_START, { mode: 0o755 });
+  const put = async (rel: string, content: string, mode = 0o644) => {
+    await fs.mkdir(path.dirname(path.join(overlay, rel)), { recursive: true, mode: 0o755 });
+    await fs.writeFile(path.join(overlay, rel), content, { mode });
+  };
+  const runlevels = structuredClone(RUNLEVELS);
+  await put("etc/local.d/50-ramroot-test.start", TEST_START, 0o755);
+  await put("etc/conf.d/local", "rc_verbose=yes\n");
+  await put("etc/ramroot-release", `BUILD_ID="test-${arch}"\n`);
+  for (const f of healthFiles()) if (!f.dir) await put(f.name, f.content!, f.mode);
+  if (variant === "nolocal") {
+    runlevels.default = ["zz-off"];
+    await put("etc/init.d/zz-off", '#!/bin/sh\n[ "$1" = start ] && { echo "RAMROOT-NO-LOCAL: powering off"; poweroff; }\nexit 0\n', 0o755);
+  }
+  if (variant === "dirty") await put("etc/local.d/zzz-dirty.start", "#!/bin/sh\necho RAMROOT-DIRTY: poweroff -f\npoweroff -f\n", 0o755);
+  for (const [level, names] of Object.entries(runlevels)) {
+    await fs.mkdir(path.join(overlay, "etc/runlevels", level), { recursive: true, mode: 0o755 });
+    for (const n of names) await fs.symlink(`/etc/init.d/${n}`, path.join(overlay, "etc/runlevels", level, n));
+  }
   const initrd = path.join(dir, "initrd.zst");
   // Two whole archives, separately compressed, concatenated; the overlay has no "." entry.
   await sh(`find . -path ./boot -prune -o -print | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | zstd -q -T0 -3 > '${initrd}'`, tree);
-  await sh(`chmod 0755 etc etc/local.d && find etc | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | zstd -q -3 >> '${initrd}'`, overlay);
+  await sh(`find . -mindepth 1 -type d -exec chmod 0755 {} + && find etc usr | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | zstd -q -3 >> '${initrd}'`, overlay);
   const cmdline = path.join(dir, "cmdline");
   await fs.writeFile(cmdline, `rdinit=/sbin/init console=${CONSOLE[arch]} panic=-1\n`);
   const uki = path.join(dir, "uki.efi");
@@ -97,10 +128,16 @@ async function tempDir(t: { after: (fn: () => Promise<void>) => void }, name: st
 }
 
 const times: string[] = [];
-test.after(() => { if (times.length) console.log(`# boot times (qemu start to marker): ${times.join(", ")}`); });
+test.after(() => { if (times.length) console.log(`# boot times (qemu start to marker, then the report to qemu's exit): ${times.join(", ")}`); });
+
+/** fsck.vfat -n on the persistence image: the guest unmounted it before it powered off. */
+function assertClean(persist: string): void {
+  const r = spawnSync("fsck.vfat", ["-n", persist], { encoding: "utf8" });
+  assert.equal(r.status, 0, `fsck.vfat -n ${persist} finds it dirty:\n${r.stdout}${r.stderr}`);
+}
 
 for (const arch of ["x86_64", "aarch64"] as const) {
-  test(`${arch}: the UKI boots from the ESP disk and keeps state on the persistence disk`, { timeout: 900_000 }, async (t) => {
+  test(`${arch}: the UKI boots from the ESP disk, keeps state on the persistence disk, reports healthy and powers off cleanly`, { timeout: 900_000 }, async (t) => {
     const dir = await tempDir(t, arch);
     const { disk, kernel } = await buildDisk(arch, dir);
     const diskHash = sha256(await fs.readFile(disk));
@@ -110,11 +147,22 @@ for (const arch of ["x86_64", "aarch64"] as const) {
     await writePersistFile(persist, "from-host", fromHost);
 
     for (const count of [1, 2]) {
-      const r = await bootCheck({ arch, disk, persist, marker: /RAMROOT-BOOT-OK count=\d+/, timeoutMs: 240_000 });
-      times.push(`${arch} boot ${count} ${r.seconds.toFixed(1)} s`);
+      const r = await bootCheck({ arch, disk, persist, marker: /RAMROOT-BOOT-OK count=\d+/, timeoutMs: 240_000, health: true, powerOff: true });
+      times.push(`${arch} boot ${count} ${r.seconds.toFixed(1)} s + power-off ${r.shutdownSeconds!.toFixed(1)} s`);
       assert.match(r.console, new RegExp(`RAMROOT-BOOT-OK count=${count} arch=${arch} kernel=${kernel.replace(/\./g, "\\.")}`));
       assert.match(r.console, /RAMROOT-TEST-MOUNT: \/dev\/vd[a-z] \/media\/usb vfat/);
       assert.ok(r.console.includes(`RAMROOT-TEST-HASH: ${sha256(fromHost)}`), "the guest read the host's file");
+      // The report: this build, the persistence stick mounted, every enabled service started.
+      assert.equal(r.health!.build, `test-${arch}`);
+      assert.equal(r.health!.result, "ok");
+      assert.deepEqual(r.health!.mounts, [{ state: "ok", mountPoint: "/media/usb", source: "UUID=B61B-19E7", type: "vfat" }]);
+      assert.equal(r.health!.counts.services, 5);
+      // Asked through fw_cfg, the guest went down through OpenRC's shutdown, which unmounted the stick.
+      assert.match(r.console, /ramroot: powering off: QEMU asked for it through fw_cfg opt\/org\.ramroot\/after-boot/);
+      assert.match(r.console, / \* Stopping localmount \.\.\.[\s\S]* \* Starting mount-ro \.\.\./);
+      assert.ok(r.shutdownSeconds! < 60);
+      assert.match(r.fsck!, /persist\.img: \d+ files/);
+      assertClean(persist);
       assert.equal((await readPersistFile(persist, "boot-count"))?.toString(), `${count}\n`);
     }
     assert.equal(sha256(await fs.readFile(disk)), diskHash, "the boot disk is never written");
@@ -145,15 +193,33 @@ test("a boot whose marker never appears fails within the timeout, with the conso
   assert.equal(execFileSync("bash", ["-c", `fuser '${disk}' 2>/dev/null || true`], { encoding: "utf8" }).trim(), "");
 });
 
-test("qemu exiting before the marker fails at once, with the console tail", { timeout: 600_000 }, async (t) => {
+test("qemu exiting before the marker and the report fails at once, saying what prints the report and how to enable it", { timeout: 600_000 }, async (t) => {
   const dir = await tempDir(t, "exit");
-  const { disk } = await buildDisk("aarch64", dir);
+  const { disk } = await buildDisk("x86_64", dir, "nolocal");
+  const persist = path.join(dir, "persist.img");
+  await makePersistImage({ out: persist });
   const started = Date.now();
-  const err: Error = await bootCheck({ arch: "aarch64", disk, marker: "NEVER-PRINTED", timeoutMs: 240_000 })
+  const err: Error = await bootCheck({ arch: "x86_64", disk, persist, marker: "NEVER-PRINTED", timeoutMs: 240_000, health: true, powerOff: true })
     .then(() => assert.fail("bootCheck succeeded"), (e: Error) => e);
-  assert.match(err.message, /qemu exited \(0\) before "NEVER-PRINTED"/);
-  assert.match(err.message, /RAMROOT-BOOT-OK count=1/); // the guest's last words are in the tail
+  assert.match(err.message, /qemu exited \(0\) before "NEVER-PRINTED" appeared \(nor the health report: both come from \/etc\/local\.d; the report is printed by \/etc\/local\.d\/zz-ramroot-health\.start, which ramroot adds to every image and OpenRC's local service runs at the end of boot: enable that service \(in setup\.sh: rc-update add local default\)\)/);
+  assert.match(err.message, /RAMROOT-NO-LOCAL: powering off/); // the guest's last words are in the tail
   assert.ok(Date.now() - started < 120_000);
+  assertClean(persist);
+});
+
+test("a guest that powers off with its disk mounted fails the check: the persistence image is dirty, and the error names the fix", { timeout: 600_000 }, async (t) => {
+  const dir = await tempDir(t, "dirty");
+  const { disk } = await buildDisk("x86_64", dir, "dirty");
+  const persist = path.join(dir, "persist.img");
+  await makePersistImage({ out: persist });
+  await writePersistFile(persist, "from-host", randomBytes(16));
+  const err = await bootCheck({ arch: "x86_64", disk, persist, marker: /RAMROOT-BOOT-OK count=1/, timeoutMs: 240_000, health: true, powerOff: true })
+    .then(() => assert.fail("bootCheck succeeded"), (e: Error) => e);
+  assert.ok(err instanceof BootCheckError);
+  assert.equal(err.health?.result, "ok", "the report itself was fine");
+  assert.match(err.message, /^boot check of build test-x86_64 failed:\n  - the persistence image \S+persist\.img is dirty after the boot check \(fsck\.vfat -n: Dirty bit is set\. Fs was not properly unmounted and some data may be corrupt\.\): the guest did not unmount it before powering off; its shutdown must unmount \/media\/usb \(OpenRC: localmount unmounts fstab's filesystems when it stops, and rc-update add mount-ro shutdown remounts what is left read-only\); fsck\.vfat -a \S+persist\.img repairs the image\n/);
+  assert.match(err.message, /health report:\nramroot-health: begin 1 build=test-x86_64\n/);
+  assert.equal(spawnSync("fsck.vfat", ["-n", persist]).status, 1, "fsck.vfat -n agrees: dirty");
 });
 
 test("qemuCommand: boots the disk through the firmware, read-only, with TCG", () => {
@@ -166,7 +232,11 @@ test("qemuCommand: boots the disk through the firmware, read-only, with TCG", ()
   assert.match(xs, /if=none,id=boot,format=raw,readonly=on,file=\/tmp\/a,,b\.img/);
   assert.match(xs, /if=none,id=persist,format=raw,file=\/tmp\/p\.img/);
   assert.match(xs, /-no-reboot/);
-  assert.doesNotMatch(xs, /-kernel|-append|-enable-kvm|accel kvm/);
+  assert.doesNotMatch(xs, /-kernel|-append|-enable-kvm|accel kvm|-fw_cfg/);
+  // The boot check's request to power off: a QEMU fw_cfg item, commas doubled.
+  const f = qemuCommand({ arch: "x86_64", disk: "d.img", fwCfg: { "opt/org.ramroot/after-boot": "poweroff", "opt/org.ramroot/x": "a,b" } });
+  assert.match(f.args.join(" "), /-fw_cfg name=opt\/org\.ramroot\/after-boot,string=poweroff -fw_cfg name=opt\/org\.ramroot\/x,string=a,,b/);
+  assert.throws(() => qemuCommand({ arch: "x86_64", disk: "d.img", fwCfg: { "etc/x": "1" } }), /fw_cfg name etc\/x: use opt\//);
   const a = qemuCommand({ arch: "aarch64", disk: "d.img", interactive: true });
   assert.equal(a.cmd, "qemu-system-aarch64");
   const as = a.args.join(" ");
@@ -175,6 +245,8 @@ test("qemuCommand: boots the disk through the firmware, read-only, with TCG", ()
   assert.match(as, /-boot menu=on,splash-time=0/);
   assert.match(as, /-serial mon:stdio/);
   assert.doesNotMatch(as, /id=persist/);
+  // `ramroot qemu` (interactive) passes no fw_cfg item: the guest stays up.
+  assert.doesNotMatch(as, /-fw_cfg/);
   const savedPath = process.env.PATH;
   process.env.PATH = "/nonexistent";
   try {

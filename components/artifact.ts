@@ -9,6 +9,7 @@ import type { Handlers } from "./adapter";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Store } from "../src/store";
+import { endWithEngine } from "./watchdog";
 
 /** The engine's placeholder for a value not known during preview. Never hash it. */
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
@@ -98,6 +99,7 @@ function defined(o: Record<string, any>): Record<string, any> {
 }
 
 export function artifactHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
+  endWithEngine();
   const handlers = untimedHandlers(spec);
   const t = <K extends keyof Handlers>(op: K) => handlers[op] && timed(spec.kind, op, handlers[op] as any);
   return { check: t("check")!, diff: t("diff")!, create: t("create")!, update: t("update")!, read: t("read"), delete: t("delete") } as Handlers;

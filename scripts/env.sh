@@ -20,11 +20,37 @@ export PULUMI_SKIP_UPDATE_CHECK=${PULUMI_SKIP_UPDATE_CHECK:-true}
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-true}
 # The passphrase secrets provider: without a passphrase of your own, a random one is kept in
-# .ramroot/passphrase (gitignored, mode 0600). Back it up: without it the stacks' secrets are lost.
+# ~/.config/ramroot/passphrase (mode 0600; RAMROOT_CONFIG moves it), away from .ramroot/, where
+# removing the store or the state would take it. Back it up: without it the stacks' secrets are
+# lost. One is made only while no stack is encrypted yet: a stack file with an encryptionsalt
+# and no passphrase here means the passphrase is lost, and that is said, not papered over.
 if [ -z "${PULUMI_CONFIG_PASSPHRASE+x}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
-	if [ ! -f "$here/.ramroot/passphrase" ]; then
-		mkdir -p "$here/.ramroot"
-		(umask 077; head -c 32 /dev/urandom | base64 > "$here/.ramroot/passphrase")
+	ramroot_config=${RAMROOT_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/ramroot}
+	passphrase=$ramroot_config/passphrase
+	old=$here/.ramroot/passphrase
+	if [ -f "$old" ]; then
+		# Earlier releases kept it beside the store: move it out, unless another project's is there.
+		if [ ! -f "$passphrase" ]; then
+			mkdir -p "$ramroot_config" && chmod 0700 "$ramroot_config" && mv "$old" "$passphrase"
+		elif cmp -s "$old" "$passphrase"; then
+			rm -f "$old"
+		else
+			passphrase=$old
+		fi
 	fi
-	export PULUMI_CONFIG_PASSPHRASE_FILE="$here/.ramroot/passphrase"
+	if [ ! -f "$passphrase" ]; then
+		encrypted=$(grep -l '^encryptionsalt:' "$here"/stacks/Pulumi.*.yaml 2>/dev/null | sed 's|.*/Pulumi\.\(.*\)\.yaml$|\1|' | tr '\n' ' ' || true)
+		if [ -n "$encrypted" ]; then
+			cat >&2 <<-EOF
+			ramroot: the passphrase of the stacks ${encrypted% } is lost: $passphrase does not exist.
+			  Restore it from your backup (or set PULUMI_CONFIG_PASSPHRASE / PULUMI_CONFIG_PASSPHRASE_FILE
+			  to the team's passphrase). To start over instead, losing those stacks' secrets: remove the
+			  encryptionsalt: and secure: lines from stacks/Pulumi.<stack>.yaml (README: Recovering).
+			EOF
+			return 1 2>/dev/null || exit 1
+		fi
+		mkdir -p "$ramroot_config" && chmod 0700 "$ramroot_config"
+		(umask 077; head -c 32 /dev/urandom | base64 > "$passphrase.tmp" && mv "$passphrase.tmp" "$passphrase")
+	fi
+	export PULUMI_CONFIG_PASSPHRASE_FILE="$passphrase"
 fi

@@ -7,12 +7,40 @@ cd "$here"
 command -v pulumi >/dev/null || { echo "pulumi: not provisioned; run npm run setup" >&2; exit 1; }
 stack=""
 args=("$@")
+words=()
 for ((i = 0; i < ${#args[@]}; i++)); do
-	case "${args[i]}" in --stack|-s) stack=${args[i+1]:-};; --stack=*) stack=${args[i]#--stack=};; esac
+	case "${args[i]}" in
+	--stack|-s) stack=${args[i+1]:-}; i=$((i + 1)) ;;
+	--stack=*) stack=${args[i]#--stack=} ;;
+	-*) ;;
+	*) words+=("${args[i]}") ;;
+	esac
 done
-if [ -n "$stack" ] && [ "${1:-}" != "stack" ] && ! pulumi stack ls --json 2>/dev/null | grep -q "\"name\": *\"$stack\""; then
+# The salt of a stack's secrets layer (src/secrets.ts): random, a stack secret, made with the stack.
+salt() { pulumi config set --secret ramroot:secretsSalt "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" --stack "$1" >&2; }
+if [ "${words[0]:-}" = stack ] && [ "${words[1]:-}" = init ]; then
+	name=${words[2]:-$stack}
+	[ -n "$name" ] || { echo "ramroot: name the stack: npm run pulumi -- stack init NAME" >&2; exit 1; }
+	pulumi "$@"
+	salt "$name"
+	exit 0
+fi
+# A pulumi killed mid-update (kill -9, a second Ctrl-C) leaves its lock, and the stack refuses
+# every later command. A lock of this machine whose pulumi no longer runs is cleared, saying so;
+# any other is the engine's to report.
+if [ -n "$stack" ] && [ "${PULUMI_BACKEND_URL#file://}" != "$PULUMI_BACKEND_URL" ]; then
+	for lock in "${PULUMI_BACKEND_URL#file://}"/.pulumi/locks/*/*/"$stack"/*.json; do
+		[ -f "$lock" ] || continue
+		pid=$(sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p' "$lock")
+		host=$(sed -n 's/.*"hostname": *"\([^"]*\)".*/\1/p' "$lock")
+		[ -n "$pid" ] && [ "$host" = "$(uname -n)" ] || continue
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = pulumi ] && continue
+		echo "ramroot: stack $stack was locked by pulumi (pid $pid), which is no longer running: lock removed" >&2
+		rm -f "$lock" "$lock.attrs"
+	done
+fi
+if [ -n "$stack" ] && [ "${words[0]:-}" != stack ] && ! pulumi stack ls --json 2>/dev/null | grep -q "\"name\": *\"$stack\""; then
 	pulumi stack init "$stack" --secrets-provider passphrase >&2
-	# The salt of the stack's secrets layer (src/secrets.ts), random, a stack secret.
-	pulumi config set --secret ramroot:secretsSalt "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" --stack "$stack" >&2
+	salt "$stack"
 fi
 exec pulumi "$@"

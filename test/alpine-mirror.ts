@@ -200,6 +200,13 @@ async function material(): Promise<Material | { unavailable: string }> {
       const got = createHash(alg).update(fs.readFileSync(local)).digest("hex");
       if (got !== sum) return { unavailable: `cannot run: ${local} has ${alg} ${got}, expected ${sum}` };
       found[name] = local;
+      // Kept in the cache too: a clone elsewhere on this machine (CI's) finds it there.
+      const copy = path.join(cacheDir(), "alpine-material", name);
+      if (!fs.existsSync(copy)) {
+        fs.mkdirSync(path.dirname(copy), { recursive: true });
+        fs.copyFileSync(local, `${copy}.${process.pid}`);
+        fs.renameSync(`${copy}.${process.pid}`, copy);
+      }
       continue;
     }
     const cached = path.join(cacheDir(), "alpine-material", name);

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/config"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
@@ -50,9 +52,26 @@ func main() {
 		fmt.Fprintf(os.Stderr, "pulumi-language-nodejs: %v\n", err)
 		os.Exit(1)
 	}
+	go endWithEngine()
 	fmt.Printf("%d\n", handle.Port)
 	if err := <-handle.Done; err != nil {
 		fmt.Fprintf(os.Stderr, "pulumi-language-nodejs: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// endWithEngine: an engine killed with SIGKILL cannot stop its plugins, so this host (and the
+// program it runs) would live on as orphans holding the store. When the parent is gone, end our
+// process group (the engine starts each plugin in its own) and exit.
+func endWithEngine() {
+	parent := os.Getppid()
+	for range time.Tick(time.Second) {
+		if os.Getppid() == parent {
+			continue
+		}
+		if pgid, err := syscall.Getpgid(0); err == nil && pgid == os.Getpid() {
+			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		}
 		os.Exit(1)
 	}
 }

@@ -105,11 +105,14 @@ export let deployed: pulumi.Output<string | null> | null = null;
 export let disk: pulumi.Output<string> | null = null;
 export let persist: pulumi.Output<string> | null = null;
 export let bootSeconds: pulumi.Output<number> | null = null;
+/** The guest's health report from the boot check (src/health.ts). */
+export let bootHealth: pulumi.Output<string> | null = null;
 
 if (target === "qemu") {
   const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
   // The guest's own /etc/local.d script prints this line with the build id it finds in
-  // /etc/os-release, so the check proves that this very build came up.
+  // /etc/os-release, so the check proves that this very build came up. The check also waits for
+  // ramroot's health report, the guest's clean power-off and a clean persistence image.
   const marker = uki.buildId.apply((id) => (cfg.get("bootMarker") ?? "ramroot: build {buildId} up").replace("{buildId}", id));
   const check = new BootCheck("boot", {
     arch,
@@ -126,6 +129,7 @@ if (target === "qemu") {
   disk = media.disk;
   persist = media.persist;
   bootSeconds = check.seconds;
+  bootHealth = check.health;
 }
 
 if (target === "production") {

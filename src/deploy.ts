@@ -41,6 +41,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from "ssh2";
 import { chunkFile, chunkListOf, computeDelta, writeChunkCache, type ChunkList, type Delta } from "./delta";
+import { peMachine } from "./pe";
 
 export interface SshTarget {
   host: string;
@@ -542,9 +543,14 @@ interface Probe {
   /** The upload temporary: its size, and its hash when its size equals `newSize`. */
   tnewSize: number | undefined; tnew: string | undefined;
   df?: DfSpace;
+  /** With `heads`: the first HEAD_BYTES of the image and of path.prev, and the host's `uname -m`. */
+  heads?: { cur: Buffer; prev: Buffer; uname: string };
 }
 
-async function probe(s: Session, opts: { newSize?: number; newSha?: string; cleanup?: boolean; df?: boolean }): Promise<Probe> {
+/** Bytes of an image read to tell its architecture: the PE header is well inside them. */
+const HEAD_BYTES = 4096;
+
+async function probe(s: Session, opts: { newSize?: number; newSha?: string; cleanup?: boolean; df?: boolean; heads?: boolean }): Promise<Probe> {
   const { p, dir, prev, tnew, tprev } = paths(s.t);
   const script = `
 p=${shq(p)}; d=${shq(dir)}
@@ -558,6 +564,8 @@ ${opts.newSize !== undefined ? `[ "$ns" = ${opts.newSize} ] && { n=$(h ${shq(tne
 wait $j1 || exit 1; wait $j2 || exit 1
 printf 'new %s %s\\n' "$n" "$ns"
 ${opts.cleanup ? `rm -f ${shq(tprev)}; [ "$n" = ${opts.newSha ?? "-"} ] || rm -f ${shq(tnew)}` : ""}
+${opts.heads ? `for f in cur:"$p" prev:${shq(prev)}; do printf 'head%s ' "\${f%%:*}"; f=\${f#*:}; [ ! -f "$f" ] || head -c ${HEAD_BYTES} "$f" | od -An -v -tx1 | tr -d ' \\n'; echo; done
+printf 'uname %s\\n' "$(uname -m)"` : ""}
 ${opts.df ? `echo df; df -Pk "$d"` : ""}
 `;
   const out = await s.run(`read the state of ${p}`, script, opts.newSize ?? 0);
@@ -569,10 +577,24 @@ ${opts.df ? `echo df; df -Pk "$d"` : ""}
     return { hash: m[1] === "-" ? undefined : m[1], size: num(m[2]) };
   };
   const cur = get("cur"), pv = get("prev"), nw = get("new");
+  const text = (key: string) => new RegExp(`^${key} ?(.*)$`, "m").exec(state)?.[1] ?? "";
   return {
     cur: cur.hash, curSize: cur.size, prev: pv.hash, prevSize: pv.size, tnew: nw.hash, tnewSize: nw.size,
     df: df !== undefined ? parseDf(df) : undefined,
+    heads: opts.heads ? { cur: Buffer.from(text("headcur"), "hex"), prev: Buffer.from(text("headprev"), "hex"), uname: text("uname") } : undefined,
   };
+}
+
+/**
+ * The architecture an image at `p` must be for: the removable-media name says it (the firmware
+ * boots EFI/BOOT/BOOTAA64.EFI on arm64, BOOTX64.EFI on x86_64), else the host's `uname -m`.
+ */
+export function bootArch(p: string, uname: string): { arch: string; because: string } {
+  const name = p.slice(p.lastIndexOf("/") + 1);
+  if (/^BOOTAA64\.EFI$/i.test(name)) return { arch: "aarch64", because: `${name} is the arm64 boot file` };
+  if (/^BOOTX64\.EFI$/i.test(name)) return { arch: "x86_64", because: `${name} is the x86_64 boot file` };
+  const arch = uname === "arm64" ? "aarch64" : uname;
+  return { arch, because: `the host is ${uname}` };
 }
 
 /** The hash (and size) of the image at the target path and of path.prev: what refresh compares. */
@@ -1046,10 +1068,20 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
 export async function rollback(t: SshTarget, log: Log = () => {}): Promise<{ current: string; previous: string }> {
   const { p, dir, prev, tnew, tprev } = paths(t);
   return withSession(t, log, async (s) => {
-    const st = await probe(s, { cleanup: true, df: true });
+    const st = await probe(s, { cleanup: true, df: true, heads: true });
     if (!st.prev) throw new Error(`${s.where}: no previous image at ${prev}: nothing to roll back to (${p} is ${st.cur ?? "absent"})`);
     if (!st.cur) throw new Error(`${s.where}: ${p} does not exist; refusing to roll back without a current image (deploy one; ${prev} is ${st.prev})`);
     if (st.prev === st.cur) throw new Error(`${s.where}: ${prev} is the same image as ${p} (${st.cur}): nothing to roll back to`);
+    // An image that is not a PE for the host's architecture (a stray copy, a truncated or
+    // foreign file) would leave the host unbootable, at once as the image or at the next
+    // rollback as .prev. Its first 4 KiB were read with the state: the PE header is there.
+    const want = bootArch(p, st.heads!.uname);
+    for (const [file, head, role] of [[prev, st.heads!.prev, "the rollback would boot it"], [p, st.heads!.cur, `the rollback would keep it as ${prev}, the next rollback's image`]] as const) {
+      const pe = peMachine(head);
+      if ("arch" in pe && pe.arch === want.arch) continue;
+      const what = "why" in pe ? `not a PE image: ${pe.why}` : `a PE image for ${pe.arch}`;
+      throw new Error(`${s.where}: ${file} is not a boot image for ${want.arch} (${want.because}; it is ${what}) and ${role}: nothing was changed; deploy a good image instead (pulumi up)`);
+    }
     const space = spaceCheck(st.df!.available, [["copy of .prev", st.prevSize ?? 0], ["copy of the current image", st.curSize ?? 0]]);
     if (!space.ok) {
       throw new Error(`${s.where}: not enough space in ${dir} (${st.df!.mountedOn}) to roll back: need ${mb(space.need)} (${space.detail}), ${mb(st.df!.available)} available`);

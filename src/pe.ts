@@ -44,6 +44,20 @@ export interface PeHeaders {
   sections: PeSection[];
 }
 
+/**
+ * The machine of the PE image whose first bytes are `head` ("x86_64", "aarch64", or "machine
+ * 0x...."), or why they are not the start of one. Only the DOS header's e_lfanew and the COFF
+ * header's Machine field are read: a few KiB of a file say it, wherever they came from.
+ */
+export function peMachine(head: Buffer): { arch: string } | { why: string } {
+  if (head.length < 0x40 || head.toString("latin1", 0, 2) !== "MZ") return { why: head.length === 0 ? "it is empty" : "no MZ header" };
+  const pe = head.readUInt32LE(0x3c);
+  if (pe + 6 > head.length) return { why: `no PE header in its first ${head.length} bytes` };
+  if (head.toString("latin1", pe, pe + 4) !== "PE\0\0") return { why: "no PE signature" };
+  const machine = head.readUInt16LE(pe + 4);
+  return { arch: MACHINES[machine] ?? `machine 0x${machine.toString(16)}` };
+}
+
 /** How many header bytes to read before calling parsePe: enough for any stub we expect. */
 export const PE_HEADER_PROBE = 4096;
 

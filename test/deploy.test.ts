@@ -61,7 +61,9 @@ async function setup(t: TestContext, opts: { stickDir?: string; sftp?: boolean }
     log: (l) => lines.push(l),
     t: { host: "127.0.0.1", port: proxy.port, privateKey: sshd.clientKey, hostKey: sshd.hostKey, path: target, timeoutMs: 10_000 },
     image(size) {
+      // A boot image for BOOTAA64.EFI as far as rollback looks: an arm64 PE header, then noise.
       const bytes = randomBytes(size);
+      peHead(0xaa64).copy(bytes, 0, 0, Math.min(size, 0x100));
       const file = path.join(dir, `image-${n++}.efi`);
       fs.writeFileSync(file, bytes);
       return { file, sha: sha256(bytes) };
@@ -71,6 +73,16 @@ async function setup(t: TestContext, opts: { stickDir?: string; sftp?: boolean }
 }
 
 const MB = 1024 * 1024;
+
+/** The start of a PE image for `machine` (0xaa64 arm64, 0x8664 x86_64): MZ, e_lfanew, PE\0\0, Machine. */
+function peHead(machine: number): Buffer {
+  const b = Buffer.alloc(0x100);
+  b.write("MZ", 0, "latin1");
+  b.writeUInt32LE(0x80, 0x3c);
+  b.write("PE\0\0", 0x80, "latin1");
+  b.writeUInt16LE(machine, 0x84);
+  return b;
+}
 
 test("deploy: the remote file's hash equals ours; a second, different deploy keeps the first as .prev", async (t) => {
   const e = await setup(t);
@@ -340,6 +352,49 @@ test("rollback puts the previous image back; a second rollback returns to the ne
   fs.copyFileSync(b.file, `${e.target}.prev`);
   await assert.rejects(rollback(e.t, e.log), /is the same image as/);
   assert.equal(fileSha(e.target), b.sha);
+});
+
+test("rollback refuses a .prev or a current image that is not a PE image for the host's architecture, and changes nothing", async (t) => {
+  const e = await setup(t);
+  const a = e.image(MB);
+  const b = e.image(MB + 1);
+  await deployImage(e.t, a.file, a.sha, e.log);
+  await deployImage(e.t, b.file, b.sha, e.log);
+  const prev = `${e.target}.prev`;
+  const good = fs.readFileSync(prev);
+  const refused = async (file: string, bytes: Buffer, why: RegExp) => {
+    fs.writeFileSync(file, bytes);
+    const before = e.stick().map((n) => [n, fileSha(path.join(path.dirname(e.target), n))]);
+    await assert.rejects(rollback(e.t, e.log), (err: Error) => {
+      assert.match(err.message, why);
+      assert.doesNotMatch(err.message, /\n/, "one line");
+      assert.match(err.message, /nothing was changed; deploy a good image instead/);
+      return true;
+    });
+    assert.deepEqual(e.stick().map((n) => [n, fileSha(path.join(path.dirname(e.target), n))]), before, "the stick changed");
+  };
+  const name = (f: string) => f.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  // Not a PE at all (a text file copied over it), a PE for the other architecture, an empty file.
+  await refused(prev, Buffer.from("not an image\n".repeat(1000)), new RegExp(`: ${name(prev)} is not a boot image for aarch64 \\(BOOTAA64\\.EFI is the arm64 boot file; it is not a PE image: no MZ header\\) and the rollback would boot it:`));
+  await refused(prev, Buffer.concat([peHead(0x8664), randomBytes(MB)]), new RegExp(`${name(prev)} is not a boot image for aarch64 .*it is a PE image for x86_64\\)`));
+  // The PE header must be in the first 4 KiB: that is all rollback reads of an image.
+  const far = Buffer.concat([peHead(0xaa64), randomBytes(MB)]);
+  far.writeUInt32LE(8192, 0x3c);
+  await refused(prev, far, /it is not a PE image: no PE header in its first 4096 bytes/);
+  fs.writeFileSync(prev, good);
+  const current = fs.readFileSync(e.target);
+  await refused(e.target, Buffer.concat([Buffer.from("MZ"), randomBytes(MB)]), new RegExp(`${name(e.target)} is not a boot image for aarch64 .*and the rollback would keep it as ${name(prev)}`));
+  fs.writeFileSync(e.target, current);
+  // Good images on both sides: the rollback goes through.
+  assert.deepEqual(await rollback(e.t, e.log), { current: a.sha, previous: b.sha });
+
+  // BOOTX64.EFI: the x86_64 boot file takes x86_64 images only.
+  const x64 = { ...e.t, path: path.join(path.dirname(e.target), "BOOTX64.EFI") };
+  fs.writeFileSync(x64.path, Buffer.concat([peHead(0x8664), randomBytes(1000)]));
+  fs.writeFileSync(`${x64.path}.prev`, Buffer.concat([peHead(0xaa64), randomBytes(1000)]));
+  await assert.rejects(rollback(x64, e.log), /BOOTX64\.EFI\.prev is not a boot image for x86_64 \(BOOTX64\.EFI is the x86_64 boot file; it is a PE image for aarch64\)/);
+  fs.writeFileSync(`${x64.path}.prev`, Buffer.concat([peHead(0x8664), randomBytes(1001)]));
+  await rollback(x64, e.log);
 });
 
 test("parseDf reads GNU and busybox df -P output", () => {

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
-import { encodedSize, NewcReader, type NewcRecord } from "./newc";
+import { encodedSize, NewcReader, unarchivable, type NewcRecord } from "./newc";
 import { removeTree, writeFileAtomic, type Store } from "./store";
 import { excludeRecords, isDir, readListing, reproducible, walk } from "./walk";
 
@@ -84,9 +84,29 @@ const FORMAT = "ramroot-initramfs-2";
 export const DEFAULT_SPLIT_BYTES = 32 << 20;
 const EXT: Record<Compression, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
+/**
+ * The levels each compression takes. zstd stops at 19: 20-22 ("ultra") raise the window to up
+ * to 128 MiB, which the booting kernel would have to allocate to unpack the image.
+ */
+export const LEVELS: Record<Compression, readonly [number, number] | undefined> = { zstd: [1, 19], gzip: [1, 9], none: undefined };
+
+/**
+ * Why `level` is not a level of `compression`, or undefined; callers put the option's name and
+ * value before it. An undefined level is the default and always fits.
+ */
+export function levelProblem(compression: Compression, level: number | undefined): string | undefined {
+  if (level === undefined || !(compression in LEVELS)) return undefined;
+  const range = LEVELS[compression];
+  if (!range) return `compression none takes no level: leave the level out, or compress with zstd (levels ${LEVELS.zstd!.join("-")}) or gzip (${LEVELS.gzip!.join("-")})`;
+  if (!Number.isInteger(level) || level < range[0] || level > range[1]) return `not a ${compression} level: use a whole number from ${range[0]} to ${range[1]}`;
+  return undefined;
+}
+
 function settle(tree: string, opts: InitramfsOptions) {
   const compression = opts.compression ?? "zstd";
   if (!(compression in EXT)) throw new Error(`initramfs: unknown compression ${compression}; use zstd, gzip or none`);
+  const bad = levelProblem(compression, opts.level);
+  if (bad) throw new Error(`initramfs: level ${opts.level}: ${bad}`);
   const level = compression === "none" ? 0 : opts.level ?? (compression === "zstd" ? 3 : 6);
   const envEpoch = process.env.SOURCE_DATE_EPOCH;
   const epoch = opts.epoch ?? (envEpoch ? Number(envEpoch) : 0);
@@ -106,9 +126,25 @@ type Settled = ReturnType<typeof settle>;
 
 export interface SegmentRange {
   name: string;
-  /** Records [start, end) of the walk. */
+  /** Records [start, end) of the walk... */
   start: number;
   end: number;
+  /**
+   * ...after these, in walk order: names of hard-linked files from earlier ranges, whose inode
+   * has its last name in this range. They leave their own ranges (see splitSegments).
+   */
+  links?: number[];
+}
+
+/** The records of each segment: its `links`, then its range without the names that moved on. */
+export function segmentRecords<T>(records: T[], ranges: SegmentRange[]): T[][] {
+  const moved = new Set<number>();
+  for (const r of ranges) for (const i of r.links ?? []) moved.add(i);
+  return ranges.map((r) => {
+    const own = records.slice(r.start, r.end);
+    const kept = moved.size === 0 ? own : own.filter((_, k) => !moved.has(r.start + k));
+    return r.links ? [...r.links.map((i) => records[i]), ...kept] : kept;
+  });
 }
 
 /**
@@ -125,6 +161,13 @@ export interface SegmentRange {
  *   own segment, so etc/ is alone) and elsewhere the largest power of two <= (splitBytes/2) /
  *   (average unit bytes of that directory), aiming at splitBytes/2 per segment.
  * - A segment that would hold only entries of split directories joins the next one.
+ *
+ * - Hard links: every name of an inode goes into the segment of its last name in walk order
+ *   (listed in that range's `links`, ahead of the range's own records), and a range left
+ *   empty by that is dropped. The kernel forgets its table of links at each TRAILER!!!, so
+ *   names in two archives would unpack as two files with the content stored twice. The last
+ *   name's segment, because it is the latest: the folders of every other name are unpacked
+ *   before it, so each archive still comes after the folders of what it holds.
  *
  * So boundaries sit at names and depend on sizes only through two per-directory decisions:
  * whether a directory crosses splitBytes, and the power-of-two bucket of its average unit. A
@@ -195,7 +238,31 @@ export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_
   else units.push(".");
   cut(n);
   if (start < n) out.push({ name: records[start].name, start, end: n });
-  return out;
+  return groupLinks(records, out);
+}
+
+/** Moves every name of a hard-linked inode into the range of its last name (splitSegments). */
+function groupLinks(records: NewcRecord[], ranges: SegmentRange[]): SegmentRange[] {
+  const last = new Map<string, number>();
+  for (let i = 0; i < records.length; i++) {
+    const key = records[i].linkKey;
+    if (key !== undefined) last.set(key, i);
+  }
+  if (last.size === 0) return ranges;
+  const rangeOf = new Int32Array(records.length);
+  ranges.forEach((r, j) => rangeOf.fill(j, r.start, r.end));
+  const links = new Map<number, number[]>();
+  const left = ranges.map((r) => r.end - r.start);
+  for (let i = 0; i < records.length; i++) {
+    const key = records[i].linkKey;
+    if (key === undefined) continue;
+    const to = rangeOf[last.get(key)!];
+    if (to === rangeOf[i]) continue;
+    if (!links.has(to)) links.set(to, []);
+    links.get(to)!.push(i);
+    left[rangeOf[i]]--;
+  }
+  return ranges.flatMap((r, j) => (left[j] === 0 ? [] : links.has(j) ? [{ ...r, links: links.get(j)! }] : [r]));
 }
 
 /** FNV-1a over the UTF-8 bytes of `s` (an ASCII name is its own bytes: no Buffer needed). */
@@ -204,6 +271,33 @@ function fnv1a(s: string): number {
   if (/^[\x00-\x7f]*$/.test(s)) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
   else for (const b of Buffer.from(s)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
   return h;
+}
+
+/**
+ * Why the walk of `tree` cannot become a newc archive (a top-level TRAILER!!!, a file of 4 GiB
+ * or more: see unarchivable), or undefined. Checked before anything is encoded.
+ */
+export function archiveProblem(tree: string, records: NewcRecord[], fix = "exclude it"): string | undefined {
+  for (const r of records) {
+    const bad = unarchivable(r.name, r.size, `${tree}/${r.name}`, fix);
+    if (bad) return bad;
+  }
+  return undefined;
+}
+
+/**
+ * Checks a tree that is to go into an initramfs (a system's skeleton, in preview) as a plan
+ * would, reading only names and sizes: names that are not UTF-8, a top-level TRAILER!!!, files
+ * of 4 GiB or more. Resolves the first problem as one line, or undefined.
+ */
+export async function treeProblem(tree: string, fix = "leave it out"): Promise<string | undefined> {
+  let records: NewcRecord[];
+  try {
+    records = await walk(tree);
+  } catch (e: any) {
+    return String(e.message).replace(/^initramfs: /, "");
+  }
+  return archiveProblem(path.resolve(tree), records, fix);
 }
 
 interface Segment extends SegmentRange {
@@ -220,10 +314,10 @@ async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; trustBefore: n
   const listed = s.listing ? readListing(s.listing, s.tree) : undefined;
   const trustBefore = listed ? Infinity : Date.now() - 2000;
   const records = listed ? excludeRecords(listed, s.exclude) : await walk(s.tree, { exclude: s.exclude });
-  const segs = splitSegments(records, s.splitBytes).map((r) => ({
-    ...r,
-    records: reproducible(records.slice(r.start, r.end), { epoch: s.epoch, owner: s.owner }),
-  }));
+  const bad = archiveProblem(s.tree, records);
+  if (bad) throw new Error(`initramfs: ${bad}`);
+  const ranges = splitSegments(records, s.splitBytes);
+  const segs = segmentRecords(records, ranges).map((recs, i) => ({ ...ranges[i], records: reproducible(recs, { epoch: s.epoch, owner: s.owner }) }));
   return { segs, trustBefore };
 }
 
@@ -367,7 +461,7 @@ export async function buildInitramfs(plan: InitramfsPlan, store: Store, log: (li
   const have = await Promise.all(rels.map((rel) => store.has(rel)));
   if (have.every(Boolean)) reused.push(...plan.segments.map((x) => x.key));
   else {
-    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, plan))).segs;
+    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, { ...plan, level: plan.compression === "none" ? undefined : plan.level }))).segs;
     const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
     if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
     await withPool((pool) => {
@@ -465,6 +559,23 @@ export async function writeInitramfs(tree: string, out: string, opts: InitramfsO
   }
 }
 
+/** The largest file inspect reads (into memory): 2 GiB - 1, the most fs.readFile reads. */
+export const INSPECT_MAX_BYTES = 2 ** 31 - 1;
+
+/**
+ * Why `file` cannot be inspected (missing, not a regular file, empty, over INSPECT_MAX_BYTES),
+ * from a stat alone, or undefined. `what` names what it should be.
+ */
+export async function inspectProblem(file: string, what = "an initramfs or a UKI"): Promise<string | undefined> {
+  const st = await fs.stat(file).catch((e: NodeJS.ErrnoException) => e);
+  if (st instanceof Error) return st.code === "ENOENT" ? `${file} does not exist: pass ${what}` : `cannot read ${file} (${st.code ?? st.message}): pass a file you can read`;
+  if (st.isDirectory()) return `${file} is a folder: pass ${what}, a file (a folder is archived with \`ramroot initramfs DIR -o FILE\`)`;
+  if (!st.isFile()) return `${file} is not a regular file: pass ${what}`;
+  if (st.size === 0) return `${file} is empty: pass ${what} (a build or copy that did not finish leaves an empty file)`;
+  if (st.size > INSPECT_MAX_BYTES) return `${file} is ${st.size} bytes, more than inspect reads (2 GiB), and more than an initramfs or a UKI should be: pass ${what}`;
+  return undefined;
+}
+
 export interface InitramfsMember {
   offset: number;
   size: number;
@@ -476,9 +587,11 @@ export interface InitramfsMember {
 /**
  * Splits a concatenated initramfs into its members (gzip, zstd or plain newc, with the zero
  * padding the kernel skips between them) and counts the entries of each. A diagnostic: the
- * file is read into memory whole.
+ * file is read into memory whole, so it must be a regular file of at most INSPECT_MAX_BYTES.
  */
 export async function inspectInitramfs(file: string): Promise<InitramfsMember[]> {
+  const problem = await inspectProblem(file, "an initramfs");
+  if (problem) throw new Error(problem);
   const buf = await fs.readFile(file);
   const members: InitramfsMember[] = [];
   let off = 0;

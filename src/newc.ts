@@ -37,6 +37,21 @@ export interface NewcRecord {
 export const TRAILER = "TRAILER!!!";
 const HEADER_SIZE = 110;
 const MAX_FIELD = 0xffffffff;
+/** The largest file newc can hold: its size field is 32 bits. */
+export const MAX_FILE_BYTES = MAX_FIELD;
+
+/**
+ * Why an entry cannot go into a newc archive, or undefined: `name` is its name in the archive,
+ * `shown` how the message names it (its path on disk), `fix` how to leave it out.
+ * - The kernel (and GNU cpio) read an entry named TRAILER!!! as the end of the archive: a
+ *   top-level file of that name would silently drop everything after it.
+ * - A file of 4 GiB or more does not fit the 32-bit size field.
+ */
+export function unarchivable(name: string, size: number, shown: string, fix = "leave it out of the image"): string | undefined {
+  if (name === TRAILER) return `${shown}: a top-level entry named ${TRAILER} ends a newc archive (the kernel would unpack nothing after it): rename it or ${fix}`;
+  if (size > MAX_FILE_BYTES) return `${shown} is ${size} bytes, and an initramfs (newc) holds files up to ${MAX_FILE_BYTES} bytes (4 GiB - 1): make it smaller or ${fix}`;
+  return undefined;
+}
 /** Output chunk size: big enough that per-chunk costs (hash, zlib calls) vanish. */
 const CHUNK = 1 << 20;
 
@@ -49,6 +64,7 @@ export function encodedSize(name: string, size: number): number {
 }
 
 function header(r: NewcRecord, nameSize: number): string {
+  if (r.size > MAX_FILE_BYTES) throw new Error(`newc: ${unarchivable(r.name, r.size, r.source ?? r.name)}`);
   const fields = [r.ino, r.mode, r.uid, r.gid, r.nlink, r.mtime, r.size, r.devMajor, r.devMinor, r.rdevMajor, r.rdevMinor, nameSize, 0];
   let h = "070701";
   for (const f of fields) {
@@ -95,6 +111,7 @@ export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer
 
   const all = opts.trailer === false ? records : withTrailer(records);
   for (const r of all) {
+    if (r.name === TRAILER && r !== trailerRecord) throw new Error(`newc: ${unarchivable(r.name, r.size, r.source ?? r.name)}`);
     const name = Buffer.from(r.name + "\0");
     const head = Buffer.from(header(r, name.length), "latin1");
     yield* put(head);
@@ -135,9 +152,12 @@ export async function* encodeNewc(records: Iterable<NewcRecord>, opts: { trailer
   }
 }
 
+/** The end of an archive: the one record named TRAILER!!! that the encoder lets through. */
+const trailerRecord: NewcRecord = Object.freeze({ name: TRAILER, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });
+
 function* withTrailer(records: Iterable<NewcRecord>): Generator<NewcRecord> {
   yield* records;
-  yield { name: TRAILER, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 };
+  yield trailerRecord;
 }
 
 /** A header as read back (content is skipped). */

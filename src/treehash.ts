@@ -12,9 +12,11 @@
 // file's ctime (which every write moves, and utimes cannot set back) is older than racyMs
 // before the hash started, so a file written in the same clock tick as it was hashed is
 // hashed again next time.
+import { isUtf8 } from "node:buffer";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { notUtf8 } from "./walk";
 
 export interface TreeHashOptions {
   /** Every entry counts as owned by 0:0 (skeleton files of a distribution belong to root). */
@@ -68,6 +70,8 @@ export async function hashTree(dir: string, opts: TreeHashOptions = {}, stats?: 
       h.update(head + "d\n");
       const names = fs.readdirSync(abs, { encoding: "buffer" }).sort(Buffer.compare);
       for (const raw of names) {
+        // Read back as text, a name that is not UTF-8 names no file (U+FFFD replaces its bytes).
+        if (!isUtf8(raw)) throw new Error(notUtf8(abs, raw));
         const n = raw.toString("utf8");
         if (!rel && opts.exclude?.includes(n)) continue;
         const r = rel ? `${rel}/${n}` : n;

@@ -111,6 +111,34 @@ export function excludeRecords(records: NewcRecord[], exclude: string[]): NewcRe
   return records.filter((r) => !ex.some((e) => r.name === e || r.name.startsWith(`${e}/`)));
 }
 
+/**
+ * The error for a name that is not UTF-8 (the walk's, and the tree hash's: a skeleton is hashed
+ * in preview). Node reads such a name with U+FFFD in place of the bad bytes, a name that does
+ * not exist, so it must be caught before anything is done with it. The bytes that are not
+ * UTF-8 are shown as \xNN, the rest as text.
+ */
+export function notUtf8(dir: string, raw: Buffer): string {
+  return `the name "${escapeText(`${dir}/`)}${escapeBytes(raw)}" is not valid UTF-8 (an initramfs names files in UTF-8): rename it`;
+}
+
+const escapeText = (s: string) => JSON.stringify(s).slice(1, -1);
+
+function escapeBytes(raw: Buffer): string {
+  let out = "";
+  for (let i = 0; i < raw.length; ) {
+    const b = raw[i];
+    const len = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (len > 0 && isUtf8(raw.subarray(i, i + len)) && i + len <= raw.length) {
+      out += escapeText(raw.toString("utf8", i, i + len));
+      i += len;
+    } else {
+      out += `\\x${b.toString(16).padStart(2, "0")}`;
+      i++;
+    }
+  }
+  return out;
+}
+
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
@@ -163,8 +191,7 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
       names = fs.readdirSync(dir);
       // A name that is not UTF-8 reads back with U+FFFD in it: only then look at the bytes.
       if (names.some((n) => n.includes("\uFFFD"))) {
-        for (const raw of fs.readdirSync(dir, { encoding: "buffer" }))
-          if (!isUtf8(raw)) throw new Error(`initramfs: ${JSON.stringify(`${dir}/${raw.toString("utf8")}`)} is not valid UTF-8; rename it`);
+        for (const raw of fs.readdirSync(dir, { encoding: "buffer" })) if (!isUtf8(raw)) throw new Error(`initramfs: ${notUtf8(dir, raw)}`);
       }
     } catch (e: any) {
       if (!e.code) throw e;
@@ -250,8 +277,9 @@ export const FIRST_INO = 1;
  * Regular files that share an inode within this archive stay hardlinks: the first name
  * carries the data, later ones have size 0 and the same ino, and all say nlink = number of
  * names in this archive. The kernel links a later nlink>=2 entry to the first it saw with that
- * ino; GNU cpio defers size-0 links and links them at the end. Names of the inode that fall in
- * another archive are not visible here and become independent copies there.
+ * ino; GNU cpio defers size-0 links and links them at the end. Names of the inode in another
+ * archive would not be visible here and would become an independent copy there: the initramfs
+ * segmentation (splitSegments) keeps every name of an inode in one archive.
  *
  * Changes the records in place and returns them.
  */

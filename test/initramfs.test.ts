@@ -8,8 +8,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as zlib from "node:zlib";
-import { buildInitramfs, inspectInitramfs, planInitramfs, splitSegments, writeInitramfs, type Compression } from "../src/initramfs";
-import { NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
+import { buildInitramfs, inspectInitramfs, inspectProblem, levelProblem, planInitramfs, splitSegments, treeProblem, writeInitramfs, type Compression } from "../src/initramfs";
+import { encodeNewc, NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
+import { hashTree } from "../src/treehash";
 import { Store } from "../src/store";
 import { readListing, walk, writeListing } from "../src/walk";
 
@@ -170,8 +171,12 @@ for (const compression of ["zstd", "gzip", "none"] as const) {
     assert.equal(a.ino, link.ino, "a hardlink stays a hardlink");
     assert.equal(a.nlink, 2);
     assert.equal(all.filter((e) => e.name.startsWith("usr/bin/a") && e.size > 0).length, 1, "hardlinked data is stored once");
-    // Names of one inode in different segments become independent copies (documented rule).
-    assert.notEqual(fs.statSync(path.join(out, "etc/cross")).ino, fs.statSync(path.join(out, "usr/cross")).ino);
+    // Names of one inode that the rule would put in different segments (etc/ and usr/) share
+    // one: the link survives, and the content is stored once in the whole image.
+    const [cross, usrCross] = ["etc/cross", "usr/cross"].map((p) => fs.statSync(path.join(out, p)));
+    assert.equal(cross.ino, usrCross.ino, "a hard link across segments stays a hard link");
+    assert.equal(cross.nlink, 2);
+    assert.equal(all.filter((e) => (e.name === "etc/cross" || e.name === "usr/cross") && e.size > 0).length, 1, "cross-segment hardlinked data is stored once");
     if (root) assert.equal(fs.statSync(path.join(out, "dev/mynull")).rdev, fs.statSync("/dev/null").rdev);
   });
 }
@@ -372,6 +377,168 @@ describe("splitSegments", () => {
     assert.ok(differ[0].includes("lib100.so.1"));
     assert.equal(names(b, withNew).length - differ.length, a.length - 1);
   });
+});
+
+describe("hard links across segments", () => {
+  // Two names of one inode in etc/ and var/lib/ (segments of their own by the rule), a third
+  // in a split directory's run, and an inode whose only other name is a top-level file.
+  let dir: string;
+  const put = (rel: string, data: string | Buffer) => {
+    fs.mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true });
+    fs.writeFileSync(path.join(dir, rel), data);
+  };
+  const link = (from: string, to: string) => {
+    fs.mkdirSync(path.dirname(path.join(dir, to)), { recursive: true });
+    fs.linkSync(path.join(dir, from), path.join(dir, to));
+  };
+  before(() => {
+    dir = fs.mkdtempSync(path.join(work, "links-"));
+    put("etc/motd", "welcome\n");
+    put("etc/shared.conf", "one inode, three names\n".repeat(100));
+    link("etc/shared.conf", "var/lib/app/shared.conf");
+    for (let i = 0; i < 40; i++) put(`usr/lib/lib${String(i).padStart(2, "0")}.so`, createHash("sha256").update(String(i)).digest().toString("hex").repeat(1000));
+    link("etc/shared.conf", "usr/lib/lib20.so.conf");
+    put("top", "a top-level file\n");
+    link("top", "var/top");
+    put("var/log/x", "x\n");
+  });
+  const o = { compression: "gzip" as const, epoch: EPOCH, splitBytes: 256 << 10 };
+
+  test("every name of an inode is in one member: GNU cpio lists them together and extracts one file with its links", async () => {
+    // Without links the rule makes etc, usr/lib runs, var/lib... segments of their own.
+    const plain = await planInitramfs(dir, o);
+    assert.ok(plain.segments.length >= 5, plain.segments.map((x) => x.name).join(" "));
+    const img = path.join(work, "links.img");
+    await writeInitramfs(dir, img, o);
+    const image = await members(img);
+    const listed = image.map((m) => execFileSync("cpio", ["-it", "--quiet"], { input: m.data, encoding: "utf8" }).split("\n").filter(Boolean));
+    const holding = (name: string) => listed.findIndex((l) => l.includes(name));
+    for (const names of [["etc/shared.conf", "usr/lib/lib20.so.conf", "var/lib/app/shared.conf"], ["top", "var/top"]]) {
+      const at = names.map(holding);
+      assert.ok(at.every((i) => i >= 0 && i === at[0]), `${names.join(", ")} are in members ${at}`);
+      assert.equal(listed.flat().filter((n) => names.includes(n)).length, names.length, "each name once");
+    }
+    // The other segments are as the rule makes them: etc's motd stays in a member without the links.
+    assert.notEqual(holding("etc/motd"), holding("etc/shared.conf"));
+    const all = image.flatMap((m) => headers(m.data));
+    assert.equal(all.filter((e) => /shared\.conf$|lib20\.so\.conf$/.test(e.name) && e.size > 0).length, 1, "the content is stored once");
+    assert.equal(all.filter((e) => /(^|\/)top$/.test(e.name) && e.size > 0).length, 1);
+    // GNU cpio, member by member (as the kernel unpacks them): one file, three names.
+    const out = fs.mkdtempSync(path.join(work, "links-out-"));
+    extract(image, out);
+    const st = ["etc/shared.conf", "var/lib/app/shared.conf", "usr/lib/lib20.so.conf"].map((p) => fs.statSync(path.join(out, p)));
+    assert.ok(st.every((x) => x.ino === st[0].ino && x.nlink === 3), st.map((x) => `${x.ino}/${x.nlink}`).join(" "));
+    assert.equal(fs.readFileSync(path.join(out, "var/lib/app/shared.conf"), "utf8"), "one inode, three names\n".repeat(100));
+    assert.equal(fs.statSync(path.join(out, "top")).ino, fs.statSync(path.join(out, "var/top")).ino);
+    assert.deepEqual(listTree(out), listTree(dir));
+    // A directory comes before anything in it, across members too.
+    const seen = new Set<string>();
+    for (const e of all) {
+      if (e.name !== ".") assert.ok(seen.has(path.posix.dirname(e.name)), `${e.name} after its directory`);
+      seen.add(e.name);
+    }
+  });
+
+  test("deterministic: the same image from a copy of the tree, and a change to the linked file changes one segment", async () => {
+    const a = await planInitramfs(dir, o);
+    const copy = path.join(work, "links-copy");
+    execFileSync("cp", ["-a", dir, copy]);
+    const b = await planInitramfs(copy, o);
+    assert.equal(b.hash, a.hash);
+    assert.deepEqual(b.segments, a.segments);
+    fs.appendFileSync(path.join(copy, "var/lib/app/shared.conf"), "more\n");
+    const c = await planInitramfs(copy, o);
+    assert.deepEqual(c.segments.map((x) => x.name), a.segments.map((x) => x.name));
+    assert.equal(c.segments.filter((x, i) => x.key !== a.segments[i].key).length, 1);
+    fs.rmSync(copy, { recursive: true });
+  });
+});
+
+test("a top-level TRAILER!!! is refused (it would end the archive), naming the path and the fix; elsewhere it is a name", async () => {
+  const dir = fs.mkdtempSync(path.join(work, "trailer-"));
+  fs.mkdirSync(path.join(dir, "etc"));
+  fs.writeFileSync(path.join(dir, "etc/TRAILER!!!"), "just a name here\n");
+  const ok = await planInitramfs(dir, { epoch: EPOCH });
+  fs.writeFileSync(path.join(dir, "TRAILER!!!"), "x");
+  const out = path.join(work, "trailer.img");
+  for (const run of [() => planInitramfs(dir, { epoch: EPOCH }), () => writeInitramfs(dir, out, { epoch: EPOCH })]) {
+    await assert.rejects(run(), (e: Error) => {
+      assert.equal(e.message, `initramfs: ${dir}/TRAILER!!!: a top-level entry named TRAILER!!! ends a newc archive (the kernel would unpack nothing after it): rename it or exclude it`);
+      return true;
+    });
+  }
+  assert.ok(!fs.existsSync(out));
+  // Excluded, the tree is the one without it.
+  assert.equal((await planInitramfs(dir, { epoch: EPOCH, exclude: ["TRAILER!!!"] })).hash, ok.hash);
+  // The encoder itself refuses it too (a record list that did not come from a walk).
+  const rec: NewcRecord = { name: "TRAILER!!!", mode: 0o100644, uid: 0, gid: 0, nlink: 1, mtime: 0, ino: 1, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 1, data: Buffer.from("x") };
+  await assert.rejects(async () => { for await (const _ of encodeNewc([rec])) void _; }, /newc: TRAILER!!!: a top-level entry named TRAILER!!! ends a newc archive/);
+  // A folder of that name too, even empty.
+  fs.rmSync(path.join(dir, "TRAILER!!!"));
+  fs.mkdirSync(path.join(dir, "TRAILER!!!"));
+  assert.match(await treeProblem(dir) ?? "", /TRAILER!!!: a top-level entry named TRAILER!!! ends a newc archive .*: rename it or leave it out$/);
+});
+
+test("a file of 4 GiB or more is refused before anything is encoded; treeProblem says so from the names and sizes alone", async () => {
+  const dir = fs.mkdtempSync(path.join(work, "huge-"));
+  fs.mkdirSync(path.join(dir, "var"));
+  const huge = path.join(dir, "var/disk.img");
+  fs.closeSync(fs.openSync(huge, "w"));
+  fs.truncateSync(huge, 2 ** 32); // sparse: nothing is written
+  const t0 = Date.now();
+  await assert.rejects(planInitramfs(dir, { epoch: EPOCH }), (e: Error) => {
+    assert.equal(e.message, `initramfs: ${huge} is 4294967296 bytes, and an initramfs (newc) holds files up to 4294967295 bytes (4 GiB - 1): make it smaller or exclude it`);
+    return true;
+  });
+  assert.equal(await treeProblem(dir, "leave it out of system/root"), `${huge} is 4294967296 bytes, and an initramfs (newc) holds files up to 4294967295 bytes (4 GiB - 1): make it smaller or leave it out of system/root`);
+  assert.ok(Date.now() - t0 < 5000, "the file was read");
+  fs.truncateSync(huge, 2 ** 32 - 1);
+  assert.equal(await treeProblem(dir), undefined);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test("names that are not UTF-8: the walk and the tree hash give the same one-line message", async () => {
+  const dir = fs.mkdtempSync(path.join(work, "latin1-"));
+  fs.mkdirSync(path.join(dir, "etc"));
+  const bad = Buffer.concat([Buffer.from(path.join(dir, "etc") + "/caf"), Buffer.from([0xe9]), Buffer.from("-ü.conf")]);
+  fs.writeFileSync(bad, "x");
+  const msg = `the name "${dir}/etc/caf\\xe9-ü.conf" is not valid UTF-8 (an initramfs names files in UTF-8): rename it`;
+  await assert.rejects(walk(dir), (e: Error) => e.message === `initramfs: ${msg}`);
+  await assert.rejects(planInitramfs(dir), (e: Error) => e.message === `initramfs: ${msg}`);
+  await assert.rejects(hashTree(dir), (e: Error) => e.message === msg);
+  assert.equal(await treeProblem(dir), msg);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test("compression levels are checked per compression before anything is walked", async () => {
+  const out = path.join(work, "level.img");
+  await assert.rejects(planInitramfs(tree, { compression: "gzip", level: 12 }), /^Error: initramfs: level 12: not a gzip level: use a whole number from 1 to 9$/);
+  await assert.rejects(writeInitramfs(tree, out, { compression: "zstd", level: 0 }), /initramfs: level 0: not a zstd level: use a whole number from 1 to 19$/);
+  await assert.rejects(writeInitramfs(tree, out, { compression: "none", level: 3 }), /initramfs: level 3: compression none takes no level: leave the level out, or compress with zstd \(levels 1-19\) or gzip \(1-9\)$/);
+  assert.ok(!fs.existsSync(out));
+  assert.equal(levelProblem("zstd", 19), undefined);
+  assert.equal(levelProblem("gzip", 9), undefined);
+  assert.equal(levelProblem("none", undefined), undefined);
+  assert.match(levelProblem("zstd", 2.5)!, /not a zstd level/);
+  assert.match(levelProblem("zstd", 20)!, /not a zstd level/);
+  // A plan for none still builds (its level is 0 inside the plan).
+  const plan = await planInitramfs(tree, opts("none"));
+  await buildInitramfs(plan, new Store(fs.mkdtempSync(path.join(work, "store-"))));
+});
+
+test("inspect refuses an empty file, a folder and a file over 2 GiB from a stat, without reading them", async () => {
+  const empty = path.join(work, "empty.img");
+  fs.writeFileSync(empty, "");
+  await assert.rejects(inspectInitramfs(empty), new RegExp(`^Error: ${empty} is empty: pass an initramfs \\(a build or copy that did not finish leaves an empty file\\)$`));
+  await assert.rejects(inspectInitramfs(work), new RegExp(`^Error: ${work} is a folder: pass an initramfs, a file`));
+  const big = path.join(work, "big.img");
+  fs.closeSync(fs.openSync(big, "w"));
+  fs.truncateSync(big, 2 ** 31 + 1);
+  const rss = process.memoryUsage().rss;
+  await assert.rejects(inspectInitramfs(big), new RegExp(`^Error: ${big} is 2147483649 bytes, more than inspect reads \\(2 GiB\\)`));
+  assert.ok(process.memoryUsage().rss - rss < 256 << 20, "the file was read into memory");
+  assert.equal(await inspectProblem(path.join(work, "nothing.img")), `${path.join(work, "nothing.img")} does not exist: pass an initramfs or a UKI`);
+  fs.rmSync(big);
 });
 
 test("gzip members decompress with node:zlib too (sanity of the gzip stream)", async () => {

@@ -2,14 +2,14 @@
 //   ramroot inspect FILE [--json]
 //   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
 //   ramroot rollback [--stack NAME]
-//   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]... [--single]
+//   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
 import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { inspectInitramfs, writeInitramfs, type Compression } from "./initramfs";
+import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Compression } from "./initramfs";
 import { buildUki, inspectUki } from "./uki";
 import { qemuCommand, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
@@ -30,7 +30,7 @@ const usage = `usage:
   ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
   ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
   ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
-  ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--exclude PATH]... [--single]
+  ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE`;
 
 class UsageError extends Error {}
@@ -39,9 +39,10 @@ async function inspect(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError("inspect takes one FILE");
   const file = positionals[0];
-  const fh = await fs.open(file, "r").catch(() => {
-    throw new Error(`${file} does not exist`);
-  });
+  // Checked from a stat, before anything is read: inspect reads the file into memory.
+  const problem = await inspectProblem(file);
+  if (problem) throw new Error(problem);
+  const fh = await fs.open(file, "r");
   const magic = Buffer.alloc(2);
   await fh.read(magic, 0, 2, 0);
   await fh.close();
@@ -134,8 +135,12 @@ async function initramfs(args: string[]): Promise<void> {
   if (positionals.length !== 1 || !values.output) throw new UsageError("initramfs takes DIR and -o FILE");
   const compression = (values.compression ?? "zstd") as Compression;
   if (!["zstd", "gzip", "none"].includes(compression)) throw new UsageError(`--compression ${compression}: use zstd, gzip or none`);
+  // Number("") is 0 and Number(" 3") is 3: only digits are a level.
+  const level = values.level === undefined ? undefined : /^\d+$/.test(values.level) ? Number(values.level) : NaN;
+  const bad = levelProblem(compression, level);
+  if (bad) throw new Error(`--level ${values.level}: ${bad}`);
   // --single: one archive instead of segments, for tools that stop at the first TRAILER!!!.
-  await writeInitramfs(positionals[0], values.output, { compression, level: values.level ? Number(values.level) : undefined, exclude: values.exclude ?? [], splitBytes: values.single ? Infinity : undefined });
+  await writeInitramfs(positionals[0], values.output, { compression, level, exclude: values.exclude ?? [], splitBytes: values.single ? Infinity : undefined });
 }
 
 async function uki(args: string[]): Promise<void> {

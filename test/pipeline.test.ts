@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Project } from "./project";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { bootCheck } from "../src/qemu";
 import { handlers as rootfs } from "../components/rootfs";
 import { handlers as initramfs } from "../components/initramfs";
@@ -13,6 +13,11 @@ import { handlers as uki } from "../components/uki";
 
 const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));
 const outputs = async (p: Project, stack: string) => JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", stack])).stdout);
+/** Every boot check ends with the guest powered off cleanly: fsck.vfat -n finds nothing. */
+const assertClean = (persist: string) => {
+  const r = spawnSync("fsck.vfat", ["-n", persist], { encoding: "utf8" });
+  assert.equal(r.status, 0, `fsck.vfat -n ${persist} finds it dirty:\n${r.stdout}${r.stderr}`);
+};
 
 for (const arch of ["aarch64", "x86_64"] as const) {
   test(`${arch}: pulumi up builds and boots from an empty store; the persistence disk keeps state across boots`, { timeout: 20 * 60_000 }, async (t) => {
@@ -26,10 +31,20 @@ for (const arch of ["aarch64", "x86_64"] as const) {
     // The guest printed the build id it read from its own /etc/os-release: the check's marker.
     assert.match(res.stdout, new RegExp(`console: ramroot: build ${o.buildId} up`));
     assert.match(res.stdout, /console: ramroot: persisted boots=1 \(was 0\) on \/media\/usb/);
-    assert.ok(fs.existsSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.ukiSha256}.json`)));
+    // ramroot's health report: this build, the stick mounted, no service failed; then a clean power-off.
+    assert.match(res.stdout, new RegExp(`console: ramroot-health: begin 1 build=${o.buildId}`));
+    assert.match(res.stdout, /console: ramroot-health: mount ok \/media\/usb UUID=B61B-19E7 vfat/);
+    assert.match(res.stdout, /console: ramroot-health: result ok problems=0 mounts=1 services=14/);
+    assert.match(res.stdout, /reported healthy, powered off in [\d.]+ s; the persistence image is clean/);
+    assert.match(o.bootHealth, /^ramroot-health: begin 1 build=[0-9a-f]{16}\n[\s\S]*\nramroot-health: result ok problems=0 mounts=1 services=14$/);
+    const record = JSON.parse(fs.readFileSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.ukiSha256}.json`), "utf8"));
+    assert.deepEqual(record.health, o.bootHealth.split("\n"));
+    assertClean(o.persist);
     // A second boot of the same disk reads back what the first one wrote.
-    const again = await bootCheck({ arch, disk: o.disk, persist: o.persist, marker: "ramroot: persisted boots=2 (was 1)", timeoutMs: 240_000 });
+    const again = await bootCheck({ arch, disk: o.disk, persist: o.persist, marker: "ramroot: persisted boots=2 (was 1)", timeoutMs: 240_000, health: true, powerOff: true });
     assert.match(again.console, new RegExp(`ramroot: build ${o.buildId} up`));
+    assert.equal(again.health!.result, "ok");
+    assertClean(o.persist);
   });
 }
 
@@ -57,6 +72,7 @@ test("a file changed in system/root rebuilds only its segment, and the guest see
   assert.match(res.stdout, /console: ramroot: test file says two/);
   const after = await outputs(p, "qemu");
   assert.notEqual(after.ukiSha256, before.ukiSha256);
+  assertClean(after.persist);
 });
 
 test("two builds of the same inputs into two empty stores are byte-identical", { timeout: 10 * 60_000 }, async (t) => {
@@ -142,4 +158,23 @@ test("bad input: a clear error naming the problem, and nothing partial in the st
       assert.deepEqual(listing().filter((f) => f.startsWith("booted/")), []);
       noTemp();
     }));
+
+  await t.test("a system whose fstab names a filesystem that is not there, and whose setup.sh enables a failing service, fails the boot check naming both", async () => {
+    const system = path.join(p.dir, "system");
+    const keep = Object.fromEntries(["root/etc/fstab", "setup.sh"].map((f) => [f, fs.readFileSync(path.join(system, f), "utf8")]));
+    try {
+      fs.appendFileSync(path.join(system, "root/etc/fstab"), "LABEL=NOPE /mnt/nope vfat defaults 0 0\n");
+      fs.mkdirSync(path.join(system, "root/etc/init.d"), { recursive: true });
+      fs.writeFileSync(path.join(system, "root/etc/init.d/broken"), '#!/bin/sh\n# A service that cannot start.\ncase "$1" in start) echo "broken: cannot start" >&2; exit 1 ;; esac\nexit 0\n', { mode: 0o755 });
+      fs.appendFileSync(path.join(system, "setup.sh"), "\nrc-update add broken default\n");
+      await fails("up", /boot check of build [0-9a-f]{16} failed:\s*\n\s*- \/mnt\/nope \(LABEL=NOPE, from \/etc\/fstab\) is not mounted\s*\n\s*- service broken failed to start \(runlevel default\)\s*\n\s*health report:/);
+      assert.deepEqual(listing().filter((f) => f.startsWith("booted/")), []);
+      // A failed check still ends with a clean power-off.
+      assertClean(path.join(p.dir, ".ramroot", "persist", "qemu-aarch64.img"));
+    } finally {
+      for (const [f, text] of Object.entries(keep)) fs.writeFileSync(path.join(system, f), text);
+      fs.rmSync(path.join(system, "root/etc/init.d/broken"), { force: true });
+      if (fs.readdirSync(path.join(system, "root/etc/init.d")).length === 0) fs.rmdirSync(path.join(system, "root/etc/init.d"));
+    }
+  });
 });

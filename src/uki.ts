@@ -10,7 +10,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import {
   IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ,
-  layoutSections, parsePe, PeChecksum, PeHeaders, PeSection, writeHeaders,
+  layoutSections, parsePe, peMachine, PeChecksum, PeHeaders, PeSection, writeHeaders,
 } from "./pe";
 
 export interface UkiInput {
@@ -275,26 +275,48 @@ async function readInput(file: string, what: string, fix: string): Promise<Buffe
   return fs.readFile(file);
 }
 
-// A kernel for the wrong architecture boots into nothing, silently: refuse it here.
-async function checkKernelArch(file: string, stub: PeHeaders): Promise<void> {
+/** Bytes of a kernel image read to tell what it is: its headers are well inside them. */
+const KERNEL_PROBE = 4096;
+
+/**
+ * What the kernel image `file` is for, from its first 4 KiB: an x86 bzImage (setup header
+ * "HdrS" at 0x202; it is also a PE image), an arm64 Image ("ARM\x64" at 0x38), or a PE image
+ * (an EFI zboot kernel) by its machine; or why it is none of them.
+ */
+export async function kernelArch(file: string): Promise<{ arch: string } | { why: string }> {
   const fh = await fs.open(file, "r");
-  const head = Buffer.alloc(4096);
+  const head = Buffer.alloc(KERNEL_PROBE);
+  let n: number;
   try {
-    await fh.read(head, 0, head.length, 0);
+    n = (await fh.read(head, 0, head.length, 0)).bytesRead;
   } finally {
     await fh.close();
   }
-  let arch: string | undefined;
-  if (head.toString("latin1", 0x202, 0x206) === "HdrS") arch = "x86_64";
-  else if (head.toString("latin1", 0x38, 0x3c) === "ARM\x64") arch = "aarch64";
-  else {
-    try {
-      arch = parsePe(head, file).arch;
-    } catch {
-      arch = undefined; // not something we recognise (a compressed image?): let the stub judge
-    }
-  }
-  if (arch && arch !== stub.arch) {
-    throw new Error(`kernel image ${file} is for ${arch} but the stub ${stub.file} is for ${stub.arch}: use a kernel and a stub of the same architecture`);
-  }
+  const h = head.subarray(0, n);
+  if (h.length >= 0x206 && h.toString("latin1", 0x202, 0x206) === "HdrS") return { arch: "x86_64" };
+  if (h.length >= 0x3c && h.toString("latin1", 0x38, 0x3c) === "ARM\x64") return { arch: "aarch64" };
+  const pe = peMachine(h);
+  if ("arch" in pe) return pe;
+  if (h[0] === 0x1f && h[1] === 0x8b) return { why: "gzip-compressed data: decompress it first, e.g. zcat Image.gz > Image" };
+  if (h.length >= 4 && h.readUInt32LE(0) === 0xfd2fb528) return { why: "zstd-compressed data: decompress it first" };
+  return { why: n === 0 ? "it is empty" : 'no bzImage header ("HdrS" at 0x202), no arm64 Image header ("ARM\\x64" at 0x38), no PE header' };
+}
+
+/**
+ * Why `file` is not a kernel that a systemd-stub for `arch` boots (a phrase to follow the
+ * kernel's name: "is for aarch64", "is not a Linux kernel image (...)"), or undefined.
+ */
+export async function kernelProblem(file: string, arch: string): Promise<string | undefined> {
+  const k = await kernelArch(file);
+  if ("why" in k) return `is not a Linux kernel image for ${arch} (${k.why})`;
+  if (k.arch !== arch) return `is for ${k.arch}, not ${arch}`;
+  return undefined;
+}
+
+// A kernel for the wrong architecture, or something else than a kernel, boots into nothing,
+// silently: refuse it here.
+async function checkKernelArch(file: string, stub: PeHeaders): Promise<void> {
+  const k = await kernelArch(file);
+  if ("why" in k) throw new Error(`kernel image ${file} is not a Linux kernel for ${stub.arch} (${k.why}): pass the kernel, e.g. /boot/vmlinuz-<version>`);
+  if (k.arch !== stub.arch) throw new Error(`kernel image ${file} is for ${k.arch} but the stub ${stub.file} is for ${stub.arch}: use a kernel and a stub of the same architecture`);
 }

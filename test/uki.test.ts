@@ -13,7 +13,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { promisify } from "node:util";
 import { parsePe } from "../src/pe";
-import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelRelease, UkiInput, validateCmdline } from "../src/uki";
+import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelArch, kernelProblem, kernelRelease, UkiInput, validateCmdline } from "../src/uki";
 
 const execFile = promisify(execFileCb);
 const repo = path.resolve(__dirname, "..", "..");
@@ -301,6 +301,25 @@ describe("UKI errors name the problem and the fix", () => {
 
   test("a kernel for the other architecture", async () => {
     await assert.rejects(buildUki({ ...base(), linux: arches.aarch64.kernel }, out()), /is for aarch64 but the stub .* is for x86_64/);
+  });
+
+  test("something that is not a kernel for the stub's architecture, and nothing written", async () => {
+    const notKernel = path.join(tmp, "not-a-kernel");
+    fs.writeFileSync(notKernel, "console=ttyS0\n".repeat(1000));
+    await assert.rejects(buildUki({ ...base(), linux: notKernel }, out()), (e: Error) => {
+      assert.equal(e.message, `kernel image ${notKernel} is not a Linux kernel for x86_64 (no bzImage header ("HdrS" at 0x202), no arm64 Image header ("ARM\\x64" at 0x38), no PE header): pass the kernel, e.g. /boot/vmlinuz-<version>`);
+      return true;
+    });
+    // The stub is a PE for x86_64, but the other way round: an arm64 stub with the x86 kernel.
+    await assert.rejects(buildUki({ ...base(), stub: arches.aarch64.stub }, out()), /kernel image .* is for x86_64 but the stub .*linuxaa64\.efi\.stub is for aarch64/);
+    // An initrd is no kernel either.
+    await assert.rejects(buildUki({ ...base(), linux: path.join(tmp, "initrd-x86_64.cpio.gz") }, out()), /is not a Linux kernel for x86_64 \(gzip-compressed data: decompress it first/);
+    assert.ok(!fs.existsSync(out()));
+    assert.deepEqual(await kernelArch(arches.x86_64.kernel), { arch: "x86_64" });
+    assert.deepEqual(await kernelArch(arches.aarch64.kernel), { arch: "aarch64" });
+    assert.equal(await kernelProblem(arches.aarch64.kernel, "aarch64"), undefined);
+    assert.equal(await kernelProblem(arches.aarch64.kernel, "x86_64"), "is for aarch64, not x86_64");
+    assert.match((await kernelProblem(notKernel, "aarch64"))!, /^is not a Linux kernel image for aarch64 \(no bzImage header/);
   });
 
   test("bad command lines", async () => {

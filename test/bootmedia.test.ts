@@ -6,7 +6,7 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import {
-  ESP_TYPE, listEspImage, makeEspImage, makePersistImage, readPersistFile, writePersistFile,
+  ESP_TYPE, checkPersistImage, listEspImage, makeEspImage, makePersistImage, readPersistFile, writePersistFile,
 } from "../src/bootmedia";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -100,4 +100,24 @@ test("makePersistImage: volume id B61B-19E7, never wiped by a second call", asyn
   assert.equal(sha256(await fs.readFile(img)), before, "an existing persistence image is left as it is");
   assert.deepEqual(await readPersistFile(img, "var/lib/tailscale/tailscaled.state"), data);
   await assert.rejects(readPersistFile(img, "../x"), /bad file name/);
+});
+
+test("checkPersistImage: fsck.vfat -n finds a fresh image clean and one left mounted dirty, and changes neither", async (t) => {
+  const dir = await tempDir(t);
+  const img = path.join(dir, "persist.img");
+  await makePersistImage({ out: img });
+  await writePersistFile(img, "ramroot-boots", Buffer.from("1\n"));
+  const clean = await checkPersistImage(img);
+  assert.equal(clean.clean, true, clean.output);
+  // What Linux's vfat driver does on a read-write mount (FAT32: the state byte at 0x41) and
+  // undoes on unmount: a guest killed with the disk mounted leaves it set.
+  const fh = await fs.open(img, "r+");
+  await fh.write(Buffer.from([0x01]), 0, 1, 0x41);
+  await fh.close();
+  const before = sha256(await fs.readFile(img));
+  const dirty = await checkPersistImage(img);
+  assert.equal(dirty.clean, false);
+  assert.match(dirty.output, /Dirty bit is set/);
+  assert.equal(sha256(await fs.readFile(img)), before, "fsck.vfat -n changed the image");
+  await assert.rejects(checkPersistImage(path.join(dir, "missing.img")), /fsck\.vfat -n \S+missing\.img failed/);
 });

@@ -6,7 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
-import { buildInitramfs, planInitramfs, type Compression } from "../src/initramfs";
+import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/initramfs";
 import { listingFile } from "../src/rootfs";
 
 export interface InitramfsArgs {
@@ -44,8 +44,8 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   async validate(i) {
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
       throw new InputError("compression", `compression ${i.compression} is not supported: use zstd (kernels >= 5.9), gzip or none`);
-    if (i.level !== undefined && isKnown(i.level) && (!Number.isInteger(i.level) || i.level < 1 || i.level > 19))
-      throw new InputError("level", `compression level ${i.level} is out of range: use 1-9 for gzip, 1-19 for zstd`);
+    const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;
+    if (bad) throw new InputError("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
   },
   async hash(i) {
     return sha256(JSON.stringify(["initramfs/1", i.rootfsHash, options(i)]));

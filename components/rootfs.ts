@@ -13,6 +13,7 @@ import { repositoryTags, SystemError, validateSystem } from "../src/system";
 import { hostProblem } from "../src/configure";
 import { apkProblem } from "../src/alpine";
 import { Store } from "../src/store";
+import { treeProblem } from "../src/initramfs";
 
 export interface RootfsArgs {
   arch: pulumi.Input<string>;
@@ -94,6 +95,12 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
   },
   async hash(i) {
     const spec = await specOf(i);
+    // The skeleton reaches the initramfs as it is: what a newc archive cannot hold (names that
+    // are not UTF-8, a top-level TRAILER!!!, files of 4 GiB or more) stops preview, not `up`.
+    if (spec.skeleton) {
+      const problem = await treeProblem(spec.skeleton, `leave it out of ${i.system ? path.join(i.system, "root") : i.skeleton}`);
+      if (problem) throw new InputError(i.system ? "system" : "skeleton", problem);
+    }
     const hash1 = await packagesHash(spec);
     const hash2 = await configureHash(spec, hash1);
     // Fail in preview, before anything is built, when this host cannot build what is missing.

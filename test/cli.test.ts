@@ -82,62 +82,65 @@ test("bad input: one line that names the problem and the fix, and nothing writte
     assert.match(r.stderr.trimEnd(), re);
   };
 
-  // inspect: an empty file, a folder, a file over 2 GiB (sparse: nothing is read, nothing is held).
-  const empty = path.join(work, "empty.img");
-  fs.writeFileSync(empty, "");
-  fails(ramroot("inspect", empty), new RegExp(`^ramroot: ${empty} is empty: pass an initramfs or a UKI`));
-  fails(ramroot("inspect", work), new RegExp(`^ramroot: ${work} is a folder: pass an initramfs or a UKI, a file`));
-  const big = path.join(work, "big.img");
-  fs.closeSync(fs.openSync(big, "w"));
-  fs.truncateSync(big, 2 ** 31 + 1);
-  const t0 = Date.now();
-  fails(ramroot("inspect", big), new RegExp(`^ramroot: ${big} is 2147483649 bytes, more than inspect reads \\(2 GiB\\)`));
-  assert.ok(Date.now() - t0 < 10_000, "inspect read the file");
-  fails(ramroot("inspect", path.join(work, "missing.img")), /missing\.img does not exist: pass an initramfs or a UKI$/);
+  await t.test("inspect: an empty file, a folder, a file over 2 GiB (sparse: nothing is read, nothing is held)", () => {
+    const empty = path.join(work, "empty.img");
+    fs.writeFileSync(empty, "");
+    fails(ramroot("inspect", empty), new RegExp(`^ramroot: ${empty} is empty: pass an initramfs or a UKI`));
+    fails(ramroot("inspect", work), new RegExp(`^ramroot: ${work} is a folder: pass an initramfs or a UKI, a file`));
+    const big = path.join(work, "big.img");
+    fs.closeSync(fs.openSync(big, "w"));
+    fs.truncateSync(big, 2 ** 31 + 1);
+    const t0 = Date.now();
+    fails(ramroot("inspect", big), new RegExp(`^ramroot: ${big} is 2147483649 bytes, more than inspect reads \\(2 GiB\\)`));
+    assert.ok(Date.now() - t0 < 10_000, "inspect read the file");
+    fails(ramroot("inspect", path.join(work, "missing.img")), /missing\.img does not exist: pass an initramfs or a UKI$/);
+  });
 
-  // initramfs --level: checked per compression before the tree is walked.
   const tree = path.join(work, "tree");
   fs.mkdirSync(path.join(tree, "etc"), { recursive: true });
   fs.writeFileSync(path.join(tree, "etc", "hostname"), "x\n");
   const out = path.join(work, "initrd.img");
-  fails(ramroot("initramfs", tree, "-o", out, "--compression", "gzip", "--level", "10"), /^ramroot: --level 10: not a gzip level: use a whole number from 1 to 9$/);
-  fails(ramroot("initramfs", tree, "-o", out, "--level", "20"), /^ramroot: --level 20: not a zstd level: use a whole number from 1 to 19$/);
-  fails(ramroot("initramfs", tree, "-o", out, "--level", "0"), /not a zstd level/);
-  fails(ramroot("initramfs", tree, "-o", out, "--level", "fast"), /^ramroot: --level fast: not a zstd level/);
-  fails(ramroot("initramfs", tree, "-o", out, "--compression", "none", "--level", "3"), /^ramroot: --level 3: compression none takes no level: leave the level out, or compress with zstd \(levels 1-19\) or gzip \(1-9\)$/);
-  assert.deepEqual(fs.readdirSync(work).sort(), ["big.img", "empty.img", "tree"]);
-  for (const [c, l] of [["gzip", "9"], ["zstd", "19"], ["zstd", "1"]]) {
-    const r = ramroot("initramfs", tree, "-o", out, "--compression", c, "--level", l);
-    assert.equal(r.status, 0, r.stderr);
-  }
+  await t.test("initramfs --level: checked per compression before the tree is walked", () => {
+    fails(ramroot("initramfs", tree, "-o", out, "--compression", "gzip", "--level", "10"), /^ramroot: --level 10: not a gzip level: use a whole number from 1 to 9$/);
+    fails(ramroot("initramfs", tree, "-o", out, "--level", "20"), /^ramroot: --level 20: not a zstd level: use a whole number from 1 to 19$/);
+    fails(ramroot("initramfs", tree, "-o", out, "--level", "0"), /not a zstd level/);
+    fails(ramroot("initramfs", tree, "-o", out, "--level", "fast"), /^ramroot: --level fast: not a zstd level/);
+    fails(ramroot("initramfs", tree, "-o", out, "--compression", "none", "--level", "3"), /^ramroot: --level 3: compression none takes no level: leave the level out, or compress with zstd \(levels 1-19\) or gzip \(1-9\)$/);
+    assert.ok(!fs.existsSync(out));
+    for (const [c, l] of [["gzip", "9"], ["zstd", "19"], ["zstd", "1"]]) {
+      const r = ramroot("initramfs", tree, "-o", out, "--compression", c, "--level", l);
+      assert.equal(r.status, 0, r.stderr);
+    }
+  });
 
-  // uki --linux: something that is not a kernel for the stub's architecture.
-  const stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-  const uki = (linux: string) => ramroot("uki", "--stub", stub, "--linux", linux, "--initrd", out, "--cmdline", "console=ttyS0", "-o", path.join(work, "uki.efi"));
-  const notKernel = path.join(work, "vmlinuz");
-  fs.writeFileSync(notKernel, "#!/bin/sh\necho I am not a kernel\n".repeat(200));
-  fails(uki(notKernel), new RegExp(`^ramroot: kernel image ${notKernel} is not a Linux kernel for x86_64 \\(no bzImage header \\("HdrS" at 0x202\\), no arm64 Image header \\("ARM\\\\x64" at 0x38\\), no PE header\\): pass the kernel, e\\.g\\. /boot/vmlinuz-<version>$`));
-  const gz = path.join(work, "Image.gz");
-  fs.writeFileSync(gz, execFileSync("gzip", ["-c"], { input: Buffer.alloc(4096) }));
-  fails(uki(gz), /is not a Linux kernel for x86_64 \(gzip-compressed data: decompress it first/);
-  // An arm64 Image (header magic "ARM\x64" at 0x38) for an x86_64 stub.
-  const arm = Buffer.alloc(8192);
-  arm.write("ARM\x64", 0x38, "latin1");
-  fs.writeFileSync(notKernel, arm);
-  fails(uki(notKernel), /is for aarch64 but the stub .*linuxx64\.efi\.stub is for x86_64: use a kernel and a stub of the same architecture$/);
-  // A PE for arm64 (an EFI zboot kernel) likewise.
-  const pe = Buffer.alloc(8192);
-  pe.write("MZ", 0, "latin1");
-  pe.writeUInt32LE(0x40, 0x3c);
-  pe.write("PE\0\0", 0x40, "latin1");
-  pe.writeUInt16LE(0xaa64, 0x44);
-  fs.writeFileSync(notKernel, pe);
-  fails(uki(notKernel), /is for aarch64 but the stub/);
-  assert.ok(!fs.existsSync(path.join(work, "uki.efi")));
-  // An x86 bzImage header is a kernel for this stub: the UKI is written.
-  const bz = Buffer.alloc(8192);
-  bz.write("HdrS", 0x202, "latin1");
-  fs.writeFileSync(notKernel, bz);
-  const r = uki(notKernel);
-  assert.equal(r.status, 0, r.stderr);
+  await t.test("uki --linux: something that is not a kernel for the stub's architecture", () => {
+    const stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    const uki = (linux: string) => ramroot("uki", "--stub", stub, "--linux", linux, "--initrd", path.join(tree, "etc", "hostname"), "--cmdline", "console=ttyS0", "-o", path.join(work, "uki.efi"));
+    const notKernel = path.join(work, "vmlinuz");
+    fs.writeFileSync(notKernel, "#!/bin/sh\necho I am not a kernel\n".repeat(200));
+    fails(uki(notKernel), new RegExp(`^ramroot: kernel image ${notKernel} is not a Linux kernel for x86_64 \\(no bzImage header \\("HdrS" at 0x202\\), no arm64 Image header \\("ARM\\\\x64" at 0x38\\), no PE header\\): pass the kernel, e\\.g\\. /boot/vmlinuz-<version>$`));
+    const gz = path.join(work, "Image.gz");
+    fs.writeFileSync(gz, execFileSync("gzip", ["-c"], { input: Buffer.alloc(4096) }));
+    fails(uki(gz), /is not a Linux kernel for x86_64 \(gzip-compressed data: decompress it first/);
+    // An arm64 Image (header magic "ARM\x64" at 0x38) for an x86_64 stub.
+    const arm = Buffer.alloc(8192);
+    arm.write("ARM\x64", 0x38, "latin1");
+    fs.writeFileSync(notKernel, arm);
+    fails(uki(notKernel), /is for aarch64 but the stub .*linuxx64\.efi\.stub is for x86_64: use a kernel and a stub of the same architecture$/);
+    // A PE for arm64 (an EFI zboot kernel) likewise.
+    const pe = Buffer.alloc(8192);
+    pe.write("MZ", 0, "latin1");
+    pe.writeUInt32LE(0x40, 0x3c);
+    pe.write("PE\0\0", 0x40, "latin1");
+    pe.writeUInt16LE(0xaa64, 0x44);
+    fs.writeFileSync(notKernel, pe);
+    fails(uki(notKernel), /is for aarch64 but the stub/);
+    assert.ok(!fs.existsSync(path.join(work, "uki.efi")));
+    // An x86 bzImage header is a kernel for this stub: the UKI is written.
+    const bz = Buffer.alloc(8192);
+    bz.write("HdrS", 0x202, "latin1");
+    fs.writeFileSync(notKernel, bz);
+    const r = uki(notKernel);
+    assert.equal(r.status, 0, r.stderr);
+  });
 });

@@ -6,12 +6,13 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import * as http from "node:http";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Project, repo } from "./project";
 import { EXEC_DIRS, notExecutable, parsePackages, repositoryTags, SystemError, validateSystem } from "../src/system";
 import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
-import { apkProblem, BUILDER, builderEnv, fetchBuilder, stripColour } from "../src/alpine";
+import { APK_STATIC, apkProblem, BUILDER, builderEnv, fetchApkStatic, fetchBuilder, stripColour } from "../src/alpine";
 import { Store } from "../src/store";
 import { listingFile, makeMountPoints } from "../src/rootfs";
 import { readListing, walk } from "../src/walk";
@@ -143,6 +144,30 @@ test("the configure stage makes every mount point /etc/fstab names, or names the
   await assert.rejects(makeMountPoints(tree), /\/etc\/fstab:1 .*: the mount point is not an absolute path: write it as \/media\/x/);
   fstab("/dev/sdc1\n");
   await assert.rejects(makeMountPoints(tree), /\/etc\/fstab:1: "\/dev\/sdc1" has no mount point/);
+});
+
+test("apk.static: downloaded once into the store, refused unless its sha256 is the pinned one", async (t) => {
+  const dir = tmpdir(t, "ramroot-apkstatic-");
+  const store = new Store(path.join(dir, "store"));
+  const bytes = Buffer.from("#!/bin/sh\necho apk-tools 2.14.4\n");
+  const asked: string[] = [];
+  const server = http.createServer((req, res) => (asked.push(req.url!), res.end(bytes)));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as any).port}/apk.static`;
+  // A stand-in host architecture, so that the real pins stay untouched.
+  APK_STATIC["test-arch"] = { url, sha256: "0".repeat(64) };
+  t.after(() => delete APK_STATIC["test-arch"]);
+  await assert.rejects(fetchApkStatic(store, "test-arch"), new RegExp(`refusing ${url}: its sha256 is ${sha256(bytes)}, expected 0{64} \\(set ramroot:apk`));
+  assert.deepEqual(fs.readdirSync(path.join(store.root, "tools")), [], "a refused apk.static was kept");
+  APK_STATIC["test-arch"] = { url, sha256: sha256(bytes) };
+  const got = await fetchApkStatic(store, "test-arch");
+  assert.deepEqual(fs.readFileSync(got), bytes);
+  assert.equal(fs.statSync(got).mode & 0o777, 0o755);
+  assert.equal(await fetchApkStatic(store, "test-arch"), got);
+  assert.equal(asked.length, 2, "downloaded again although it is in the store");
+  await assert.rejects(fetchApkStatic(store, "riscv64"), /no pinned apk.static for a riscv64 build host: set ramroot:apk/);
+  for (const arch of ["x86_64", "aarch64"]) assert.match(APK_STATIC[arch]!.sha256, /^[0-9a-f]{64}$/);
 });
 
 test("the builder is refused unless its sha256 is the pinned one, before it runs", async (t) => {

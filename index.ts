@@ -51,6 +51,8 @@ const rootfs = new Rootfs("rootfs", {
   builderSha256: cfg.get("builderSha256"),
   keysDir: cfg.get("keysDir") && path.resolve(project, cfg.get("keysDir")!),
   execDirs: cfg.getObject<string[]>("execDirs"),
+  setupNetwork: cfg.getBoolean("setupNetwork"),
+  setupTimeout: cfg.getNumber("setupTimeout"),
 });
 
 const initramfs = new Initramfs("initramfs", {

@@ -37,20 +37,24 @@ export interface RootfsArgs {
   builderSha256?: pulumi.Input<string>;
   /** apk signing keys for the builder (KEYS_DIR), absolute. */
   keysDir?: pulumi.Input<string>;
+  /** setup.sh gets the host's network (default false: it runs without any). */
+  setupNetwork?: pulumi.Input<boolean>;
+  /** Seconds before setup.sh is stopped (default 1800). */
+  setupTimeout?: pulumi.Input<number>;
   /** More skeleton folders whose files must be executable, besides etc/init.d, etc/local.d, ... */
   execDirs?: pulumi.Input<pulumi.Input<string>[]>;
 }
 
 interface Inputs {
   arch: string; system?: string; skeleton?: string; base?: string; branch?: string; mirror?: string; refresh?: string;
-  repositories?: string[]; apk?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[];
+  repositories?: string[]; apk?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[]; setupNetwork?: boolean; setupTimeout?: number;
 }
 
 /** The inputs as a build spec, after validating the system folder (SystemError → InputError). */
 async function specOf(i: Inputs): Promise<RootfsSpec> {
   const root = projectDir();
   const source = i.base ? baseSource(i.base) : undefined;
-  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: context("rootfs").store.path("cache/treehash") };
+  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: context("rootfs").store.path("cache/treehash"), setupNetwork: i.setupNetwork, setupTimeout: i.setupTimeout };
   if (i.system) {
     try {
       // Tags are checked only where the packages are installed; the default repositories have none.
@@ -75,7 +79,7 @@ async function specOf(i: Inputs): Promise<RootfsSpec> {
 export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: string; packagesPath: string }>({
   kind: "rootfs",
   version: 2,
-  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs"],
+  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
   async validate(i) {
     if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
     if (isKnown(i.base) && i.base) {
@@ -90,6 +94,8 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
       throw new InputError("keysDir", `the apk keys folder ${i.keysDir} does not exist: point ramroot:keysDir at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${i.arch})`);
     if (isKnown(i.repositories) && i.repositories && (i.branch !== undefined || i.mirror !== undefined))
       throw new InputError("repositories", "ramroot:repositories replaces ramroot:mirror and ramroot:branch: set the one or the others, not both");
+    if (isKnown(i.setupTimeout) && i.setupTimeout !== undefined && !(Number.isFinite(i.setupTimeout) && i.setupTimeout > 0))
+      throw new InputError("setupTimeout", `ramroot:setupTimeout ${i.setupTimeout}: give a number of seconds > 0`);
     if (isKnown(i.apk) && i.apk !== undefined && !path.isAbsolute(i.apk))
       throw new InputError("apk", `ramroot:apk ${i.apk} is not an absolute path: give the full path of an apk program`);
   },

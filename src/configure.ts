@@ -12,11 +12,20 @@
 // The mounts live in a private mount namespace (unshare --mount) whose only process is the
 // chroot step (this file, run by Node: see inNamespace): whatever happens, even a killed build,
 // the kernel drops the namespace and its mounts with it. So no mount can be left under the
-// store, and a failed build's folder can be removed without reaching through a bind mount into
-// the host's /dev. Afterwards /proc/mounts is checked all the same.
-import { spawnSync } from "node:child_process";
+// store. Afterwards /proc/mounts is checked all the same.
+//
+// setup.sh is the user's, but it runs as root on the build machine, which holds the project's
+// passphrase and, in the Pulumi processes' environment, every decrypted stack secret. So it
+// runs contained: in its own PID namespace, where it is PID 1 and every process is chrooted (no
+// /proc/N/root or /proc/N/environ of a build process to reach), with a fresh /proc whose sysctls
+// and sysrq-trigger are read-only, /sys read-only, a /dev of its own (null, zero, full, random,
+// urandom, tty: no host disk), no network unless asked (ramroot:setupNetwork), an environment
+// that holds nothing of the build process, and without the capabilities that would undo any
+// of that (mount, mknod, ptrace, modules, raw I/O, reboot, the clock: see KEPT_CAPS).
+import { spawn, spawnSync } from "node:child_process";
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
+import * as os from "node:os";
 import * as path from "node:path";
 import { removeTree } from "./store";
 
@@ -33,6 +42,8 @@ export interface ConfigureOptions {
   log?(line: string): void;
   /** Seconds before setup.sh is stopped. Default 1800. */
   timeoutSeconds?: number;
+  /** Give setup.sh the host's network (default: none, only its own loopback). */
+  network?: boolean;
 }
 
 /** Returns whether the tree is linked to stage 1 (false: copied, where links cannot be made). */
@@ -89,9 +100,34 @@ export async function overlaySkeleton(skeleton: string, out: string): Promise<vo
   }
 }
 
+/**
+ * The capabilities setup.sh keeps (Docker's default set, less mknod and net_raw): what package
+ * administration needs (owners, modes, setcap, setuid programs), nothing that reaches past the
+ * chroot. Root's other powers go, so none of the containment can be undone from inside.
+ */
+export const KEPT_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "setfcap", "net_bind_service", "sys_chroot", "audit_write"];
+
+/**
+ * Run by the host's /bin/sh as PID 1 of the new PID namespace, before it becomes setup.sh: the
+ * fresh /proc's knobs read-only (or hidden), then the capabilities dropped, the chroot, setup.sh.
+ * exec all the way, so no unchrooted process stays in the namespace.
+ */
+const PID1 = `set -e
+p=$1/proc
+for f in sys sysrq-trigger bus fs irq; do
+  [ -e "$p/$f" ] || continue
+  mount --bind "$p/$f" "$p/$f"
+  mount -o remount,bind,ro "$p/$f"
+done
+for f in kcore keys timer_list sched_debug; do [ ! -e "$p/$f" ] || mount --bind /dev/null "$p/$f"; done
+exec setpriv --bounding-set "-all,+$3" -- chroot "$1" /bin/sh -c 'cd /mnt && exec "./$0"' "$2"
+`;
+
 interface NamespaceJob {
   /** The tree; with `overlay`, the overlay's lower layer, and its upper, work and merged folders. */
   tree: string;
+  /** The host's network (else a network namespace with nothing in it). */
+  network?: boolean;
   overlay?: { upper: string; work: string; merged: string };
   /** The folder bound at /mnt, and the script's name in it. */
   bind: string;
@@ -109,10 +145,10 @@ const run = (cmd: string, ...args: string[]) => {
 
 /**
  * The chroot step, inside the private mount namespace (this file run by Node under unshare):
- * the overlay, the chroot's mounts, setup.sh, then what the parent needs to apply the upper
- * layer to the tree. Exits with setup.sh's status.
+ * the overlay, the chroot's mounts, setup.sh in its own PID (and network) namespace, then what
+ * the parent needs to apply the upper layer to the tree. Resolves to setup.sh's status.
  */
-function inNamespace(job: NamespaceJob): number {
+async function inNamespace(job: NamespaceJob): Promise<number> {
   const ov = job.overlay;
   if (ov) {
     // Relative to the folder that holds them all: option strings cannot hold every path (a
@@ -127,23 +163,37 @@ function inNamespace(job: NamespaceJob): number {
     }
   }
   const m = ov?.merged ?? job.tree;
-  const madeMnt = !fsSync.existsSync(path.join(m, "mnt"));
+  const made = ["proc", "sys", "dev", "mnt"].filter((d) => !fsSync.existsSync(path.join(m, d)));
   const mounts: string[] = [];
   let status = 1;
   try {
-    for (const d of ["proc", "sys", "dev", "mnt"]) fsSync.mkdirSync(path.join(m, d), { recursive: true });
+    for (const d of made) fsSync.mkdirSync(path.join(m, d));
     const mount = (at: string, ...args: string[]) => (run("mount", ...args, path.join(m, at)), mounts.push(path.join(m, at)));
-    mount("proc", "-t", "proc", "proc");
-    mount("sys", "-t", "sysfs", "sysfs");
-    mount("dev", "--bind", "/dev");
+    mount("sys", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs");
+    // A /dev of its own: the devices a package script may use, no disk of the host.
+    mount("dev", "-t", "tmpfs", "-o", "mode=0755,nosuid,noexec,size=1m", "devtmp");
+    for (const [name, major, minor] of [["null", 1, 3], ["zero", 1, 5], ["full", 1, 7], ["random", 1, 8], ["urandom", 1, 9], ["tty", 5, 0]] as const)
+      run("mknod", "-m", "0666", path.join(m, "dev", name), "c", String(major), String(minor));
+    for (const [name, target] of [["fd", "/proc/self/fd"], ["stdin", "/proc/self/fd/0"], ["stdout", "/proc/self/fd/1"], ["stderr", "/proc/self/fd/2"]])
+      fsSync.symlinkSync(target, path.join(m, "dev", name));
+    for (const d of ["pts", "shm"]) fsSync.mkdirSync(path.join(m, "dev", d));
+    fsSync.chmodSync(path.join(m, "dev", "shm"), 0o1777);
     mount("mnt", "--bind", job.bind);
     run("mount", "-o", "remount,bind,ro", path.join(m, "mnt"));
-    const r = spawnSync("chroot", [m, "/bin/sh", "-c", 'cd /mnt && exec "./$0"', job.script], { stdio: ["ignore", "inherit", "inherit"] });
-    status = r.status ?? 128 + 9;
+    const args = ["--pid", "--uts", "--ipc", "--fork", "--kill-child", `--mount-proc=${path.join(m, "proc")}`, ...(job.network ? [] : ["--net"]), "--", "/bin/sh", "-c", PID1, "pid1", m, job.script, KEPT_CAPS.join(",+")];
+    status = await new Promise<number>((resolve) => {
+      const child = spawn("unshare", args, { stdio: ["ignore", "inherit", "inherit"] });
+      // Stopped (a timeout, the engine gone): the namespace's PID 1 dies with unshare, and with it every process of setup.sh.
+      const stop = () => child.kill("SIGKILL");
+      process.once("SIGTERM", stop);
+      process.once("SIGINT", stop);
+      child.on("error", (e) => (console.error(`configure: unshare: ${e.message}`), resolve(127)));
+      child.on("exit", (code, signal) => resolve(code ?? 128 + (signal ? (os.constants.signals as Record<string, number>)[signal] ?? 9 : 9)));
+    });
   } finally {
     for (const at of mounts.reverse()) spawnSync("umount", ["-l", at]);
-    // /mnt, if made here, is the chroot's business, not the system's.
-    if (madeMnt) fsSync.rmSync(path.join(m, "mnt"), { recursive: true, force: true });
+    // Folders made here for the chroot are its business, not the system's.
+    for (const d of made) fsSync.rmSync(path.join(m, d), { recursive: true, force: true });
   }
   if (!ov) return status;
   // Which names each folder of the upper layer holds in the merged view: an opaque folder (one
@@ -161,12 +211,13 @@ function inNamespace(job: NamespaceJob): number {
 }
 
 if (require.main === module && process.argv[2] === "--in-namespace") {
-  try {
-    process.exitCode = inNamespace(JSON.parse(process.argv[3]));
-  } catch (e) {
-    console.error((e as Error).message);
-    process.exitCode = 1;
-  }
+  inNamespace(JSON.parse(process.argv[3])).then(
+    (status) => process.exit(status),
+    (e) => {
+      console.error((e as Error).message);
+      process.exit(1);
+    },
+  );
 }
 
 /**
@@ -183,28 +234,44 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
     const ov = overlay ? { upper: path.join(scratch, "upper"), work: path.join(scratch, "work"), merged: path.join(scratch, "merged") } : undefined;
     for (const d of ov ? [ov.upper, ov.work, ov.merged] : []) await fs.mkdir(d);
     const job: NamespaceJob = {
-      tree: o.out, overlay: ov, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
+      tree: o.out, overlay: ov, network: o.network, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
     };
     // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
     const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };
-    const res = await execa("unshare", ["--mount", "--propagation", "private", process.execPath, __filename, "--in-namespace", JSON.stringify(job)], {
+    // SIGTERM on a timeout: the namespace's node stops setup.sh's whole PID namespace at once.
+    const sub = execa("unshare", ["--mount", "--propagation", "private", process.execPath, __filename, "--in-namespace", JSON.stringify(job)], {
       env,
       extendEnv: false,
       all: true,
+      buffer: false,
       reject: false,
       stdin: "ignore",
       timeout: (o.timeoutSeconds ?? 1800) * 1000,
-      killSignal: "SIGKILL",
+      killSignal: "SIGTERM",
+      forceKillAfterDelay: 5000,
     });
+    // Shown as it runs, line by line; the end kept for the error.
+    const lines: string[] = [];
+    let partial = "";
+    const shown = (line: string) => {
+      lines.push(line);
+      if (lines.length > 60) lines.shift();
+      o.log?.(`${name}: ${line}`);
+    };
+    sub.all!.on("data", (d: Buffer) => {
+      const parts = (partial + d.toString()).split("\n");
+      partial = parts.pop()!;
+      parts.forEach(shown);
+    });
+    const res = await sub;
+    if (partial) shown(partial);
     const left = [...(await mountsUnder(o.out)), ...(await mountsUnder(scratch))];
     if (left.length > 0) throw new Error(`configure: mounts left after ${name}: ${left.join(", ")} (umount them before removing the folder)`);
     if (job.noOverlay && fsSync.existsSync(job.noOverlay)) return false;
-    const output = String(res.all ?? "").trimEnd();
     if (res.exitCode !== 0 || res.failed) {
-      const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s` : `failed (exit ${res.exitCode ?? res.signal})`;
-      throw new Error(`configure: ${name} ${why} in the chroot; its output:\n${tail(output, 60)}`);
+      const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s (ramroot:setupTimeout)` : `failed (exit ${res.exitCode ?? res.signal})`;
+      throw new Error(`configure: ${name} ${why} in the chroot; its output:\n${lines.join("\n")}`);
     }
-    for (const line of output.split("\n").filter(Boolean).slice(-3)) o.log?.(`${name}: ${line}`);
     if (ov) await applyUpper(ov.upper, o.out, JSON.parse(await fs.readFile(job.listings!, "utf8")));
     return true;
   } finally {
@@ -256,11 +323,6 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .filter((m): m is string => !!m)
     .map((m) => m.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8))))
     .filter((m) => m === real || m.startsWith(real + "/"));
-}
-
-function tail(text: string, lines: number): string {
-  const all = text.split("\n");
-  return (all.length > lines ? ["...", ...all.slice(-lines)] : all).join("\n");
 }
 
 const HOST_ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64" };

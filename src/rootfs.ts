@@ -35,6 +35,10 @@ export interface RootfsSpec {
   system?: string;
   /** Where tree hashes remember file hashes (src/treehash.ts), so a no-op preview reads nothing. */
   hashCache?: string;
+  /** setup.sh gets the host's network (default: none). */
+  setupNetwork?: boolean;
+  /** Seconds before setup.sh is stopped (default 1800). */
+  setupTimeout?: number;
 }
 
 export const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz)$/;
@@ -66,7 +70,8 @@ export async function configureHash(spec: RootfsSpec, stage1: string): Promise<s
   const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
   const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
-  return sha256(JSON.stringify(["rootfs/3", spec.arch, stage1, skel, sys, setup]));
+  // With the network, setup.sh may fetch things: another build.
+  return sha256(JSON.stringify(["rootfs/3", spec.arch, stage1, skel, sys, setup, ...(spec.setupNetwork ? ["network"] : [])]));
 }
 
 export interface Built { path: string; built: boolean }
@@ -97,7 +102,7 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
   const linkedFrom = await stage1Records(stage1);
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
-    await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log });
+    await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout });
     await makeMountPoints(out, log);
   }, { dir: true });
   if (res.built) await recordListing(res.path, linkedFrom);

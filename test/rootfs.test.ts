@@ -401,6 +401,70 @@ test("configure links stage 1 and never writes through the links: what setup.sh 
   assert.deepEqual(await mountsUnder(dir), []);
 });
 
+test("setup.sh runs contained: no host file, process, secret, sysctl, disk or network within its reach", { timeout: 5 * 60_000 }, async (t) => {
+  const problem = hostProblem("x86_64");
+  if (problem) {
+    t.skip(problem);
+    return;
+  }
+  const dir = tmpdir(t, "ramroot-contained-");
+  const stage1 = path.join(dir, "stage1");
+  execFileSync("cp", ["-a", `${testsys("x86_64")}/.`, stage1]);
+  // What a build process holds: a secret in its environment (the language host has the stack's
+  // decrypted config there), a file on the host (the passphrase), a listening service.
+  const secret = `ramroot-secret-${Date.now()}`;
+  process.env.RAMROOT_TEST_SECRET = secret;
+  t.after(() => delete process.env.RAMROOT_TEST_SECRET);
+  const hostFile = path.join(dir, "host-passphrase");
+  fs.writeFileSync(hostFile, `${secret}\n`, { mode: 0o600 });
+  const escaped = path.join(dir, "escaped");
+  const server = http.createServer((_req, res) => res.end("reached the host\n"));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => server.close());
+  const port = (server.address() as any).port;
+  const rootDev = fs.statSync("/").dev;
+  const [major, minor] = [Math.floor(rootDev / 256) & 0xfff, (rootDev & 0xff) | ((rootDev >> 12) & 0xfff00)];
+  const domainname = fs.readFileSync("/proc/sys/kernel/domainname", "utf8");
+  const system = path.join(dir, "system");
+  fs.mkdirSync(system);
+  fs.writeFileSync(path.join(system, "setup.sh"), [
+    "#!/bin/sh",
+    'echo "pid $$"',
+    `for r in /proc/*/root; do echo x > "$r${escaped}" 2>/dev/null && echo "ESCAPED through $r"; cat "$r${hostFile}" 2>/dev/null; done`,
+    "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep RAMROOT_TEST_SECRET",
+    "env | grep RAMROOT_TEST_SECRET",
+    "echo escaped > /proc/sys/kernel/domainname 2>/dev/null && echo 'WROTE a sysctl'",
+    "mount -o remount,rw /proc/sys 2>/dev/null && echo 'REMOUNTED /proc/sys'",
+    "touch /sys/ramroot 2>/dev/null && echo 'WROTE /sys'",
+    `mknod /tmp/disk b ${major} ${minor} 2>/dev/null && echo 'MADE a disk node'`,
+    "ls /dev | tr '\\n' ' '; echo",
+    // (busybox nc: Debian's static busybox wget crashes without a terminal)
+    `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 ${port} 2>/dev/null | grep -q 'reached the host' && echo 'REACHED the host network'`,
+    "hostname escaped 2>/dev/null; echo \"processes: $(ls -d /proc/[0-9]* | wc -l)\"",
+    "",
+  ].join("\n"), { mode: 0o755 });
+  const run = async (network: boolean) => {
+    const out = path.join(dir, `out-${network}`);
+    fs.mkdirSync(out);
+    const lines: string[] = [];
+    await configureRootfs({ packages: stage1, setup: path.join(system, "setup.sh"), arch: "x86_64", out, network, log: (l) => lines.push(l) });
+    return lines.join("\n");
+  };
+  const text = await run(false);
+  assert.match(text, /setup.sh: pid 1$/m, "setup.sh is not PID 1 of its own namespace");
+  assert.doesNotMatch(text, /ESCAPED|WROTE|REMOUNTED|MADE|REACHED/);
+  assert.ok(!text.includes(secret), `a secret of the build process reached setup.sh:\n${text}`);
+  assert.ok(!fs.existsSync(escaped));
+  assert.match(text, /setup.sh: fd full null pts random shm stderr stdin stdout tty urandom zero $/m);
+  assert.equal(fs.readFileSync("/proc/sys/kernel/domainname", "utf8"), domainname);
+  assert.notEqual(os.hostname(), "escaped");
+  // ramroot:setupNetwork true: the host's network, and nothing else given back.
+  const open = await run(true);
+  assert.match(open, /setup.sh: REACHED the host network/);
+  assert.doesNotMatch(open, /ESCAPED|WROTE|REMOUNTED|MADE a/);
+  assert.deepEqual(await mountsUnder(dir), []);
+});
+
 test("where no overlay can be mounted (the store itself on overlayfs), configure copies stage 1 and still runs setup.sh", { timeout: 5 * 60_000 }, async (t) => {
   const problem = hostProblem("x86_64");
   if (problem) {

@@ -16,8 +16,9 @@
 //
 // setup.sh is the user's, but it runs as root on the build machine, which holds the project's
 // passphrase and, in the Pulumi processes' environment, every decrypted stack secret. So it
-// runs contained: in its own PID namespace, where it is PID 1 and every process is chrooted (no
-// /proc/N/root or /proc/N/environ of a build process to reach), with a fresh /proc whose sysctls
+// runs contained: in its own PID namespace, where it is PID 1, and in a mount namespace whose
+// root is the tree itself (pivot_root, not chroot: a root process can leave a chroot, and there
+// is no /proc/N/root or /proc/N/environ of a build process to reach), with a fresh /proc whose sysctls
 // and sysrq-trigger are read-only, /sys read-only, a /dev of its own (null, zero, full, random,
 // urandom, tty: no host disk), no network unless asked (ramroot:setupNetwork), an environment
 // that holds nothing of the build process, and without the capabilities that would undo any
@@ -109,9 +110,12 @@ export const KEPT_CAPS = ["chown", "dac_override", "dac_read_search", "fowner", 
 
 /**
  * Run by the host's /bin/sh as PID 1 of the new PID namespace, before it becomes setup.sh: the
- * fresh /proc's knobs read-only (or hidden), then the capabilities dropped, the chroot, setup.sh.
- * exec all the way, so no unchrooted process stays in the namespace.
+ * fresh /proc's knobs read-only (or hidden); the tree made the namespace's root (pivot_root,
+ * then the host's root detached, so nothing outside the tree is left to reach); then, with the
+ * host's setpriv and its libraries copied to TOOLS (the tree's own /dev), the capabilities
+ * dropped and setup.sh run. exec all the way: PID 1 becomes setup.sh.
  */
+const TOOLS = "/dev/.ramroot";
 const PID1 = `set -e
 p=$1/proc
 for f in sys sysrq-trigger bus fs irq; do
@@ -120,8 +124,31 @@ for f in sys sysrq-trigger bus fs irq; do
   mount -o remount,bind,ro "$p/$f"
 done
 for f in kcore keys timer_list sched_debug; do [ ! -e "$p/$f" ] || mount --bind /dev/null "$p/$f"; done
-exec setpriv --bounding-set "-all,+$3" -- chroot "$1" /bin/sh -c 'cd /mnt && exec "./$0"' "$2"
+cd "$1"
+pivot_root . .
+umount -l .
+cd /mnt
+t=${TOOLS}
+exec $t/ld.so --library-path $t $t/setpriv --bounding-set "-all,+$3" -- /bin/sh -c 'exec "./$0"' "$2"
 `;
+
+/** The host's setpriv, its libraries and its loader, into `dir`: what runs after the pivot. */
+function copyTools(dir: string): void {
+  const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((f) => fsSync.existsSync(f));
+  if (!setpriv) throw new Error("configure: setpriv not found: install util-linux (Debian: apt-get install util-linux)");
+  const ldd = spawnSync("ldd", [setpriv], { encoding: "utf8" });
+  if (ldd.status !== 0) throw new Error(`configure: ldd ${setpriv} failed: ${ldd.stderr.trim()}`);
+  fsSync.mkdirSync(dir);
+  fsSync.copyFileSync(setpriv, path.join(dir, "setpriv"));
+  for (const line of ldd.stdout.split("\n")) {
+    const lib = /=>\s+(\/\S+)/.exec(line)?.[1];
+    const loader = /^\s*(\/\S+)\s+\(/.exec(line)?.[1];
+    if (lib) fsSync.copyFileSync(lib, path.join(dir, path.basename(lib)));
+    if (loader) fsSync.copyFileSync(loader, path.join(dir, "ld.so"));
+  }
+  if (!fsSync.existsSync(path.join(dir, "ld.so"))) throw new Error(`configure: no dynamic loader in ldd ${setpriv}'s output`);
+  for (const f of fsSync.readdirSync(dir)) fsSync.chmodSync(path.join(dir, f), 0o755);
+}
 
 interface NamespaceJob {
   /** The tree; with `overlay`, the overlay's lower layer, and its upper, work and merged folders. */
@@ -169,15 +196,18 @@ async function inNamespace(job: NamespaceJob): Promise<number> {
   try {
     for (const d of made) fsSync.mkdirSync(path.join(m, d));
     const mount = (at: string, ...args: string[]) => (run("mount", ...args, path.join(m, at)), mounts.push(path.join(m, at)));
+    // pivot_root needs the new root to be a mount point: the overlay is one, a plain tree is bound on itself.
+    if (!ov) mount("", "--bind", m);
     mount("sys", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs");
     // A /dev of its own: the devices a package script may use, no disk of the host.
-    mount("dev", "-t", "tmpfs", "-o", "mode=0755,nosuid,noexec,size=1m", "devtmp");
+    mount("dev", "-t", "tmpfs", "-o", "mode=0755,nosuid,size=16m", "devtmp");
     for (const [name, major, minor] of [["null", 1, 3], ["zero", 1, 5], ["full", 1, 7], ["random", 1, 8], ["urandom", 1, 9], ["tty", 5, 0]] as const)
       run("mknod", "-m", "0666", path.join(m, "dev", name), "c", String(major), String(minor));
     for (const [name, target] of [["fd", "/proc/self/fd"], ["stdin", "/proc/self/fd/0"], ["stdout", "/proc/self/fd/1"], ["stderr", "/proc/self/fd/2"]])
       fsSync.symlinkSync(target, path.join(m, "dev", name));
     for (const d of ["pts", "shm"]) fsSync.mkdirSync(path.join(m, "dev", d));
     fsSync.chmodSync(path.join(m, "dev", "shm"), 0o1777);
+    copyTools(path.join(m, TOOLS));
     mount("mnt", "--bind", job.bind);
     run("mount", "-o", "remount,bind,ro", path.join(m, "mnt"));
     const args = ["--pid", "--uts", "--ipc", "--fork", "--kill-child", `--mount-proc=${path.join(m, "proc")}`, ...(job.network ? [] : ["--net"]), "--", "/bin/sh", "-c", PID1, "pid1", m, job.script, KEPT_CAPS.join(",+")];

@@ -3,7 +3,7 @@
 // test/alpine.test.ts) and configure (skeleton + setup.sh in a chroot).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as http from "node:http";
@@ -427,9 +427,29 @@ test("setup.sh runs contained: no host file, process, secret, sysctl, disk or ne
   const domainname = fs.readFileSync("/proc/sys/kernel/domainname", "utf8");
   const system = path.join(dir, "system");
   fs.mkdirSync(system);
+  // The classic way out of a chroot for root (chroot into a subfolder, climb, chroot "."), as a
+  // static program: busybox's chroot changes into the new root, which closes that door.
+  const escape = `#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  mkdir("/tmp/.x", 0700);
+  if (chroot("/tmp/.x") != 0) return 1;
+  for (int i = 0; i < 64; i++) chdir("..");
+  if (chroot(".") != 0) return 1;
+  FILE *f = fopen(argv[1], "w");
+  if (!f) return 1;
+  fputs("escaped\\n", f);
+  return fclose(f) != 0;
+}
+`;
+  fs.writeFileSync(path.join(dir, "escape.c"), escape);
+  const gcc = spawnSync("gcc", ["-static", "-O", "-o", path.join(system, "escape"), path.join(dir, "escape.c")], { encoding: "utf8" });
+  if (gcc.status !== 0) t.diagnostic(`no static C compiler here (${gcc.error?.message ?? gcc.stderr.trim()}): the chroot-escape probe is not run`);
   fs.writeFileSync(path.join(system, "setup.sh"), [
     "#!/bin/sh",
     'echo "pid $$"',
+    `[ ! -x ./escape ] || ./escape ${escaped}`,
     `for r in /proc/*/root; do echo x > "$r${escaped}" 2>/dev/null && echo "ESCAPED through $r"; cat "$r${hostFile}" 2>/dev/null; done`,
     "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep RAMROOT_TEST_SECRET",
     "env | grep RAMROOT_TEST_SECRET",

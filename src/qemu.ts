@@ -210,7 +210,7 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
   const exited = w.exited && `qemu exited (${w.exited.signal ?? w.exited.code})`;
   if (w.fatal) throw new BootCheckError(`qemu: ${w.fatal}; ${tail}`, w.report);
   if (w.seconds === undefined) {
-    const neither = wantReport && !w.report ? ` (nor the health report: both come from /etc/local.d; ${HEALTH_HINT})` : "";
+    const neither = wantReport && !w.report ? ` (nor the health report: ${HEALTH_HINT}; the example system's marker comes from /etc/local.d too)` : "";
     if (exited) throw new BootCheckError(`${exited} before "${marker}" appeared${neither}${stderr}; ${tail}`, w.report);
     throw new BootCheckError(`qemu: no "${marker}" on the console within ${timeoutMs / 1000} s${neither} (${cmdline}); ${tail}`, w.report);
   }

@@ -201,7 +201,7 @@ test("qemu exiting before the marker and the report fails at once, saying what p
   const started = Date.now();
   const err: Error = await bootCheck({ arch: "x86_64", disk, persist, marker: "NEVER-PRINTED", timeoutMs: 240_000, health: true, powerOff: true })
     .then(() => assert.fail("bootCheck succeeded"), (e: Error) => e);
-  assert.match(err.message, /qemu exited \(0\) before "NEVER-PRINTED" appeared \(nor the health report: both come from \/etc\/local\.d; the report is printed by \/etc\/local\.d\/zz-ramroot-health\.start, which ramroot adds to every image and OpenRC's local service runs at the end of boot: enable that service \(in setup\.sh: rc-update add local default\)\)/);
+  assert.match(err.message, /qemu exited \(0\) before "NEVER-PRINTED" appeared \(nor the health report: the report is printed by \/etc\/local\.d\/zz-ramroot-health\.start, which ramroot adds to every image and OpenRC's local service runs at the end of boot: enable that service \(in setup\.sh: rc-update add local default\); the example system's marker comes from \/etc\/local\.d too\)/);
   assert.match(err.message, /RAMROOT-NO-LOCAL: powering off/); // the guest's last words are in the tail
   assert.ok(Date.now() - started < 120_000);
   assertClean(persist);

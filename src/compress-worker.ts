@@ -55,8 +55,11 @@ function compressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCom
     throw new Error(`zstd needs Node >= 22.15 (this is ${process.version}): run ramroot with the project's Node (npm run setup puts it in node_modules/.bin), or use gzip`);
   // No pledged size: a reused compressor (reusedCompressor) cannot have one, and a segment's
   // bytes must not depend on the thread that compressed it. So frames do not record their
-  // size, which the kernel does not need.
-  return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+  // size, which the kernel does not need. Each frame ends with its XXH64 checksum, which the
+  // kernel's zstd decompressor verifies while it unpacks the initramfs (a flipped bit stops the
+  // boot with "Initramfs unpacking failed" instead of shipping a corrupted file), and which
+  // `zstd -t` and the store's verification read.
+  return zlib.createZstdCompress({ chunkSize, params: { [zlib.constants.ZSTD_c_compressionLevel]: level, [zlib.constants.ZSTD_c_checksumFlag]: 1 } });
 }
 
 /** Where a segment's bytes go: straight to the file, or through a compressor first. */
@@ -79,27 +82,29 @@ interface ZlibHandle {
 }
 
 /**
- * A thread's one compressor, reset for each segment (deflateReset, ZSTD_CCtx_reset) rather than
- * made anew: its native state is allocated once per thread, so nothing of it is left for a
- * garbage collector, and a worker's memory is the same after 5 segments as after 500. (Node
- * frees a zstd context only when its stream is collected, which V8, seeing a small heap, does
- * late: a worker kept every context it had used.)
+ * A thread's one gzip compressor, reset for each segment (deflateReset) rather than made anew:
+ * its native state is allocated once per thread, so nothing of it is left for a garbage
+ * collector, and a worker's memory is the same after 5 segments as after 500. zstd cannot be
+ * reset so: Node's reset() makes a new context with default parameters, which silently dropped
+ * the level and the checksum flag. So each zstd segment gets a new compressor and the previous
+ * one is closed at once, which frees its context (Node otherwise frees a zstd context only when
+ * its stream is collected, which V8, seeing a small heap, does late).
  */
 let kept: { c: Compression; level: number; z: zlib.Gzip | zlib.ZstdCompress } | undefined;
 
 function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCompress {
-  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed)) {
+  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed || c === "zstd")) {
     kept.z.close();
     kept = undefined;
+  } else if (kept) {
+    (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
+    return kept.z;
   }
-  if (!kept) {
-    const z = compressor(c, level);
-    // A native error destroys the stream (which would also emit it, unheard): fileSink checks after each call.
-    z.on("error", () => {});
-    kept = { c, level, z };
-  }
-  (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
-  return kept.z;
+  const z = compressor(c, level);
+  // A native error destroys the stream (which would also emit it, unheard): fileSink checks after each call.
+  z.on("error", () => {});
+  kept = { c, level, z };
+  return z;
 }
 
 /**

@@ -48,34 +48,16 @@ export function removableBootPath(arch: Arch): string {
  * least 40 MiB so that the partition can be FAT32). Written to a temporary file and renamed.
  */
 export async function makeEspImage(opts: { efi: string; arch: Arch; out: string; sizeMiB?: number }): Promise<void> {
-  const bootPath = removableBootPath(opts.arch);
   const efiSize = (await fs.stat(opts.efi)).size;
   const hash = await sha256File(opts.efi);
   const seed = createHash("sha256").update(`ramroot-esp\0${opts.arch}\0${hash}`).digest();
   const sizeMiB = opts.sizeMiB ?? Math.max(40, Math.ceil((efiSize * 1.05) / MiB) + 8);
-  const partBytes = (sizeMiB - 2) * MiB;
-  // FAT32 overhead: 32 reserved sectors + 2 FATs of 4 bytes per cluster, plus directories.
-  if (!Number.isInteger(sizeMiB) || partBytes < 8 * MiB || efiSize + partBytes / 64 + 64 * 1024 > partBytes) {
-    throw new Error(`bootmedia: a ${sizeMiB} MiB ESP image cannot hold ${opts.efi} (${efiSize} bytes)`);
-  }
+  if (!Number.isInteger(sizeMiB)) throw new Error(`bootmedia: a ${sizeMiB} MiB ESP image cannot hold ${opts.efi} (${efiSize} bytes)`);
   const tmp = tempBeside(opts.out);
   try {
     const fh = await fs.open(tmp, "w");
     await fh.truncate(sizeMiB * MiB).finally(() => fh.close());
-    const table = [
-      "label: gpt",
-      `label-id: ${guid(seed, 0)}`,
-      `start=${PART_START / SECTOR}, size=${partBytes / SECTOR}, type=${ESP_TYPE}, uuid=${guid(seed, 1)}, name="EFI System Partition"`,
-      "",
-    ].join("\n");
-    await run("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", tmp], { input: table });
-    const fat = partBytes / MiB >= FAT32_MIN_MIB ? "32" : "16";
-    const serial = seed.subarray(16, 20).toString("hex").toUpperCase();
-    await run("mkfs.vfat", ["--invariant", "-F", fat, "-i", serial, "-n", "ESP", `--offset=${PART_START / SECTOR}`, tmp, String(partBytes / 1024)]);
-    const img = `${tmp}@@${PART_START}`;
-    const dir = path.posix.dirname(bootPath);
-    await mtools("mmd", ["-i", img, "::/EFI", `::/${dir}`]);
-    await mtools("mcopy", ["-i", img, opts.efi, `::/${bootPath}`]);
+    await writeEsp(tmp, { efi: opts.efi, arch: opts.arch, diskBytes: sizeMiB * MiB, seed, serial: seed.subarray(16, 20).toString("hex").toUpperCase(), label: "ESP" });
     await syncFile(tmp);
     await fs.rename(tmp, opts.out);
   } catch (e) {
@@ -83,6 +65,40 @@ export async function makeEspImage(opts: { efi: string; arch: Arch; out: string;
     throw e;
   }
 }
+
+/**
+ * Lays out `target` (an image file of `diskBytes`, or a block device of that size) as a GPT
+ * disk with one EFI System Partition: FAT (32 where it is big enough), serial `serial` (the
+ * volume id, 8 hex digits), `efi` at the architecture's removable path, and `folders` made.
+ * GUIDs come from `seed`, so the layout is a function of the inputs.
+ */
+export async function writeEsp(target: string, o: { efi: string; arch: Arch; diskBytes: number; seed: Buffer; serial: string; label: string; folders?: string[] }): Promise<void> {
+  const bootPath = removableBootPath(o.arch);
+  const efiSize = (await fs.stat(o.efi)).size;
+  // The partition starts at 1 MiB and leaves the last MiB for the backup GPT.
+  const partBytes = Math.floor(o.diskBytes / MiB) * MiB - 2 * MiB;
+  // FAT32 overhead: 32 reserved sectors + 2 FATs of 4 bytes per cluster, plus directories.
+  if (partBytes < 8 * MiB || efiSize + partBytes / 64 + 64 * 1024 > partBytes)
+    throw new Error(`bootmedia: a ${(o.diskBytes / MiB).toFixed(0)} MiB disk cannot hold ${o.efi} (${efiSize} bytes) on its ESP`);
+  const table = [
+    "label: gpt",
+    `label-id: ${guid(o.seed, 0)}`,
+    `start=${PART_START / SECTOR}, size=${partBytes / SECTOR}, type=${ESP_TYPE}, uuid=${guid(o.seed, 1)}, name="EFI System Partition"`,
+    "",
+  ].join("\n");
+  await run("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", target], { input: table });
+  const fat = partBytes / MiB >= FAT32_MIN_MIB ? "32" : "16";
+  await run("mkfs.vfat", ["--invariant", "-F", fat, "-i", o.serial, "-n", o.label, `--offset=${PART_START / SECTOR}`, target, String(partBytes / 1024)]);
+  const img = `${target}@@${PART_START}`;
+  const dirs = new Set<string>();
+  for (const d of [path.posix.dirname(bootPath), ...(o.folders ?? [])])
+    for (let p = d; p !== "." && p !== "/"; p = path.posix.dirname(p)) dirs.add(p);
+  await mtools("mmd", ["-i", img, ...[...dirs].sort((a, b) => a.length - b.length || a.localeCompare(b)).map((d) => `::/${d}`)]);
+  await mtools("mcopy", ["-i", img, o.efi, `::/${bootPath}`]);
+}
+
+/** Where the ESP starts on a disk that writeEsp made (for mtools: `DISK@@offset`). */
+export const ESP_OFFSET = PART_START;
 
 export interface EspListing {
   /** GPT disk GUID. */

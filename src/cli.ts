@@ -4,6 +4,7 @@
 //   ramroot rollback [--stack NAME]
 //   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+//   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
 import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
@@ -13,6 +14,7 @@ import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Co
 import { buildUki, inspectUki } from "./uki";
 import { qemuCommand, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
+import { parseSize, writeStick } from "./stick";
 
 const project = path.resolve(__dirname, "..", "..");
 
@@ -31,7 +33,10 @@ const usage = `usage:
   ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
   ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
-  ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE`;
+  ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+  ramroot stick write TARGET --uki FILE [--arch aarch64|x86_64] [--size SIZE] [--volume-id ID] [--force]
+                                         the NAS's boot stick (an image file or a device): GPT, one FAT32 ESP
+                                         (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/`;
 
 class UsageError extends Error {}
 
@@ -158,9 +163,24 @@ async function uki(args: string[]): Promise<void> {
   console.log(`${values.output}: ${res.size} bytes, sha256 ${res.sha256}`);
 }
 
+async function stick(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { uki: { type: "string" }, arch: { type: "string" }, size: { type: "string" }, "volume-id": { type: "string" }, force: { type: "boolean" } },
+    allowPositionals: true,
+  });
+  if (positionals[0] !== "write" || positionals.length !== 2 || !values.uki) throw new UsageError("stick write takes a TARGET and --uki FILE");
+  if (values.arch !== undefined && values.arch !== "aarch64" && values.arch !== "x86_64") throw new UsageError(`--arch ${values.arch}: use aarch64 or x86_64`);
+  const res = await writeStick({
+    target: positionals[1], uki: values.uki, arch: values.arch as Arch | undefined, size: values.size === undefined ? undefined : parseSize(values.size),
+    volumeId: values["volume-id"], force: values.force,
+  });
+  console.log(`${res.target}: ${res.device ? "device" : "image"} of ${(res.bytes / 2 ** 20).toFixed(0)} MiB, ${res.arch} UKI at its removable path, persist/`);
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki };
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick };
   try {
     if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
     await commands[cmd](rest);

@@ -113,12 +113,20 @@ test("production: deploy over SSH, atomic, verified, gated, reversible", { timeo
     assert.equal(sha(target), want);
   });
 
-  await t.test("ramroot rollback puts the previous image back, and again the newer one", async () => {
-    const newer = sha(target), older = sha(`${target}.prev`);
+  await t.test("ramroot rollback puts the previous image back, and again the newer one; it refuses a .prev that is not an image", async () => {
     const rollback = () => new Promise<string>((resolve, reject) =>
       execFile(path.join(p.dir, "bin", "ramroot"), ["rollback", "--stack", "production"], { cwd: p.dir, env: p.env }, (e, so, se) => (e ? reject(new Error(`${e.message}\n${so}\n${se}`)) : resolve(so))));
+    // .prev is now the file "changed by hand" that the drift test left: not a boot image.
+    const left = [sha(target), sha(`${target}.prev`)];
+    await assert.rejects(rollback(), /is not a PE image|not a PE|nothing was changed/);
+    assert.deepEqual([sha(target), sha(`${target}.prev`)], left);
+    // An older image: the current one with one byte of its payload changed (still an aarch64 PE).
+    const older = Buffer.from(fs.readFileSync(target));
+    older[older.length - 100] ^= 0xff;
+    fs.writeFileSync(`${target}.prev`, older);
+    const newer = sha(target);
     await rollback();
-    assert.equal(sha(target), older);
+    assert.equal(sha(target), createHash("sha256").update(older).digest("hex"));
     assert.equal(sha(`${target}.prev`), newer);
     await rollback();
     assert.equal(sha(target), newer);

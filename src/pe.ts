@@ -5,15 +5,30 @@
 // per section). Everything in those headers fits in the first SizeOfHeaders bytes of the file,
 // so parsing and rewriting work on that one buffer; section contents never pass through here.
 // `layoutSections` is the only place that does placement arithmetic (as in systemd's ukify).
+//
+// The output holds the headers and the sections and nothing else. Authenticode (what Secure
+// Boot checks) hashes a PE by its headers and sections; bytes outside them are hashed by some
+// implementations and not by others (EDK2 and sbsign skip a gap between sections that
+// osslsigncode hashes), so a signature made by one is refused by another. Debian's stubs carry
+// such bytes: linuxx64.efi.stub a COFF symbol table after its last section (362 symbols and
+// their strings, 12,641 bytes; an image needs none, and ukify drops it too), linuxaa64.efi.stub
+// 5,076 bytes past its last section that gnu-efi's `objcopy -O binary` left there (.dynsym,
+// .dynstr, .gnu.hash, .sbat, .sdmagic of the ELF stub: past SizeOfImage, so never loaded; its
+// code and relocations reach nothing past 0x10000). Those bytes are dropped: `unsectioned` says
+// where they are, and the stub's sections are packed after the headers (a no-op for Debian's).
 
 export const IMAGE_SCN_CNT_CODE = 0x00000020;
 export const IMAGE_SCN_CNT_INITIALIZED_DATA = 0x00000040;
 export const IMAGE_SCN_MEM_READ = 0x40000000;
+/** COFF Characteristics: the image holds no COFF symbol table. */
+export const IMAGE_FILE_LOCAL_SYMS_STRIPPED = 0x0008;
 
 const MACHINES: Record<number, string> = { 0x8664: "x86_64", 0xaa64: "aarch64", 0x14c: "i386", 0x1c4: "arm", 0x5064: "riscv64" };
 const SECTION_HEADER_SIZE = 40;
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const DIRECTORY_SECURITY = 4;
+const DIRECTORY_DEBUG = 6;
+const COFF_SYMBOL_SIZE = 18;
 
 export interface PeSection {
   name: string;
@@ -30,6 +45,9 @@ export interface PeHeaders {
   arch: string; // "x86_64", "aarch64", or "machine 0x...." for others
   pe32plus: boolean;
   peOffset: number; // offset of "PE\0\0"
+  characteristics: number; // COFF Characteristics
+  pointerToSymbolTable: number;
+  numberOfSymbols: number;
   optOffset: number; // offset of the optional header
   sectionTableOffset: number;
   timeDateStamp: number;
@@ -41,6 +59,10 @@ export interface PeHeaders {
   checksum: number;
   checksumOffset: number; // file offset of the CheckSum field
   security: { virtualAddress: number; size: number };
+  /** File offset of the certificate table's directory entry (8 bytes), or undefined. */
+  securityDirOffset?: number;
+  /** The data directories (RVA and size; the certificate table's "RVA" is a file offset). */
+  directories: { virtualAddress: number; size: number }[];
   sections: PeSection[];
 }
 
@@ -82,11 +104,12 @@ export function parsePe(buf: Buffer, file: string): PeHeaders {
   // The data directories follow the fixed fields, which are 16 bytes longer in PE32+.
   const dirOffset = optOffset + (pe32plus ? 112 : 96);
   const numberOfRvaAndSizes = buf.readUInt32LE(optOffset + (pe32plus ? 108 : 92));
-  const security = { virtualAddress: 0, size: 0 };
-  if (numberOfRvaAndSizes > DIRECTORY_SECURITY && dirOffset + 8 * (DIRECTORY_SECURITY + 1) <= sectionTableOffset) {
-    security.virtualAddress = buf.readUInt32LE(dirOffset + 8 * DIRECTORY_SECURITY);
-    security.size = buf.readUInt32LE(dirOffset + 8 * DIRECTORY_SECURITY + 4);
+  const directories: { virtualAddress: number; size: number }[] = [];
+  for (let i = 0; i < Math.min(numberOfRvaAndSizes, 16) && dirOffset + 8 * (i + 1) <= sectionTableOffset; i++) {
+    directories.push({ virtualAddress: buf.readUInt32LE(dirOffset + 8 * i), size: buf.readUInt32LE(dirOffset + 8 * i + 4) });
   }
+  const security = { ...(directories[DIRECTORY_SECURITY] ?? { virtualAddress: 0, size: 0 }) };
+  const securityDirOffset = directories.length > DIRECTORY_SECURITY ? dirOffset + 8 * DIRECTORY_SECURITY : undefined;
   const sections: PeSection[] = [];
   for (let i = 0; i < numberOfSections; i++) {
     const o = sectionTableOffset + i * SECTION_HEADER_SIZE;
@@ -100,7 +123,10 @@ export function parsePe(buf: Buffer, file: string): PeHeaders {
     });
   }
   return {
-    file, machine, pe32plus, peOffset, optOffset, sectionTableOffset, sections, security,
+    file, machine, pe32plus, peOffset, optOffset, sectionTableOffset, sections, security, securityDirOffset, directories,
+    characteristics: buf.readUInt16LE(peOffset + 22),
+    pointerToSymbolTable: buf.readUInt32LE(peOffset + 12),
+    numberOfSymbols: buf.readUInt32LE(peOffset + 16),
     arch: MACHINES[machine] ?? `machine 0x${machine.toString(16)}`,
     timeDateStamp: buf.readUInt32LE(peOffset + 8),
     sectionAlignment: buf.readUInt32LE(optOffset + 32),
@@ -125,6 +151,8 @@ export interface NewSection {
 }
 
 export interface PeLayout {
+  /** The stub's own sections (in section-table order), where they go in the output. */
+  stubSections: PeSection[];
   /** The appended sections, placed: PointerToRawData, VirtualAddress, sizes. */
   sections: PeSection[];
   numberOfSections: number;
@@ -135,11 +163,65 @@ export interface PeLayout {
   fileSize: number;
 }
 
+/** A run of stub bytes that neither the headers nor a section hold. */
+export interface Unsectioned {
+  offset: number;
+  size: number;
+  what: "COFF symbol table" | "unsectioned data";
+}
+
 /**
- * Places `add` after everything in the stub (`stubSize` bytes long): each section starts at
- * the next SectionAlignment boundary past the end of the previous one in memory, and at the
- * next FileAlignment boundary in the file. VirtualSize is the real size, SizeOfRawData the
- * aligned one. Fails when the header has no room for the new section headers.
+ * The bytes of a PE file of `size` bytes outside its headers (SizeOfHeaders), its sections' raw
+ * data and its certificate table, in file order: for a stub, what `layoutSections` leaves out of
+ * the output; for a UKI, what Authenticode implementations disagree on. The COFF symbol table
+ * (`stringTableSize`: the length of the string table that follows it, see `stringTableSize`) is
+ * named as such.
+ */
+export function unsectioned(pe: PeHeaders, size: number, stringTableSize = 0): Unsectioned[] {
+  const covered: [number, number][] = [[0, Math.min(pe.sizeOfHeaders, size)]];
+  for (const s of pe.sections) if (s.sizeOfRawData > 0) covered.push([s.pointerToRawData, Math.min(s.pointerToRawData + s.sizeOfRawData, size)]);
+  if (pe.security.size > 0) covered.push([pe.security.virtualAddress, Math.min(pe.security.virtualAddress + pe.security.size, size)]);
+  covered.sort((a, b) => a[0] - b[0]);
+  const gaps: [number, number][] = [];
+  let pos = 0;
+  for (const [start, end] of covered) {
+    if (start > pos) gaps.push([pos, start]);
+    pos = Math.max(pos, end);
+  }
+  if (pos < size) gaps.push([pos, size]);
+  const symbols = pe.pointerToSymbolTable > 0 && pe.pointerToSymbolTable < size
+    ? [pe.pointerToSymbolTable, Math.min(pe.pointerToSymbolTable + pe.numberOfSymbols * COFF_SYMBOL_SIZE + stringTableSize, size)]
+    : undefined;
+  const out: Unsectioned[] = [];
+  for (const [start, end] of gaps) {
+    const cuts = [start, ...(symbols ?? []).filter((x) => x > start && x < end), end];
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const inSymbols = !!symbols && cuts[i] >= symbols[0] && cuts[i + 1] <= symbols[1];
+      out.push({ offset: cuts[i], size: cuts[i + 1] - cuts[i], what: inSymbols ? "COFF symbol table" : "unsectioned data" });
+    }
+  }
+  return out;
+}
+
+/** Where the COFF string table starts (right after the symbol table), or undefined. */
+export function stringTableOffset(pe: PeHeaders): number | undefined {
+  return pe.pointerToSymbolTable > 0 ? pe.pointerToSymbolTable + pe.numberOfSymbols * COFF_SYMBOL_SIZE : undefined;
+}
+
+/** The length of the COFF string table in `buf` (the whole file): its first four bytes. */
+export function stringTableSize(buf: Buffer, pe: PeHeaders): number {
+  const at = stringTableOffset(pe);
+  return at !== undefined && at + 4 <= buf.length ? Math.max(buf.readUInt32LE(at), 4) : 0;
+}
+
+/**
+ * Lays out the UKI: the headers, the stub's sections packed after them in their file order
+ * (each at the next FileAlignment boundary, SizeOfRawData rounded up to it: where the stub's
+ * sections already follow each other, as in Debian's, nothing moves), then `add`, each at the
+ * next SectionAlignment boundary past the end of the previous section in memory and the next
+ * FileAlignment boundary in the file. VirtualSize is the real size, SizeOfRawData the aligned
+ * one. Nothing of the stub (`stubSize` bytes long) outside its headers and sections is kept
+ * (see `unsectioned`). Fails when the header has no room for the new section headers.
  */
 export function layoutSections(pe: PeHeaders, stubSize: number, add: NewSection[]): PeLayout {
   if (pe.security.virtualAddress !== 0 || pe.security.size !== 0) {
@@ -152,15 +234,34 @@ export function layoutSections(pe: PeHeaders, stubSize: number, add: NewSection[
   // Header room: the new section headers must end before the first section's data and
   // within SizeOfHeaders rounded up to FileAlignment (the bytes up to there are header padding).
   const firstData = Math.min(...pe.sections.filter((s) => s.sizeOfRawData > 0).map((s) => s.pointerToRawData), Infinity);
-  const sizeOfHeaders = Math.min(roundUp(pe.sizeOfHeaders, pe.fileAlignment), firstData);
+  const sizeOfHeaders = Math.max(pe.sizeOfHeaders, Math.min(roundUp(pe.sizeOfHeaders, pe.fileAlignment), firstData));
   const tableEnd = pe.sectionTableOffset + (pe.sections.length + add.length) * SECTION_HEADER_SIZE;
   if (tableEnd > sizeOfHeaders) {
     const room = Math.floor((sizeOfHeaders - pe.sectionTableOffset) / SECTION_HEADER_SIZE) - pe.sections.length;
     throw new Error(`${pe.file}: no room in the PE header for ${add.length} more section headers (room for ${Math.max(room, 0)}): use a stub with a larger SizeOfHeaders`);
   }
 
+  // The stub's sections, packed in file order.
+  const stubSections = pe.sections.map((s) => ({ ...s }));
+  const inFileOrder = stubSections.map((s, i) => ({ s, orig: pe.sections[i] })).filter((x) => x.s.sizeOfRawData > 0).sort((x, y) => x.orig.pointerToRawData - y.orig.pointerToRawData);
+  let fileEnd = sizeOfHeaders;
+  let prevEnd = 0;
+  let moved = false;
+  for (const { s, orig } of inFileOrder) {
+    if (orig.pointerToRawData + orig.sizeOfRawData > stubSize) throw new Error(`${pe.file} is truncated: section ${orig.name} ends past the end of the file`);
+    if (orig.pointerToRawData < prevEnd) throw new Error(`${pe.file}: section ${orig.name} overlaps another one in the file: use an unmodified systemd-stub`);
+    prevEnd = orig.pointerToRawData + orig.sizeOfRawData;
+    s.pointerToRawData = roundUp(fileEnd, pe.fileAlignment);
+    s.sizeOfRawData = roundUp(orig.sizeOfRawData, pe.fileAlignment);
+    moved ||= s.pointerToRawData !== orig.pointerToRawData;
+    fileEnd = s.pointerToRawData + s.sizeOfRawData;
+  }
+  // A debug directory points at its data by file offset too: moving sections would break it.
+  if (moved && (pe.directories[DIRECTORY_DEBUG]?.size ?? 0) > 0) {
+    throw new Error(`${pe.file} has bytes between its sections and a debug directory that points into them by file offset: use a stub whose sections follow each other in the file`);
+  }
+
   let vaEnd = Math.max(pe.sizeOfHeaders, ...pe.sections.map((s) => s.virtualAddress + s.virtualSize));
-  let fileEnd = Math.max(stubSize, ...pe.sections.map((s) => s.pointerToRawData + s.sizeOfRawData));
   let sizeOfInitializedData = pe.sizeOfInitializedData;
   const sections: PeSection[] = [];
   for (const s of add) {
@@ -182,10 +283,11 @@ export function layoutSections(pe: PeHeaders, stubSize: number, add: NewSection[
     throw new Error(`${pe.file}: the image would be larger than 4 GiB, which PE cannot describe`);
   }
   return {
+    stubSections,
     sections,
     numberOfSections: pe.sections.length + add.length,
     sizeOfImage,
-    sizeOfHeaders: Math.max(pe.sizeOfHeaders, sizeOfHeaders),
+    sizeOfHeaders,
     sizeOfInitializedData,
     fileSize: roundUp(fileEnd, pe.fileAlignment),
   };
@@ -193,7 +295,9 @@ export function layoutSections(pe: PeHeaders, stubSize: number, add: NewSection[
 
 /**
  * Returns a copy of the stub's header bytes (`head`, at least SizeOfHeaders long) updated for
- * `layout`: counts and sizes, the new section headers, and CheckSum set to zero (the caller
+ * `layout`: counts and sizes, the stub's sections where they moved, the new section headers, no
+ * COFF symbol table (PointerToSymbolTable and NumberOfSymbols zero and, where the stub had one,
+ * IMAGE_FILE_LOCAL_SYMS_STRIPPED set, as ukify does), and CheckSum set to zero (the caller
  * computes it over the whole file and patches it at `pe.checksumOffset`).
  */
 export function writeHeaders(head: Buffer, pe: PeHeaders, layout: PeLayout): Buffer {
@@ -204,6 +308,16 @@ export function writeHeaders(head: Buffer, pe: PeHeaders, layout: PeLayout): Buf
   out.writeUInt32LE(layout.sizeOfImage, pe.optOffset + 56);
   out.writeUInt32LE(layout.sizeOfHeaders, pe.optOffset + 60);
   out.writeUInt32LE(0, pe.checksumOffset);
+  if (pe.pointerToSymbolTable !== 0 || pe.numberOfSymbols !== 0) {
+    out.writeUInt32LE(0, pe.peOffset + 12);
+    out.writeUInt32LE(0, pe.peOffset + 16);
+    out.writeUInt16LE(pe.characteristics | IMAGE_FILE_LOCAL_SYMS_STRIPPED, pe.peOffset + 22);
+  }
+  layout.stubSections.forEach((s, i) => {
+    const o = pe.sectionTableOffset + i * SECTION_HEADER_SIZE;
+    out.writeUInt32LE(s.sizeOfRawData, o + 16);
+    out.writeUInt32LE(s.pointerToRawData, o + 20);
+  });
   layout.sections.forEach((s, i) => {
     const o = pe.sectionTableOffset + (pe.sections.length + i) * SECTION_HEADER_SIZE;
     out.fill(0, o, o + SECTION_HEADER_SIZE);

@@ -5,12 +5,20 @@
 // Inputs are streamed into the output (the kernel and initrd may be 100+ MB) and the file is
 // written under a temporary name, then renamed. The output is a function of the inputs only:
 // the stub's TimeDateStamp is kept and nothing else carries a time.
+//
+// The UKI holds the headers and sections and nothing else (see src/pe.ts), so that every
+// Authenticode implementation computes the same digest for it. What the stub carries outside
+// its sections is dropped, except two things found there that belong in sections, as the x86_64
+// stub has them: its SBAT data (Debian's linuxaa64.efi.stub keeps it past its last section,
+// where shim, which reads SBAT from a `.sbat` section, cannot see it) and its `.sdmagic`
+// version string ("#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####"). Both are added as
+// sections of those names, before the UKI's own, byte for byte (their NUL included).
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import {
   IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ,
-  layoutSections, parsePe, peMachine, PeChecksum, PeHeaders, PeSection, writeHeaders,
+  layoutSections, parsePe, peMachine, PeChecksum, PeHeaders, PeSection, stringTableSize, unsectioned, Unsectioned, writeHeaders,
 } from "./pe";
 
 export interface UkiInput {
@@ -54,7 +62,17 @@ interface Payload { name: string; parts: Part[]; characteristics: number }
 const DATA = IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ;
 const CHUNK = 4 << 20;
 
-export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: string; size: number; sections: UkiSection[] }> {
+export interface BuiltUki {
+  sha256: string;
+  size: number;
+  sections: UkiSection[];
+  /** The stub's bytes left out (outside its headers and sections), in the stub's file offsets. */
+  dropped: Unsectioned[];
+  /** Sections made from stub data found outside its sections (".sbat", ".sdmagic"). */
+  recovered: string[];
+}
+
+export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> {
   validateCmdline(input.cmdline);
   const stub = await readInput(input.stub, "systemd-stub", "install systemd-boot-efi and pass /usr/lib/systemd/boot/efi/linuxx64.efi.stub (linuxaa64.efi.stub on arm64)");
   const pe = parsePe(stub, input.stub);
@@ -71,8 +89,11 @@ export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: 
     initrd.push(part);
   }
 
-  // ukify's order; .linux last, leaving room past the kernel for it to decompress into.
-  const payloads: Payload[] = [];
+  // The stub's own data found outside its sections first, then ukify's order; .linux last,
+  // leaving room past the kernel for it to decompress into.
+  const dropped = unsectioned(pe, stub.length, stringTableSize(stub, pe));
+  const recovered = recoverStubData(stub, pe, dropped);
+  const payloads: Payload[] = recovered.map((r) => ({ name: r.name, parts: [r.data], characteristics: DATA }));
   const text = (name: string, s: string | undefined) => { if (s !== undefined) payloads.push({ name, parts: [Buffer.from(s)], characteristics: DATA }); };
   text(".osrel", input.osRelease);
   text(".cmdline", input.cmdline);
@@ -93,8 +114,15 @@ export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: 
   try {
     const w = new Writer(fh, new PeChecksum(pe.checksumOffset));
     await w.write(headers);
-    await w.write(stub.subarray(headers.length));
-    for (const s of pe.sections) sections.push(describe(s, hashOf(stub.subarray(s.pointerToRawData, s.pointerToRawData + contentLength(s)))));
+    // The stub's sections in file order, where the layout put them; only their bytes.
+    const order = pe.sections.map((s, i) => i).filter((i) => pe.sections[i].sizeOfRawData > 0).sort((x, y) => layout.stubSections[x].pointerToRawData - layout.stubSections[y].pointerToRawData);
+    for (const i of order) {
+      const orig = pe.sections[i], placed = layout.stubSections[i];
+      await w.padTo(placed.pointerToRawData);
+      await w.write(stub.subarray(orig.pointerToRawData, orig.pointerToRawData + orig.sizeOfRawData));
+      await w.padTo(placed.pointerToRawData + placed.sizeOfRawData);
+    }
+    pe.sections.forEach((orig, i) => sections.push(describe(layout.stubSections[i], hashOf(stub.subarray(orig.pointerToRawData, orig.pointerToRawData + contentLength(orig))))));
     for (const [i, p] of payloads.entries()) {
       const placed = layout.sections[i];
       await w.padTo(placed.pointerToRawData);
@@ -122,7 +150,27 @@ export async function buildUki(input: UkiInput, out: string): Promise<{ sha256: 
     throw e;
   }
   const whole = await hashFile(out, 0, layout.fileSize);
-  return { sha256: whole, size: layout.fileSize, sections };
+  return { sha256: whole, size: layout.fileSize, sections, dropped, recovered: recovered.map((r) => r.name) };
+}
+
+/**
+ * The stub's SBAT data and .sdmagic string, when they are among the bytes `dropped` (outside
+ * its sections) and it has no section of that name: each from its well-known start to its NUL,
+ * included. SBAT is CSV whose first line is the "sbat,1,SBAT Version,..." record (shim's SBAT.md).
+ */
+function recoverStubData(stub: Buffer, pe: PeHeaders, dropped: Unsectioned[]): { name: string; data: Buffer }[] {
+  const found: { name: string; data: Buffer }[] = [];
+  const look = (name: string, re: RegExp) => {
+    if (pe.sections.some((s) => s.name === name)) return;
+    for (const d of dropped) {
+      if (d.what !== "unsectioned data") continue;
+      const m = re.exec(stub.toString("latin1", d.offset, d.offset + d.size));
+      if (m) return void found.push({ name, data: Buffer.from(m[0], "latin1") });
+    }
+  };
+  look(".sbat", /sbat,1,SBAT Version,[\x20-\x7e]*\n(?:[\x20-\x7e]+\n)*\0/);
+  look(".sdmagic", /#### LoaderInfo: [\x20-\x7e]* ####\0/);
+  return found;
 }
 
 export async function inspectUki(file: string): Promise<{

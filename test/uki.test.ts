@@ -12,7 +12,7 @@ import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { promisify } from "node:util";
-import { parsePe } from "../src/pe";
+import { IMAGE_FILE_LOCAL_SYMS_STRIPPED, parsePe, unsectioned } from "../src/pe";
 import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelArch, kernelProblem, kernelRelease, UkiInput, validateCmdline } from "../src/uki";
 
 const execFile = promisify(execFileCb);
@@ -22,6 +22,8 @@ const MARKER = "RAMROOT-UKI-TEST-BOOTED";
 interface Arch {
   name: "x86_64" | "aarch64";
   stub: string;
+  elfStub: string; // the ELF the stub was made from, shipped beside it
+
   kernel: string;
   busybox: string;
   console: string;
@@ -60,6 +62,7 @@ before(() => {
   arches.x86_64 = {
     name: "x86_64",
     stub: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+    elfStub: "/usr/lib/systemd/boot/efi/linuxx64.elf.stub",
     kernel: only(path.join(kernelX86, "boot"), /^vmlinuz-/),
     busybox: path.join(bbX86, "bin/busybox"),
     console: "ttyS0",
@@ -76,6 +79,7 @@ before(() => {
   arches.aarch64 = {
     name: "aarch64",
     stub: path.join(bootArm, "usr/lib/systemd/boot/efi/linuxaa64.efi.stub"),
+    elfStub: path.join(bootArm, "usr/lib/systemd/boot/efi/linuxaa64.elf.stub"),
     kernel: only(path.join(kernelArm, "boot"), /^vmlinuz-/),
     busybox: path.join(bbArm, "bin/busybox"),
     console: "ttyAMA0",
@@ -113,7 +117,7 @@ function objdumpSections(objdump: string, file: string): { name: string; size: n
 }
 
 function objcopySection(objcopy: string, file: string, name: string): Buffer {
-  const out = path.join(tmp, `section${name}`);
+  const out = path.join(tmp, `section${name}-${path.basename(file)}`);
   execFileSync(objcopy, ["-O", "binary", `--only-section=${name}`, file, out]);
   return fs.readFileSync(out);
 }
@@ -203,6 +207,45 @@ for (const name of ["x86_64", "aarch64"]) {
       assert.equal(built.sha256, sha256(buf));
     });
 
+    test("nothing outside the headers and sections: the stub's symbol table and stray bytes dropped, its SBAT in .sbat", () => {
+      const buf = fs.readFileSync(uki);
+      const pe = parsePe(buf, uki);
+      assert.equal(pe.pointerToSymbolTable, 0);
+      assert.equal(pe.numberOfSymbols, 0);
+      // Headers, then each section where the previous one ends, and the file ends with the last.
+      let pos = pe.sizeOfHeaders;
+      for (const s of [...pe.sections].sort((x, y) => x.pointerToRawData - y.pointerToRawData)) {
+        assert.equal(s.pointerToRawData, pos, `${s.name} starts where the previous section ends`);
+        pos += s.sizeOfRawData;
+      }
+      assert.equal(buf.length, pos);
+      assert.deepEqual(unsectioned(pe, buf.length), []);
+
+      const stubBuf = fs.readFileSync(a.stub);
+      const stub = parsePe(stubBuf, a.stub);
+      const sectionsEnd = Math.max(...stub.sections.map((s) => s.pointerToRawData + s.sizeOfRawData));
+      if (name === "x86_64") {
+        // Debian's x86_64 stub: a COFF symbol table (and its strings) after the last section.
+        assert.ok(stub.numberOfSymbols > 0 && stub.pointerToSymbolTable === sectionsEnd);
+        assert.deepEqual(built.dropped, [{ offset: sectionsEnd, size: stubBuf.length - sectionsEnd, what: "COFF symbol table" }]);
+        assert.equal(pe.characteristics, stub.characteristics | IMAGE_FILE_LOCAL_SYMS_STRIPPED);
+        assert.deepEqual(built.recovered, []);
+      } else {
+        // Debian's aarch64 stub: what objcopy -O binary left past the last section, SBAT among it.
+        assert.equal(stub.numberOfSymbols, 0);
+        assert.deepEqual(built.dropped, [{ offset: sectionsEnd, size: stubBuf.length - sectionsEnd, what: "unsectioned data" }]);
+        assert.deepEqual(built.recovered, [".sbat", ".sdmagic"]);
+        assert.equal(pe.characteristics, stub.characteristics);
+      }
+      // The SBAT and .sdmagic the stub was built with, as the ELF stub holds them (objcopy
+      // reads them from the ELF, which owes nothing to our parsing), are the UKI's sections.
+      for (const s of [".sbat", ".sdmagic"]) {
+        const want = objcopySection(a.objcopy, a.elfStub, s);
+        assert.ok(want.length > 0 && objcopySection(a.objcopy, uki, s).equals(want), `${s} differs from the ELF stub's`);
+      }
+      assert.match(objcopySection(a.objcopy, uki, ".sbat").toString(), /^sbat,1,SBAT Version,sbat,1,https:\/\/github\.com\/rhboot\/shim\/blob\/main\/SBAT\.md\nsystemd,1,/);
+    });
+
     test("inspectUki reads back what buildUki wrote", async () => {
       const seen = await inspectUki(uki);
       assert.equal(seen.arch, name);
@@ -269,6 +312,49 @@ describe("UKI assembly details", () => {
     fs.mkdirSync(path.join(dir, "uki.efi", "x"), { recursive: true });
     await assert.rejects(buildUki({ stub: a.stub, linux: a.kernel, initrds: [], cmdline: "x" }, path.join(dir, "uki.efi")));
     assert.deepEqual(fs.readdirSync(dir), ["uki.efi"]);
+  });
+
+  test("a stub with bytes between its sections and a symbol table: sections packed, the rest dropped", async () => {
+    // Two sections of 0x200 bytes at 0x400 and 0x800, 0x200 stray bytes between them, and a
+    // COFF symbol table (2 records, a 9-byte string table) at the end.
+    const stub = syntheticStub(2, true);
+    const sizeOfHeaders = 0x400;
+    const withRoom = Buffer.concat([stub.subarray(0, 0x200), Buffer.alloc(0x200), stub.subarray(0x200)]);
+    const opt = 0x58;
+    withRoom.writeUInt32LE(sizeOfHeaders, opt + 60);
+    const table = 0x40 + 24 + 240;
+    const s0 = Buffer.alloc(0x200, "section zero ");
+    const s1 = Buffer.alloc(0x200, "section one ");
+    const stray = Buffer.alloc(0x200, "RAMROOT-STRAY-BYTES ");
+    const symbols = Buffer.concat([Buffer.alloc(36, 0x5a), Buffer.from([9, 0, 0, 0]), Buffer.from("abcd\0")]);
+    const file = Buffer.concat([withRoom.subarray(0, sizeOfHeaders), s0, stray, s1, symbols]);
+    file.writeUInt32LE(0x400, table + 20);
+    file.writeUInt32LE(0x800, table + 40 + 20);
+    file.writeUInt32LE(0xa00, 0x40 + 12); // PointerToSymbolTable
+    file.writeUInt32LE(2, 0x40 + 16); // NumberOfSymbols
+    const f = path.join(tmp, "gappy.stub");
+    fs.writeFileSync(f, file);
+    const uki = path.join(tmp, "gappy.efi");
+    const built = await buildUki({ stub: f, linux: arches.x86_64.kernel, initrds: [], cmdline: "console=ttyS0" }, uki);
+    assert.deepEqual(built.dropped, [{ offset: 0x600, size: 0x200, what: "unsectioned data" }, { offset: 0xa00, size: symbols.length, what: "COFF symbol table" }]);
+    const out = fs.readFileSync(uki);
+    const pe = parsePe(out, uki);
+    assert.deepEqual(pe.sections.slice(0, 2).map((s) => [s.name, s.pointerToRawData, s.sizeOfRawData]), [[".s0", 0x400, 0x200], [".s1", 0x600, 0x200]]);
+    assert.ok(out.subarray(0x400, 0x600).equals(s0) && out.subarray(0x600, 0x800).equals(s1));
+    assert.equal(out.indexOf("RAMROOT-STRAY-BYTES"), -1);
+    assert.equal(pe.pointerToSymbolTable, 0);
+    assert.equal(pe.numberOfSymbols, 0);
+    assert.ok(pe.characteristics & IMAGE_FILE_LOCAL_SYMS_STRIPPED);
+    assert.deepEqual(unsectioned(pe, out.length), []);
+    assert.equal(pe.checksum, referenceChecksum(out));
+    // objdump reads the packed sections where the headers say they are.
+    assert.deepEqual(objdumpSections("objdump", uki).slice(0, 2).map((s) => [s.name, s.offset]), [[".s0", 0x400], [".s1", 0x600]]);
+
+    // A debug directory points into the sections by file offset: moving them is refused.
+    file.writeUInt32LE(0x1000, opt + 112 + 8 * 6);
+    file.writeUInt32LE(28, opt + 112 + 8 * 6 + 4);
+    fs.writeFileSync(f, file);
+    await assert.rejects(buildUki({ stub: f, linux: arches.x86_64.kernel, initrds: [], cmdline: "console=ttyS0" }, uki), /gappy\.stub has bytes between its sections and a debug directory/);
   });
 
   test("kernelRelease is undefined for something that is not a kernel", async () => {

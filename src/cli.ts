@@ -1,9 +1,10 @@
 // The `ramroot` command: the engine-free core, for users and scripts, without Pulumi.
-//   ramroot inspect FILE [--json]
+//   ramroot inspect FILE [--json] [--cert FILE]
 //   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
 //   ramroot rollback [--stack NAME]
 //   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+//   ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
 //   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
 import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs/promises";
@@ -12,6 +13,8 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Compression } from "./initramfs";
 import { buildUki, inspectUki } from "./uki";
+import { outsideSections, readSignatures } from "./authenticode";
+import { algName, enrollmentSteps, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
 import { qemuCommand, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
 import { parseSize, writeStick } from "./stick";
@@ -28,12 +31,16 @@ function pulumiJson(args: string[], what: string): any {
 }
 
 const usage = `usage:
-  ramroot inspect FILE [--json]
+  ramroot inspect FILE [--json] [--cert FILE]  a UKI: sections, cmdline, os-release, segments, signature
+                                         (and whether it verifies against the certificate FILE)
   ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
   ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
   ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+  ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
+                                         the files that enroll FILE in a firmware's db (DER, EFI
+                                         signature list, PEM), and the steps to enroll them
   ramroot stick write TARGET --uki FILE [--arch aarch64|x86_64] [--size SIZE] [--volume-id ID] [--force]
                                          the NAS's boot stick (an image file or a device): GPT, one FAT32 ESP
                                          (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/`;
@@ -41,8 +48,12 @@ const usage = `usage:
 class UsageError extends Error {}
 
 async function inspect(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" }, cert: { type: "string" } }, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError("inspect takes one FILE");
+  // Read first: a certificate that is not one is a mistake to report before anything else.
+  const cert = values.cert === undefined ? undefined : readCertificate(await fs.readFile(values.cert).catch((e: NodeJS.ErrnoException) => {
+    throw new Error(e.code === "ENOENT" ? `--cert ${values.cert} does not exist: pass the certificate file (PEM or DER)` : `--cert ${values.cert}: ${e.message}`);
+  }), `--cert ${values.cert}`);
   const file = positionals[0];
   // Checked from a stat, before anything is read: inspect reads the file into memory.
   const problem = await inspectProblem(file);
@@ -69,8 +80,9 @@ async function inspect(args: string[]): Promise<void> {
         await fs.rm(tmp, { recursive: true, force: true });
       }
     }
-    report = { kind: "uki", ...uki, segments };
+    report = { kind: "uki", ...uki, segments, ...(await secureBootReport(file, cert)) };
   } else {
+    if (cert) throw new UsageError(`--cert: ${file} is not a UKI (only a UKI carries a signature)`);
     report = { kind: "initramfs", segments: await inspectInitramfs(file) };
   }
   if (values.json) {
@@ -83,6 +95,7 @@ async function inspect(args: string[]): Promise<void> {
     if (report.cmdline !== undefined) console.log(`cmdline: ${report.cmdline}`);
     if (report.uname) console.log(`uname: ${report.uname}`);
     if (report.osRelease) console.log(`os-release:\n${report.osRelease.trimEnd().replace(/^/gm, "  ")}`);
+    printSecureBoot(report);
   }
   console.log(`initramfs segments (${report.segments.length}):`);
   for (const s of report.segments) console.log(`  ${s.compression.padEnd(5)} offset ${String(s.offset).padStart(10)}  size ${String(s.size).padStart(10)}  entries ${String(s.entries).padStart(6)}  sha256 ${s.sha256}`);
@@ -178,9 +191,53 @@ async function stick(args: string[]): Promise<void> {
   console.log(`${res.target}: ${res.device ? "device" : "image"} of ${(res.bytes / 2 ** 20).toFixed(0)} MiB, ${res.arch} UKI at its removable path, persist/`);
 }
 
+/**
+ * What inspect says about a UKI's Secure Boot state: its signatures (signer, digest algorithm,
+ * the digest signed and whether the file still has it), the bytes outside its sections, and,
+ * with a certificate, whether it verifies against it (the exit code is then 1 when it does not).
+ */
+async function secureBootReport(file: string, cert: import("node:crypto").X509Certificate | undefined) {
+  const signatures = await readSignatures(file);
+  const outside = await outsideSections(file);
+  const verification = cert ? await verifyUki(file, cert.raw) : undefined;
+  if (verification && !verification.ok) process.exitCode = 1;
+  return {
+    signatures,
+    outsideSections: outside,
+    ...(verification ? { verification: { cert: cert!.subject.split("\n").filter(Boolean).join(", "), ok: verification.ok, why: verification.why, digest: verification.digest } } : {}),
+  };
+}
+
+function printSecureBoot(report: any): void {
+  if (!report.signatures.length) console.log("signature: none (unsigned)");
+  for (const [i, s] of report.signatures.entries()) {
+    console.log(`signature${report.signatures.length > 1 ? ` ${i + 1}` : ""}: signed by ${s.signer?.subject ?? "a certificate the signature does not carry"}${s.signer && s.signer.issuer !== s.signer.subject ? ` (issued by ${s.signer.issuer})` : ""}`);
+    console.log(`  digest ${algName(s.digestAlgorithm)} ${s.digest}`);
+    if (s.signer) console.log(`  certificate SHA-256 fingerprint ${s.signer.fingerprint256}`);
+  }
+  if (report.outsideSections.length) {
+    const n = report.outsideSections.reduce((a: number, o: any) => a + o.size, 0);
+    console.log(`outside sections: ${n} bytes (${report.outsideSections.map((o: any) => `${o.what} at 0x${o.offset.toString(16)}, ${o.size} bytes`).join("; ")}): Authenticode implementations disagree on this file; rebuild it`);
+  }
+  const v = report.verification;
+  if (v) console.log(v.ok ? `verifies against ${v.cert}: yes` : `verifies against ${v.cert}: NO, ${v.why}`);
+}
+
+async function secureboot(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { cert: { type: "string" }, output: { type: "string", short: "o" }, owner: { type: "string" } }, allowPositionals: true });
+  if (positionals[0] !== "keys" || positionals.length !== 1 || !values.cert || !values.output) throw new UsageError("secureboot keys takes --cert FILE and -o DIR");
+  const cert = await fs.readFile(values.cert).catch((e: NodeJS.ErrnoException) => {
+    throw new Error(e.code === "ENOENT" ? `--cert ${values.cert} does not exist: pass the certificate file (PEM or DER) that goes with the signing key` : `--cert ${values.cert}: ${e.message}`);
+  });
+  readCertificate(cert, `--cert ${values.cert}`);
+  if (values.owner !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(values.owner)) throw new Error(`--owner ${values.owner} is not a GUID: give one as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, or leave it out (a GUID named by the certificate)`);
+  const files = await writeEnrollmentFiles(cert, values.output, { owner: values.owner });
+  console.log(enrollmentSteps(files));
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick };
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick, secureboot };
   try {
     if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
     await commands[cmd](rest);

@@ -4,7 +4,7 @@
 // Needs the Debian packages fetched by scripts/debs.sh (cached under ~/.cache/ramroot/debs),
 // GNU cpio, binutils + binutils-aarch64-linux-gnu, osslsigncode, qemu-system-x86/-arm, ovmf,
 // qemu-efi-aarch64. The boot tests are the ones that prove the layout.
-import { execFile as execFileCb, execFileSync } from "node:child_process";
+import { execFile as execFileCb, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -14,6 +14,9 @@ import assert from "node:assert/strict";
 import { promisify } from "node:util";
 import { IMAGE_FILE_LOCAL_SYMS_STRIPPED, parsePe, unsectioned } from "../src/pe";
 import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelArch, kernelProblem, kernelRelease, UkiInput, validateCmdline } from "../src/uki";
+import { authenticodeDigest, readSignatures } from "../src/authenticode";
+import { signUki, verifyUki } from "../src/sign";
+import { makeEspImage } from "../src/bootmedia";
 
 const execFile = promisify(execFileCb);
 const repo = path.resolve(__dirname, "..", "..");
@@ -30,7 +33,13 @@ interface Arch {
   objdump: string;
   objcopy: string;
   qemu: (uki: string, dir: string) => string[];
+  /** QEMU booting `disk` with Secure Boot enforced and Debian's snakeoil certificate in db. */
+  secureBoot: (disk: string, dir: string) => string[];
 }
+
+// Debian's test key for its Secure Boot firmware builds: the variable stores OVMF_VARS_4M.snakeoil.fd
+// and AAVMF_VARS.snakeoil.fd hold its certificate as PK, KEK and db.
+const SNAKEOIL = { key: "/usr/share/ovmf/PkKek-1-snakeoil.key", cert: "/usr/share/ovmf/PkKek-1-snakeoil.pem", passphrase: "snakeoil" };
 
 let tmp: string;
 const arches: Record<string, Arch> = {};
@@ -75,6 +84,13 @@ before(() => {
         "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
         "-drive", `if=pflash,format=raw,file=${vars}`, "-kernel", uki];
     },
+    secureBoot: (disk, dir) => {
+      const vars = path.join(dir, "OVMF_VARS.snakeoil.fd");
+      fs.copyFileSync("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd", vars);
+      return ["qemu-system-x86_64", "-accel", "tcg", "-M", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on", "-m", "512", "-nographic", "-no-reboot", "-net", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "-drive", `if=pflash,format=raw,unit=1,file=${vars}`, "-drive", `file=${disk},format=raw,if=virtio`];
+    },
   };
   arches.aarch64 = {
     name: "aarch64",
@@ -87,6 +103,13 @@ before(() => {
     objcopy: "aarch64-linux-gnu-objcopy",
     qemu: (uki) => ["qemu-system-aarch64", "-accel", "tcg", "-M", "virt", "-cpu", "cortex-a72", "-m", "1024", "-nographic", "-no-reboot",
       "-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd", "-boot", "menu=on,splash-time=0", "-kernel", uki],
+    secureBoot: (disk, dir) => {
+      const vars = path.join(dir, "AAVMF_VARS.snakeoil.fd");
+      fs.copyFileSync("/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd", vars);
+      return ["qemu-system-aarch64", "-accel", "tcg", "-M", "virt", "-cpu", "cortex-a72", "-m", "1024", "-nographic", "-no-reboot", "-net", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.snakeoil.fd",
+        "-drive", `if=pflash,format=raw,unit=1,file=${vars}`, "-boot", "menu=on,splash-time=0", "-drive", `file=${disk},format=raw,if=virtio`];
+    },
   };
   for (const a of Object.values(arches)) makeInitrd(a.busybox, path.join(tmp, `initrd-${a.name}.cpio.gz`));
 });
@@ -140,6 +163,28 @@ async function boot(a: Arch, uki: string): Promise<{ log: string; seconds: numbe
   const start = Date.now();
   const r = await execFile("timeout", ["120", cmd, ...args], { encoding: "latin1", maxBuffer: 64 << 20 }).catch((e) => e as { stdout: string; stderr: string; code: number });
   return { log: `${r.stdout}${r.stderr}`, seconds: (Date.now() - start) / 1000 };
+}
+
+// Boots until one of `until` matches the console output (then stops QEMU) or it exits; a refused
+// image leaves the firmware waiting at its boot menu, so waiting for an exit alone would hang.
+async function bootUntil(argv: string[], until: RegExp[], timeoutMs = 180_000): Promise<{ log: string; seconds: number; matched?: RegExp }> {
+  const [cmd, ...args] = argv;
+  const start = Date.now();
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  let matched: RegExp | undefined;
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const feed = (d: Buffer) => {
+      log += d.toString("latin1");
+      matched ??= until.find((re) => re.test(log));
+      if (matched) child.kill("SIGKILL");
+    };
+    child.stdout.on("data", feed);
+    child.stderr.on("data", feed);
+    child.on("close", () => { clearTimeout(timer); resolve(); });
+  });
+  return { log, seconds: (Date.now() - start) / 1000, matched };
 }
 
 for (const name of ["x86_64", "aarch64"]) {
@@ -270,6 +315,57 @@ for (const name of ["x86_64", "aarch64"]) {
       t.diagnostic(`${name}: qemu start to exit (marker seen) ${seconds.toFixed(1)} s`);
       assert.match(log, new RegExp(`Kernel command line: ${input.cmdline}`), "the kernel got the embedded .cmdline");
       assert.match(log, new RegExp(`${MARKER}-${name}`), `no marker in the console output:\n${log.slice(-3000)}`);
+    });
+
+    // Signed by sbsign (through signUki) and by osslsigncode, with Debian's snakeoil key.
+    const sbsigned = () => path.join(tmp, `${name}-sbsign.efi`);
+    const osssigned = () => path.join(tmp, `${name}-osslsigncode.efi`);
+
+    test("sbsign, osslsigncode, sbverify and EDK2's algorithm agree on the Authenticode digest", async (t) => {
+      const digest = await authenticodeDigest(uki);
+      const cert = fs.readFileSync(SNAKEOIL.cert);
+      const signed = await signUki(uki, sbsigned(), { key: fs.readFileSync(SNAKEOIL.key), passphrase: SNAKEOIL.passphrase, cert });
+      assert.equal(signed.digest, digest);
+      execFileSync("osslsigncode", ["sign", "-h", "sha256", "-certs", SNAKEOIL.cert, "-key", SNAKEOIL.key, "-pass", SNAKEOIL.passphrase, "-in", uki, "-out", osssigned()], { stdio: "pipe" });
+      // The digest each signer put into its signature...
+      assert.equal((await readSignatures(sbsigned()))[0].digest, digest, "sbsign signed another digest");
+      assert.equal((await readSignatures(osssigned()))[0].digest, digest, "osslsigncode signed another digest");
+      // ...and the digest each verifier computes, on what each signer signed.
+      for (const f of [sbsigned(), osssigned()]) {
+        const o = spawnSync("osslsigncode", ["verify", "-CAfile", SNAKEOIL.cert, "-in", f], { encoding: "utf8" });
+        const text = `${o.stdout}${o.stderr}`;
+        assert.match(text, new RegExp(`Current message digest\\s*: ${digest.toUpperCase()}`), text);
+        assert.match(text, new RegExp(`Calculated message digest\\s*: ${digest.toUpperCase()}`), text);
+        assert.doesNotMatch(text, /MISMATCH/);
+        assert.match(text, /Signature verification: ok/);
+        const v = spawnSync("sbverify", ["--cert", SNAKEOIL.cert, f], { encoding: "utf8" });
+        assert.equal(v.status, 0, `sbverify: ${v.stdout}${v.stderr}`);
+        assert.doesNotMatch(`${v.stdout}${v.stderr}`, /warning|gap|remaining/);
+        const mine = await verifyUki(f, cert);
+        assert.ok(mine.ok, mine.why);
+        assert.equal(mine.digest, digest);
+      }
+      t.diagnostic(`${name}: Authenticode SHA-256 ${digest} (sbsign, osslsigncode, sbverify, authenticodeDigest)`);
+    });
+
+    test("under Secure Boot (snakeoil in db) the sbsign- and osslsigncode-signed UKIs boot; unsigned or modified, the firmware refuses it", async (t) => {
+      assert.ok(fs.existsSync(sbsigned()) && fs.existsSync(osssigned()), "the signing test did not run");
+      // One byte of .cmdline changed after signing ("console=" becomes "Console=").
+      const tampered = path.join(tmp, `${name}-tampered.efi`);
+      const buf = fs.readFileSync(sbsigned());
+      const cmdline = built.sections.find((s) => s.name === ".cmdline")!;
+      buf[cmdline.offset] ^= 0x20;
+      fs.writeFileSync(tampered, buf);
+      const refused = /failed to load Boot\d+ "UEFI Misc Device"[^\n]*: Access Denied/;
+      const booted = new RegExp(`${MARKER}-${name}`);
+      for (const [label, file, expect] of [["sbsign", sbsigned(), booted], ["osslsigncode", osssigned(), booted], ["unsigned", uki, refused], ["modified", tampered, refused]] as const) {
+        const disk = path.join(tmp, `${name}-secureboot.img`);
+        await makeEspImage({ efi: file, arch: a.name, out: disk });
+        const r = await bootUntil(a.secureBoot(disk, tmp), [booted, refused]);
+        t.diagnostic(`${name} ${label}: ${r.matched === booted ? "booted" : r.matched === refused ? "refused (Access Denied)" : "neither"} in ${r.seconds.toFixed(1)} s`);
+        assert.equal(r.matched, expect, `${label}: expected ${expect}, console:\n${r.log.slice(-3000)}`);
+        fs.rmSync(disk);
+      }
     });
   });
 }

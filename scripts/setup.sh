@@ -14,6 +14,7 @@ apt_packages=(
 	systemd-boot-efi                                        # the x86_64 systemd-stub
 	sbsigntool osslsigncode efitools openssl                # Secure Boot: sbsign signs, sbverify checks; tests compare osslsigncode and cert-to-efi-sig-list
 	openssh-server openssh-client rsync                     # deploy tests against a real sshd
+	shellcheck                                              # lints the deploy's host script in tests
 	qemu-user-static binfmt-support                         # setup.sh in a chroot of another arch
 	git curl ca-certificates xz-utils time                  # time: npm run bench measures peak memory
 )

@@ -2,8 +2,10 @@
 // PE checksum agrees, and the firmware boots the result (x86_64 OVMF and aarch64 QEMU_EFI).
 //
 // Needs the Debian packages fetched by scripts/debs.sh (cached under ~/.cache/ramroot/debs),
-// GNU cpio, binutils + binutils-aarch64-linux-gnu, osslsigncode, qemu-system-x86/-arm, ovmf,
-// qemu-efi-aarch64. The boot tests are the ones that prove the layout.
+// GNU cpio, binutils + binutils-aarch64-linux-gnu, osslsigncode, sbsigntool, qemu-system-x86/-arm,
+// ovmf, qemu-efi-aarch64. The boot tests are the ones that prove the layout; the Secure Boot
+// boots (Debian's snakeoil firmware variables) prove that signatures made by sbsign and by
+// osslsigncode both cover what the firmware hashes.
 import { execFile as execFileCb, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";

@@ -37,45 +37,21 @@
 //   - else the whole file (SFTP, or `cat` on a server without SFTP).
 // Running deployImage again after any failure finishes the job (a verified upload is reused;
 // a .prev that already equals P is left alone). A failed upload leaves P.prev as it was.
-import { createHash } from "node:crypto";
+//
+// In src/deploy/: the SSH session (ssh-session.ts, host-keys.ts), the line protocol of a remote
+// script (conversation.ts), free space (space.ts), the delta writer (delta-upload.ts).
 import * as fs from "node:fs";
-import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from "ssh2";
+import type { SFTPWrapper } from "ssh2";
 import { chunkFile, chunkListOf, computeDelta, writeChunkCache, type ChunkList, type Delta } from "./delta";
 import { peMachine } from "./pe";
+import { Conversation } from "./deploy/conversation";
+import { differsWhereSent, writeDelta } from "./deploy/delta-upload";
+import { DEFAULT_PATH, DEFAULT_TIMEOUT_MS, sftpCall, shq, withSession, type Log, type Session, type SshTarget } from "./deploy/ssh-session";
+import { mb, parseDf, spaceCheck, type DfSpace } from "./deploy/space";
 
-export interface SshTarget {
-  host: string;
-  /** Default 22. */
-  port?: number;
-  /** Default root. */
-  user?: string;
-  /** OpenSSH private key text. A secret: never logged, never part of an error. */
-  privateKey: string;
-  /** Passphrase of the private key, if it has one. */
-  passphrase?: string;
-  /**
-   * The pinned host public key, "ssh-ed25519 AAAA..." as in known_hosts or `ssh-keyscan -t
-   * ed25519 HOST` output (a leading host field and a trailing comment are ignored). Several lines
-   * pin several keys; any of them is accepted.
-   */
-  hostKey: string;
-  /** Default /media/usb/EFI/BOOT/BOOTAA64.EFI. Absolute. */
-  path?: string;
-  /**
-   * Timeout of every network step in ms (connect+authenticate, each remote command, and upload
-   * inactivity: no progress for this long). Remote commands that read or write the whole image
-   * (hashing, copying, syncing) get 1 ms more per KiB involved (1 MiB/s, a slow USB stick).
-   * Default 30000.
-   */
-  timeoutMs?: number;
-}
-
-export const DEFAULT_PATH = "/media/usb/EFI/BOOT/BOOTAA64.EFI";
-const DEFAULT_TIMEOUT_MS = 30_000;
-/** Room kept free beyond the files themselves (FAT cluster rounding, directory entries). */
-const SPACE_SLACK = 1 << 20;
-
-export type Log = (line: string) => void;
+export { DEFAULT_PATH, shq, type Log, type SshTarget } from "./deploy/ssh-session";
+export { fingerprint, parseHostKeys } from "./deploy/host-keys";
+export { parseDf, spaceCheck, type DfSpace } from "./deploy/space";
 
 export interface RemoteState {
   /** sha256 (hex) of the file at the target path; undefined when there is none. */
@@ -125,55 +101,10 @@ export interface DeployOptions {
   chunkCache?: string;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Host keys
-
-interface PinnedKey { type: string; blob: Buffer }
-
-/** Parses known_hosts / ssh-keyscan / .pub lines: the "TYPE BASE64" pair on each, whatever surrounds it. */
-export function parseHostKeys(text: string): PinnedKey[] {
-  const keys: PinnedKey[] = [];
-  for (const line of text.split(/\r?\n/)) {
-    const words = line.trim().split(/\s+/);
-    if (!words[0] || words[0].startsWith("#")) continue;
-    const i = words.findIndex((w, j) => /^(ssh-|ecdsa-sha2-|sk-)/.test(w) && j + 1 < words.length && /^[A-Za-z0-9+/]+={0,2}$/.test(words[j + 1]));
-    if (i < 0) throw new Error(`not an SSH public key (expected "ssh-ed25519 AAAA..."): ${JSON.stringify(line.trim().slice(0, 40))}`);
-    const blob = Buffer.from(words[i + 1], "base64");
-    // The blob starts with its own type name (uint32 length + name): it must agree.
-    const n = blob.length >= 4 ? blob.readUInt32BE(0) : -1;
-    const inner = n > 0 && n < 64 && blob.length >= 4 + n ? blob.subarray(4, 4 + n).toString("latin1") : "";
-    if (inner !== words[i]) throw new Error(`SSH public key of type ${words[i]} holds a ${inner || "malformed"} key`);
-    keys.push({ type: words[i], blob });
-  }
-  if (!keys.length) throw new Error("no SSH host key given (pin one: ssh-keyscan -t ed25519 HOST)");
-  return keys;
-}
-
-function blobFingerprint(blob: Buffer): string {
-  return "SHA256:" + createHash("sha256").update(blob).digest("base64").replace(/=+$/, "");
-}
-
-/** "SHA256:..." as `ssh-keygen -lf` prints it, for the (first) key in `hostKey`. */
-export function fingerprint(hostKey: string): string {
-  return blobFingerprint(parseHostKeys(hostKey)[0].blob);
-}
-
-function hostKeyAlgorithms(keys: PinnedKey[]): string[] {
-  const algs = new Set<string>();
-  for (const k of keys) {
-    if (k.type === "ssh-rsa") ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"].forEach((a) => algs.add(a));
-    else algs.add(k.type);
-  }
-  return [...algs];
-}
 
 // ---------------------------------------------------------------------------------------------
 // Remote shell
 
-/** Quotes a string for POSIX sh. */
-export function shq(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
 
 /**
  * Shell functions every remote script starts with. h: sha256 of a regular file, "-" if absent
@@ -199,35 +130,59 @@ flush() { sync "$@" 2>/dev/null || sync; }
 flushdir() { sync "$1" "\${1%/*}" 2>/dev/null || sync; }
 `;
 
-export interface DfSpace {
-  /** Bytes available to an unprivileged user on the filesystem. */
-  available: number;
-  total: number;
-  mountedOn: string;
+
+/** Runs a POSIX sh script (via `sh -c`, whatever the login shell); resolves stdout, rejects on a non-zero exit with stderr. */
+function run(s: Session, name: string, script: string, ioBytes = 0): Promise<string> {
+  return s.exec(name, ["sh", "-c", PRELUDE + script], ioBytes);
+}
+
+/** Starts a POSIX sh script that talks: it prints lines, and reads commands from its stdin. */
+async function converse(s: Session, name: string, script: string): Promise<Conversation> {
+  return new Conversation((n, ms, fn) => s.step(n, ms, fn), await s.spawn(name, ["sh", "-c", PRELUDE + script]));
 }
 
 /**
- * Parses `df -P` / `df -Pk` output (GNU or busybox): the header names the block size
- * ("1024-blocks", "512-blocks"), the last line is the filesystem. Mount points with spaces are kept.
+ * Uploads a local file to `remote` (truncating it). Progress lines every ~10%. The timeout is
+ * an inactivity timeout: the step fails when no bytes were acknowledged for timeoutMs.
  */
-export function parseDf(output: string): DfSpace {
-  const lines = output.split(/\r?\n/).filter((l) => l.trim());
-  const unit = /(\d+)-blocks/i.exec(lines[0] ?? "");
-  if (!unit || lines.length < 2) throw new Error(`cannot read df -P output: ${JSON.stringify(output.slice(0, 200))}`);
-  const m = /^(.*?)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+%|-)\s+(.*)$/.exec(lines[lines.length - 1].trim());
-  if (!m) throw new Error(`cannot read df -P output: ${JSON.stringify(output.slice(0, 200))}`);
-  const bs = Number(unit[1]);
-  return { total: Number(m[2]) * bs, available: Number(m[4]) * bs, mountedOn: m[6] };
+async function upload(s: Session, file: string, remote: string, size: number, log: Log): Promise<void> {
+  const started = Date.now();
+  let reported = 0;
+  const progress = (done: number) => {
+    // One line per tenth reached (the highest one when a chunk crosses several).
+    const tenth = size > 0 ? Math.floor((done * 10) / size) : 10;
+    if (tenth <= reported) return;
+    reported = tenth;
+    const secs = Math.max((Date.now() - started) / 1000, 1e-3);
+    log(`upload ${tenth * 10}% (${mb(done)} of ${mb(size)}, ${(done / 1e6 / secs).toFixed(1)} MB/s)`);
+  };
+  const sftp = await s.sftp();
+  if (sftp) {
+    await s.step(`upload to ${remote}`, s.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
+      // Many large writes in flight: throughput close to scp's, far above a naive stream.
+      sftp.fastPut(file, remote, {
+        concurrency: 16, chunkSize: 1024 * 1024, fileSize: size, mode: 0o600,
+        step: (done) => { touch(); progress(done); },
+      }, (err) => (err ? reject(err) : resolve()));
+    }), true);
+    if (size === 0) await run(s, `create ${remote}`, `: > ${shq(remote)}`);
+  } else {
+    log("the server has no SFTP subsystem: uploading through cat");
+    await s.step(`upload to ${remote}`, s.timeoutMs, async (touch) => {
+      const p = await s.spawn(`upload to ${remote}`, ["sh", "-c", `cat > ${shq(remote)}`]);
+      const errOut: Buffer[] = [];
+      p.stderr.on("data", (d: Buffer) => errOut.push(d));
+      p.stdout.resume(); // cat prints nothing, but ssh2 only closes a channel whose output was read
+      let done = 0;
+      const rs = fs.createReadStream(file, { highWaterMark: 256 * 1024 });
+      rs.on("data", (d) => { done += d.length; touch(); progress(done); });
+      const failed = new Promise<never>((_, reject) => rs.on("error", reject));
+      rs.pipe(p.stdin);
+      const code = await Promise.race([p.exited, failed]);
+      if (code !== 0) throw new Error(Buffer.concat(errOut).toString().trim() || `cat exited with ${code}`);
+    }, true);
+  }
 }
-
-/** Bytes needed on the filesystem before the work starts, and whether they are there. */
-export function spaceCheck(available: number, parts: Array<[string, number]>): { need: number; ok: boolean; detail: string } {
-  const need = parts.reduce((s, [, n]) => s + n, 0) + SPACE_SLACK;
-  const detail = parts.filter(([, n]) => n > 0).map(([what, n]) => `${what} ${mb(n)}`).join(" + ");
-  return { need, ok: available >= need, detail: detail ? `${detail} + ${mb(SPACE_SLACK)} slack` : `${mb(SPACE_SLACK)} slack` };
-}
-
-const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
 
 function paths(t: SshTarget) {
   const p = t.path ?? DEFAULT_PATH;
@@ -238,301 +193,6 @@ function paths(t: SshTarget) {
   return { p, dir, prev: `${p}.prev`, tnew: `${p}.ramroot-new`, tprev: `${p}.ramroot-prev` };
 }
 
-// ---------------------------------------------------------------------------------------------
-// Session: one authenticated connection; every step has a timeout and names host, port, step.
-
-class Session {
-  readonly where: string;
-  private failure?: Error;
-  private onFail = new Set<(e: Error) => void>();
-  private sftpP?: Promise<SFTPWrapper | undefined>;
-
-  private constructor(readonly client: Client, readonly t: SshTarget, readonly timeoutMs: number) {
-    this.where = `${t.user ?? "root"}@${t.host}:${t.port ?? 22}`;
-  }
-
-  static async open(t: SshTarget, log: Log): Promise<Session> {
-    const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const pinned = parseHostKeys(t.hostKey);
-    const client = new Client();
-    // ssh2 can emit more than one error for one failure (e.g. a timeout, then "connection lost");
-    // the first one is reported through the phase that is waiting, the rest must not crash.
-    client.on("error", () => {});
-    const s = new Session(client, t, timeoutMs);
-    let presented: Buffer | undefined;
-    const cfg: ConnectConfig = {
-      host: t.host,
-      port: t.port ?? 22,
-      username: t.user ?? "root",
-      privateKey: t.privateKey,
-      passphrase: t.passphrase,
-      readyTimeout: timeoutMs,
-      timeout: timeoutMs,
-      keepaliveInterval: Math.max(1000, Math.min(10_000, Math.floor(timeoutMs / 3))),
-      keepaliveCountMax: 3,
-      // Ask for the pinned key's type, so that a server with several host keys presents that one.
-      algorithms: { serverHostKey: hostKeyAlgorithms(pinned) as any },
-      hostVerifier: (key: Buffer) => {
-        presented = key;
-        return pinned.some((k) => k.blob.equals(key));
-      },
-    };
-    await new Promise<void>((resolve, reject) => {
-      const fail = (err: Error) => {
-        client.removeAllListeners("ready");
-        client.end();
-        if (presented && !pinned.some((k) => k.blob.equals(presented!))) {
-          const type = presented.subarray(4, 4 + presented.readUInt32BE(0)).toString("latin1");
-          reject(new Error(
-            `${s.where}: host key verification failed: the server presented ${type} ${blobFingerprint(presented)}, ` +
-            `the pinned key is ${pinned.map((k) => `${k.type} ${blobFingerprint(k.blob)}`).join(", ")}. ` +
-            `Nothing was sent. If the host was reinstalled and you trust it, pin its key again: ` +
-            `ssh-keyscan -t ed25519${(t.port ?? 22) !== 22 ? ` -p ${t.port}` : ""} ${t.host}`));
-        } else if (!presented && /no matching|handshake failed/i.test(err.message)) {
-          reject(new Error(`${s.where}: connect: ${err.message} (the server does not offer a host key of the pinned type ${pinned.map((k) => k.type).join(", ")}; pin the one it has: ssh-keyscan ${t.host})`));
-        } else {
-          reject(new Error(`${s.where}: connect: ${err.message}`));
-        }
-      };
-      client.once("ready", () => { client.removeListener("error", fail); resolve(); });
-      client.once("error", fail);
-      try {
-        client.connect(cfg);
-        // Small SSH packets (channel requests, SFTP requests) go out at once instead of waiting
-        // for the previous one's ACK (Nagle): each exchange otherwise costs up to a delayed ACK.
-        client.setNoDelay(true);
-      } catch (err) {
-        // ssh2 throws synchronously for an unreadable private key; its message never holds the key.
-        client.removeListener("error", fail);
-        reject(new Error(`${s.where}: the private key cannot be used: ${(err as Error).message}`));
-      }
-    });
-    client.on("error", (e) => s.fail(e));
-    client.on("close", () => s.fail(new Error("connection closed")));
-    log(`connected to ${s.where} (host key ${blobFingerprint(presented!)})`);
-    return s;
-  }
-
-  private fail(e: Error) {
-    if (this.failure) return;
-    this.failure = e;
-    for (const f of this.onFail) f(e);
-  }
-
-  /** Runs fn under a timeout and the connection's failure; errors name host, port and step. */
-  step<T>(name: string, ms: number, fn: (touch: () => void) => Promise<T>, stall = false): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      let done = false;
-      let timer: NodeJS.Timeout;
-      const finish = (err: Error | undefined, v?: T) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        this.onFail.delete(onFail);
-        if (err) reject(err.message.startsWith(`${this.where}:`) ? err : new Error(`${this.where}: ${name}: ${err.message}`));
-        else resolve(v as T);
-      };
-      const arm = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => {
-          finish(new Error(stall ? `no progress for ${ms} ms` : `timed out after ${ms} ms`));
-          this.close();
-        }, ms);
-      };
-      const onFail = (e: Error) => finish(e);
-      if (this.failure) return finish(this.failure);
-      this.onFail.add(onFail);
-      arm();
-      fn(() => { if (stall) arm(); }).then((v) => finish(undefined, v), (e) => finish(e instanceof Error ? e : new Error(String(e))));
-    });
-  }
-
-  /** Runs a POSIX sh script (via `sh -c`, whatever the login shell); resolves stdout, rejects on a non-zero exit with stderr. */
-  run(name: string, script: string, ioBytes = 0): Promise<string> {
-    const ms = this.timeoutMs + Math.ceil(ioBytes / 1024);
-    return this.step(name, ms, () => new Promise<string>((resolve, reject) => {
-      this.client.exec(`sh -c ${shq(PRELUDE + script)}`, (err, ch) => {
-        if (err) return reject(err);
-        const out: Buffer[] = [];
-        const errOut: Buffer[] = [];
-        let code: number | null = null;
-        ch.on("data", (d: Buffer) => out.push(d));
-        ch.stderr.on("data", (d: Buffer) => errOut.push(d));
-        ch.on("exit", (c: number | null) => { code = c; });
-        ch.on("close", () => {
-          const stderr = Buffer.concat(errOut).toString("utf8").trim();
-          if (code === 0) resolve(Buffer.concat(out).toString("utf8"));
-          else reject(new Error(stderr.replace(/^ramroot: /gm, "") || `remote command exited with ${code}`));
-        });
-      });
-    }));
-  }
-
-  /**
-   * Starts a POSIX sh script that talks: it prints lines, and reads commands from its stdin.
-   * `expect` waits (under a step timeout) for a line starting with one of the given prefixes.
-   */
-  async converse(name: string, script: string): Promise<Conversation> {
-    const ch = await this.step(name, this.timeoutMs, () => new Promise<ClientChannel>((resolve, reject) => {
-      this.client.exec(`sh -c ${shq(PRELUDE + script)}`, (err, ch) => (err ? reject(err) : resolve(ch)));
-    }));
-    return new Conversation(this, ch);
-  }
-
-  /** Best effort, for cleanups: runs a script when the connection is still up, ignores any failure. */
-  async tryRun(script: string): Promise<void> {
-    if (this.failure) return;
-    try { await this.run("clean up", script); } catch { /* the next run cleans up */ }
-  }
-
-  /** The SFTP subsystem, or undefined when the server has none (then uploads go through `cat`). */
-  sftp(): Promise<SFTPWrapper | undefined> {
-    this.sftpP ??= this.step("open sftp", this.timeoutMs, () => new Promise<SFTPWrapper | undefined>((resolve, reject) => {
-      this.client.sftp((err, sftp) => {
-        if (err && /subsystem|channel open failure|unable to start/i.test(err.message)) resolve(undefined);
-        else if (err) reject(err);
-        else resolve(sftp);
-      });
-    }));
-    return this.sftpP;
-  }
-
-  /**
-   * Uploads a local file to `remote` (truncating it). Progress lines every ~10%. The timeout is
-   * an inactivity timeout: the step fails when no bytes were acknowledged for timeoutMs.
-   */
-  async upload(file: string, remote: string, size: number, log: Log): Promise<void> {
-    const started = Date.now();
-    let reported = 0;
-    const progress = (done: number) => {
-      // One line per tenth reached (the highest one when a chunk crosses several).
-      const tenth = size > 0 ? Math.floor((done * 10) / size) : 10;
-      if (tenth <= reported) return;
-      reported = tenth;
-      const secs = Math.max((Date.now() - started) / 1000, 1e-3);
-      log(`upload ${tenth * 10}% (${mb(done)} of ${mb(size)}, ${(done / 1e6 / secs).toFixed(1)} MB/s)`);
-    };
-    const sftp = await this.sftp();
-    if (sftp) {
-      await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
-        // Many large writes in flight: throughput close to scp's, far above a naive stream.
-        sftp.fastPut(file, remote, {
-          concurrency: 16, chunkSize: 1024 * 1024, fileSize: size, mode: 0o600,
-          step: (done) => { touch(); progress(done); },
-        }, (err) => (err ? reject(err) : resolve()));
-      }), true);
-      if (size === 0) await this.run(`create ${remote}`, `: > ${shq(remote)}`);
-    } else {
-      log("the server has no SFTP subsystem: uploading through cat");
-      await this.step(`upload to ${remote}`, this.timeoutMs, (touch) => new Promise<void>((resolve, reject) => {
-        this.client.exec(`sh -c ${shq(`cat > ${shq(remote)}`)}`, (err, ch: ClientChannel) => {
-          if (err) return reject(err);
-          let code: number | null = null;
-          const errOut: Buffer[] = [];
-          ch.stderr.on("data", (d: Buffer) => errOut.push(d));
-          ch.on("exit", (c: number | null) => { code = c; });
-          ch.on("close", () => (code === 0 ? resolve() : reject(new Error(Buffer.concat(errOut).toString().trim() || `cat exited with ${code}`))));
-          ch.resume(); // cat prints nothing, but ssh2 only closes a channel whose output was read
-          let done = 0;
-          const rs = fs.createReadStream(file, { highWaterMark: 256 * 1024 });
-          rs.on("data", (d) => { done += d.length; touch(); progress(done); });
-          rs.on("error", reject);
-          rs.pipe(ch);
-        });
-      }), true);
-    }
-  }
-
-  close() {
-    this.client.end();
-    // end() is polite; make sure the socket goes away even when the peer does not answer.
-    setTimeout(() => this.client.destroy(), 1000).unref();
-  }
-}
-
-/** A remote script's output, line by line, and its stdin (Session.converse). */
-class Conversation {
-  private lines: string[] = [];
-  /** Every line so far. */
-  readonly history: string[] = [];
-  private partial = "";
-  private errOut: Buffer[] = [];
-  private code: number | null = null;
-  private ended?: Error;
-  private wake?: () => void;
-  readonly closed: Promise<void>;
-
-  constructor(private s: Session, private ch: ClientChannel) {
-    ch.on("data", (d: Buffer) => {
-      const parts = (this.partial + d.toString("utf8")).split("\n");
-      this.partial = parts.pop()!;
-      this.lines.push(...parts);
-      this.history.push(...parts);
-      this.wake?.();
-    });
-    ch.stderr.on("data", (d: Buffer) => this.errOut.push(d));
-    ch.on("exit", (c: number | null) => { this.code = c; });
-    this.closed = new Promise((resolve) => ch.on("close", () => {
-      const stderr = Buffer.concat(this.errOut).toString("utf8").trim().replace(/^ramroot: /gm, "");
-      this.ended = new Error(stderr || (this.code === 0 ? "the remote script ended early" : `remote script exited with ${this.code}`));
-      this.wake?.();
-      resolve();
-    }));
-  }
-
-  send(line: string): void {
-    if (!this.ended) this.ch.write(line + "\n");
-  }
-
-  /** No more commands: the script exits at the end of its stdin (leaving temporaries for the next run). */
-  end(): void {
-    if (!this.ended) this.ch.end();
-  }
-
-  /**
-   * Waits for a line that starts with one of `prefixes` (answers start with "@"); resolves that
-   * line and the plain lines before it (which it consumes). Other answers stay queued: the script
-   * may answer one command before another's answer is awaited. Rejects when the script ends
-   * first (with its stderr) or the step times out.
-   */
-  expect(step: string, ms: number, ...prefixes: string[]): Promise<{ before: string[]; line: string }> {
-    return this.s.step(step, ms, () => new Promise((resolve, reject) => {
-      const check = () => {
-        const i = this.lines.findIndex((l) => prefixes.some((p) => l.startsWith(p)));
-        if (i >= 0) {
-          this.wake = undefined;
-          // The plain lines before it are its answer; other "@" answers stay for their own expect.
-          const before = this.lines.slice(0, i);
-          const line = this.lines[i];
-          this.lines = [...before.filter((l) => l.startsWith("@")), ...this.lines.slice(i + 1)];
-          resolve({ before: before.filter((l) => !l.startsWith("@")), line });
-        } else if (this.ended) {
-          this.wake = undefined;
-          reject(this.ended);
-        }
-      };
-      this.wake = check;
-      check();
-    }));
-  }
-
-  /** Asks the script to remove the temporaries and exit, and waits (briefly) until it has. */
-  async abort(): Promise<void> {
-    if (this.ended) return;
-    this.send("abort");
-    this.ch.end();
-    await Promise.race([this.closed, new Promise((r) => setTimeout(r, 5000).unref())]);
-  }
-}
-
-async function withSession<T>(t: SshTarget, log: Log, fn: (s: Session) => Promise<T>): Promise<T> {
-  const s = await Session.open(t, log);
-  try {
-    return await fn(s);
-  } finally {
-    s.close();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Probe: one remote command reads everything a decision needs.
@@ -551,7 +211,7 @@ interface Probe {
 const HEAD_BYTES = 4096;
 
 async function probe(s: Session, opts: { newSize?: number; newSha?: string; cleanup?: boolean; df?: boolean; heads?: boolean }): Promise<Probe> {
-  const { p, dir, prev, tnew, tprev } = paths(s.t);
+  const { p, dir, prev, tnew, tprev } = paths(s.target);
   const script = `
 p=${shq(p)}; d=${shq(dir)}
 [ -d "$d" ] || die "folder $d does not exist"
@@ -568,7 +228,7 @@ ${opts.heads ? `for f in cur:"$p" prev:${shq(prev)}; do printf 'head%s ' "\${f%%
 printf 'uname %s\\n' "$(uname -m)"` : ""}
 ${opts.df ? `echo df; df -Pk "$d"` : ""}
 `;
-  const out = await s.run(`read the state of ${p}`, script, opts.newSize ?? 0);
+  const out = await run(s, `read the state of ${p}`, script, opts.newSize ?? 0);
   const [state, df] = out.split(/^df$/m);
   const get = (key: string) => {
     const m = new RegExp(`^${key} (\\S+) (\\S+)$`, "m").exec(state);
@@ -708,108 +368,6 @@ function parseDeployState(where: string, lines: string[]): DeployState {
   };
 }
 
-const sftpCall = <T>(fn: (cb: (err: Error | undefined | null, v?: T) => void) => void) =>
-  new Promise<T>((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
-
-/** Runs fn over items with at most `limit` at a time; stops taking new items after a failure; rejects with the first. */
-async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (failed === undefined && next < items.length) {
-      const item = items[next++];
-      try { await fn(item); } catch (e) { failed ??= e; }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed !== undefined) throw failed;
-}
-
-/**
- * Writes `dst` on the host from `delta`: ranges copied from `src` on the host (SFTP copy-data,
- * 8 MiB per request, a few in flight), and ranges of the local `file` sent as SFTP writes (many
- * in flight), the latter only once `gate` says yes. Resolves the bytes sent; -1 when the gate
- * said no (then `dst` is incomplete).
- */
-async function writeDelta(sftp: SFTPWrapper, src: string, dst: string, file: string, delta: Delta, gate: Promise<boolean>, touch: () => void): Promise<number> {
-  const COPY = 8 << 20;
-  const WRITE = Math.max(32 * 1024, Math.min(256 * 1024, (sftp as any)._maxWriteLen ?? 32 * 1024));
-  const copies: Array<{ src: number; dst: number; len: number }> = [];
-  const writes: Array<{ dst: number; len: number }> = [];
-  for (const op of delta.ops) {
-    const piece = op.src !== undefined ? COPY : WRITE;
-    for (let o = 0; o < op.len; o += piece) {
-      const len = Math.min(piece, op.len - o);
-      if (op.src !== undefined) copies.push({ src: op.src + o, dst: op.dst + o, len });
-      else writes.push({ dst: op.dst + o, len });
-    }
-  }
-  const local = await fs.promises.open(file, "r");
-  const handles: Buffer[] = [];
-  try {
-    const hs = await sftpCall<Buffer>((cb) => sftp.open(src, "r", cb));
-    handles.push(hs);
-    const hd = await sftpCall<Buffer>((cb) => sftp.open(dst, "w", { mode: 0o600 }, cb));
-    handles.push(hd);
-    const copyAll = pool(copies, 4, (c) => sftpCall<void>((cb) => (sftp as any).ext_copy_data(hs, c.src, c.len, hd, c.dst, cb)).then(touch));
-    const writeAll = (async () => {
-      if (!writes.length) return 0;
-      // Waiting for the host's hash is no stall of this step (the probe has its own timeout).
-      const keep = setInterval(touch, 1000);
-      const go = await gate.finally(() => clearInterval(keep));
-      if (!go) return -1;
-      await pool(writes, 32, async (w) => {
-        const buf = Buffer.allocUnsafe(w.len);
-        const { bytesRead } = await local.read(buf, 0, w.len, w.dst);
-        if (bytesRead !== w.len) throw new Error(`${file} changed while it was being sent (short read at ${w.dst})`);
-        await sftpCall<void>((cb) => sftp.write(hd, buf, 0, w.len, w.dst, cb));
-        touch();
-      });
-      return delta.literal;
-    })();
-    const [c, w] = await Promise.allSettled([copyAll, writeAll]);
-    if (c.status === "rejected") throw c.reason;
-    if (w.status === "rejected") throw w.reason;
-    return w.value;
-  } finally {
-    await local.close();
-    await Promise.all(handles.map((h) => sftpCall<void>((cb) => sftp.close(h, cb)).catch(() => {})));
-  }
-}
-
-/**
- * Whether the host's file `remote` differs from the local `file` where the delta sends bytes: the
- * first and last 4 KiB of up to 4 such ranges, read back over SFTP. A proof, before the host's
- * hash is known, that it does not hold our image. false: not proven.
- */
-async function differsWhereSent(sftp: SFTPWrapper, remote: string, file: string, delta: Delta): Promise<boolean> {
-  const SAMPLE = 4096;
-  const samples: Array<[number, number]> = [];
-  for (const r of delta.ops.filter((o) => o.src === undefined).slice(0, 4)) {
-    samples.push([r.dst, Math.min(r.len, SAMPLE)]);
-    if (r.len > SAMPLE) samples.push([r.dst + r.len - Math.min(r.len - SAMPLE, SAMPLE), Math.min(r.len - SAMPLE, SAMPLE)]);
-  }
-  if (!samples.length) return false;
-  const h = await sftpCall<Buffer>((cb) => sftp.open(remote, "r", cb));
-  const local = await fs.promises.open(file, "r");
-  try {
-    for (const [at, len] of samples) {
-      const ours = Buffer.alloc(len), theirs = Buffer.alloc(len);
-      await local.read(ours, 0, len, at);
-      let got = 0;
-      while (got < len) {
-        const n = await sftpCall<number>((cb) => sftp.read(h, theirs, got, len - got, at + got, cb as any)).catch(() => 0);
-        if (!n) break;
-        got += n;
-      }
-      if (!ours.equals(theirs)) return true;
-    }
-    return false;
-  } finally {
-    await local.close();
-    await sftpCall<void>((cb) => sftp.close(h, cb)).catch(() => {});
-  }
-}
 
 interface Candidate { path: string; sha256?: string; size: number }
 
@@ -886,7 +444,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       }
     }
 
-    const conv = await s.converse(`read the state of ${p}`, deployScript(t, size, sha256, !!specBase));
+    const conv = await converse(s, `read the state of ${p}`, deployScript(t, size, sha256, !!specBase));
     let verifies = 0;
     // Host-side bytes the remote script may go through before it answers a verify (a .prev copy, 3 passes).
     let prevIo = 0;
@@ -948,7 +506,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
         }
       } finally {
         // Only host-side copies were made, if any: take them away.
-        if (spec) await conv.abort(); else conv.end();
+        if (spec) await conv.finish("abort"); else conv.end();
       }
       log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
       return { changed: false, bytesSent: 0, previous, uploadMs: 0 };
@@ -979,7 +537,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       // The chunk list of what is deployed now, for the next deploy's delta (CPU beside the network).
       if (opts.chunkCache && !fullList) fullList = chunkFile(file).catch(() => undefined);
       const t0 = performance.now();
-      await s.upload(file, tnew, size, log);
+      await upload(s, file, tnew, size, log);
       uploadMs += performance.now() - t0;
       bytesSent += size;
       verify();
@@ -1046,7 +604,7 @@ export async function deployImage(t: SshTarget, file: string, sha256: string, lo
       // The connection may still be up (a remote error, a bad hash): take the temporaries away so
       // they do not hold space on the stick. When it is gone, the next run removes them.
       gate(false);
-      await conv.abort();
+      await conv.finish("abort");
       throw err;
     }
     await saveList(nextList ?? (await fullList));
@@ -1088,7 +646,7 @@ export async function rollback(t: SshTarget, log: Log = () => {}): Promise<{ cur
     }
     log(`rolling back ${p} on ${s.where}: ${st.cur.slice(0, 12)} -> ${st.prev.slice(0, 12)}`);
     const io = 3 * ((st.curSize ?? 0) + (st.prevSize ?? 0));
-    await s.run(`swap ${p} and ${prev}`, `
+    await run(s, `swap ${p} and ${prev}`, `
 c=${shq(p)}; v=${shq(prev)}; tn=${shq(tnew)}; tp=${shq(tprev)}
 cp "$v" "$tn" || die "copying $v to $tn failed"
 cp "$c" "$tp" || die "copying $c to $tp failed"
@@ -1120,7 +678,7 @@ export async function runOnHost(t: SshTarget, commands: string[], log: Log = () 
     for (const cmd of commands) {
       log(`on ${s.where}: ${cmd}`);
       try {
-        const out = await s.run(cmd, cmd);
+        const out = await run(s, cmd, cmd);
         for (const line of out.trimEnd().split("\n").filter(Boolean)) log(`  ${line}`);
       } catch (e: any) {
         if (/reboot|poweroff|shutdown/.test(cmd) && /closed|ECONNRESET|end/i.test(String(e.message))) return;
@@ -1140,7 +698,7 @@ export async function waitForBuild(t: SshTarget, buildId: string, timeoutMs: num
   while (Date.now() < deadline) {
     try {
       const seen = await withSession({ ...t, timeoutMs: Math.min(t.timeoutMs ?? DEFAULT_TIMEOUT_MS, 15_000) }, () => {}, (s) =>
-        s.run("read /etc/ramroot-release", `sed -n 's/^BUILD_ID="\\{0,1\\}\\([0-9a-f]*\\)"\\{0,1\\}$/\\1/p' /etc/ramroot-release 2>/dev/null || true`));
+        run(s, "read /etc/ramroot-release", `sed -n 's/^BUILD_ID="\\{0,1\\}\\([0-9a-f]*\\)"\\{0,1\\}$/\\1/p' /etc/ramroot-release 2>/dev/null || true`));
       if (seen.trim() === buildId) {
         log(`${t.host} is up and runs build ${buildId}`);
         return;

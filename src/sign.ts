@@ -98,9 +98,19 @@ export async function signUki(input: string, output: string, k: SigningKey): Pro
     if ((await authenticodeDigest(tmp, "sha256")) !== digest) throw new Error(`sbsign changed ${input} beyond adding a signature`);
     if ((await outsideSections(tmp)).length) throw new Error(`sbsign left bytes outside the sections of the signed ${input}`);
     await fs.chmod(tmp, (await fs.stat(input)).mode & 0o777);
-    const bytes = await fs.readFile(tmp);
+    const whole = createHash("sha256");
+    let size = 0;
+    const fh = await fs.open(tmp, "r");
+    try {
+      for await (const chunk of fh.createReadStream({ highWaterMark: 4 << 20, autoClose: false })) {
+        whole.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+      }
+    } finally {
+      await fh.close();
+    }
     await fs.rename(tmp, output);
-    return { sha256: createHash("sha256").update(bytes).digest("hex"), size: bytes.length, digest, signer: oneLine(cert.subject) };
+    return { sha256: whole.digest("hex"), size, digest, signer: oneLine(cert.subject) };
   } catch (e) {
     await fs.rm(tmp, { force: true });
     throw e;

@@ -111,7 +111,7 @@ export let bootSeconds: pulumi.Output<number> | null = null;
 export let bootHealth: pulumi.Output<string> | null = null;
 
 if (target === "qemu") {
-  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiHash: uki.hash, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
+  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiSha256: uki.sha256, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
   // The guest's own /etc/local.d script prints this line with the build id it finds in
   // /etc/os-release, so the check proves that this very build came up. The check also waits for
   // ramroot's health report, the guest's clean power-off and a clean persistence image.

@@ -8,7 +8,7 @@ import type * as pulumi from "@pulumi/pulumi";
 import type { Handlers } from "./adapter";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Store } from "../src/store";
+import { ARTIFACT_KINDS, Store, summary } from "../src/store";
 import { endWithEngine } from "./watchdog";
 
 /** The engine's placeholder for a value not known during preview. Never hash it. */
@@ -48,6 +48,12 @@ export interface ArtifactSpec<I extends Record<string, any>, O extends Record<st
   drifted?(olds: I & O & { hash: string }): boolean;
   /** Refresh: the outputs as they are now (e.g. read back from a host), or undefined when gone. */
   read?(props: I & O & { hash: string }, ctx: BuildContext): Promise<Partial<O> | undefined>;
+  /**
+   * The store artifacts that are this resource's result (absolute paths; `optional`: only when
+   * present, e.g. a tree's listing, which only saves a walk). diff compares each with the record
+   * of its bytes, so a missing or damaged one makes the resource change, in preview already.
+   */
+  artifacts?(props: I & O & { hash: string }, store: Store): Array<string | { path: string; optional: true }>;
   /** A line for delete: what stays where it is, and why. */
   onDelete?(props: I & O, ctx: BuildContext): Promise<void>;
 }
@@ -68,12 +74,40 @@ export function projectDir(from = process.cwd()): string {
 
 export function context(name: string): BuildContext {
   const projectDir_ = projectDir();
-  return {
-    store: Store.forProject(projectDir_),
-    projectDir: projectDir_,
-    // Console lines are what reaches the CLI from inside a provider (rule 6).
-    log: (line) => console.log(`[${name}] ${line}`),
-  };
+  // Console lines are what reaches the CLI from inside a provider (rule 6).
+  const log = (line: string) => console.log(`[${name}] ${line}`);
+  const store = Store.forProject(projectDir_);
+  store.log = log;
+  return { store, projectDir: projectDir_, log };
+}
+
+/** The store artifacts among a resource's input values (paths, lists of paths). */
+function inputArtifacts(store: Store, inputs: Record<string, any>): string[] {
+  const out: string[] = [];
+  for (const v of Object.values(inputs)) {
+    for (const x of Array.isArray(v) ? v : [v]) {
+      const rel = typeof x === "string" ? store.relOf(x) : undefined;
+      if (rel && (ARTIFACT_KINDS as readonly string[]).includes(rel.split("/")[0])) out.push(rel);
+    }
+  }
+  return out;
+}
+
+/**
+ * What is wrong with the artifacts a resource made (its `artifacts`), one line each; empty when
+ * every one is there and matches its record.
+ */
+export async function damaged(spec: Pick<ArtifactSpec<any, any>, "artifacts">, props: Record<string, any>, store: Store): Promise<string[]> {
+  const out: string[] = [];
+  for (const a of spec.artifacts?.(props as any, store) ?? []) {
+    const p = typeof a === "string" ? a : a.path;
+    const rel = typeof p === "string" ? store.relOf(p) : undefined;
+    if (!rel) continue;
+    const v = await store.check(rel);
+    if (v.ok || (v.missing && typeof a !== "string")) continue;
+    out.push(v.missing ? `${p} is missing` : summary(v.problems));
+  }
+  return out;
 }
 
 /**
@@ -114,6 +148,12 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       if (!hash) throw new Error(`${spec.kind}: inputs still unknown at build time`);
       inputs = { ...inputs, hash, ...(await spec.derived?.compute({ ...inputs, hash } as I & { hash: string })) };
     }
+    // Nothing is built from an artifact that is not the bytes its record says (a damaged one is
+    // made again by the resource that made it: its diff says so, in preview already).
+    for (const rel of inputArtifacts(ctx.store, inputs)) {
+      const v = await ctx.store.check(rel);
+      if (!v.ok) throw new Error(`${spec.kind}: not built from ${rel}: ${summary(v.problems)}. Run \`pulumi up\` again: the resource that makes it makes it again`);
+    }
     const outs = await spec.build(inputs as I & { hash: string }, ctx);
     return defined({ ...inputs, ...outs });
   };
@@ -138,7 +178,12 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion || !!spec.drifted?.(olds as any);
       // An input outside the hash (a path, a timeout) still updates the resource when it changes.
       const other = Object.keys(news).some((k) => k !== "__provider" && JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
-      return { changes: changed || other };
+      if (changed || other) return { changes: true };
+      // Unchanged inputs, but what was made is gone or damaged in the store: made again.
+      const ctx = context(name(olds));
+      const bad = await damaged(spec, olds, ctx.store);
+      for (const line of bad) ctx.log(`${line}: \`pulumi up\` makes it again`);
+      return { changes: bad.length > 0 };
     },
     async create(inputs) {
       const outs = await build(inputs);

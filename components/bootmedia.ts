@@ -14,7 +14,8 @@ export interface BootMediaArgs {
   kind: pulumi.Input<"qemu">;
   arch: pulumi.Input<string>;
   uki: pulumi.Input<string>;
-  ukiHash: pulumi.Input<string>;
+  /** The sha256 of the UKI's bytes (Uki.sha256): the disk image is keyed by it. */
+  ukiSha256: pulumi.Input<string>;
   /** The persistence disk's name under .ramroot/persist/ (one per stack and arch). */
   persistName: pulumi.Input<string>;
   /** FAT volume id of the persistence disk. Default B61B19E7, as the original fstab's UUID=B61B-19E7. */
@@ -23,14 +24,15 @@ export interface BootMediaArgs {
   containsSecrets?: pulumi.Input<boolean>;
 }
 
-interface Inputs { kind: string; arch: string; uki: string; ukiHash: string; persistName: string; volumeId?: string; containsSecrets?: boolean }
+interface Inputs { kind: string; arch: string; uki: string; ukiSha256: string; persistName: string; volumeId?: string; containsSecrets?: boolean }
 
 const persistPath = (projectDir: string, name: string) => path.join(projectDir, ".ramroot", "persist", `${name}.img`);
 
 export const handlers = artifactHandlers<Inputs, { disk: string; persist: string; efiPath: string }>({
   kind: "bootmedia",
-  version: 1,
-  hashKeys: ["kind", "arch", "ukiHash"],
+  // 2: keyed by the bytes of the UKI inside (its sha256), not by the UKI's inputs.
+  version: 2,
+  hashKeys: ["kind", "arch", "ukiSha256"],
   async validate(i) {
     if (isKnown(i.kind) && i.kind !== "qemu") throw new InputError("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
     if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch}: use aarch64 or x86_64`);
@@ -39,16 +41,22 @@ export const handlers = artifactHandlers<Inputs, { disk: string; persist: string
     if (isKnown(i.persistName) && !/^[A-Za-z0-9._-]+$/.test(i.persistName)) throw new InputError("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
   },
   async hash(i) {
-    return sha256(JSON.stringify(["bootmedia/1", i.kind, i.arch, i.ukiHash]));
+    return sha256(JSON.stringify(["bootmedia/2", i.kind, i.arch, i.ukiSha256]));
   },
   async build(i, ctx) {
+    // The UKI was checked against the record of its bytes (artifact.ts); that record must be
+    // the image this disk is named by.
+    const rec = await ctx.store.record(ctx.store.relOf(i.uki) ?? "-");
+    if (rec && (rec.type !== "file" || rec.sha256 !== i.ukiSha256))
+      throw new Error(`bootmedia: ${i.uki} is not the UKI with sha256 ${i.ukiSha256}: run \`pulumi up\` again`);
     const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp }), { mode: i.containsSecrets ? 0o600 : 0o644 });
-    ctx.log(`${disk.built ? "wrote" : "reused"} boot disk ${path.basename(disk.path)} with ${removableBootPath(i.arch as Arch)}`);
+    ctx.log(`${disk.built ? (disk.repaired ? "wrote again" : "wrote") : "reused"} boot disk ${path.basename(disk.path)} with ${removableBootPath(i.arch as Arch)}`);
     const persist = persistPath(ctx.projectDir, i.persistName);
     const p = await makePersistImage({ out: persist, volumeId: i.volumeId });
     ctx.log(p.created ? `created persistence disk ${persist}` : `kept persistence disk ${persist}`);
     return { disk: disk.path, persist, efiPath: removableBootPath(i.arch as Arch) };
   },
+  artifacts: (p) => [p.disk],
   async onDelete(props, ctx) {
     ctx.log(`the persistence disk ${props.persist} is kept (it holds the guest's state); the boot disk stays in the store`);
   },

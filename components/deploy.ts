@@ -72,6 +72,12 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256,
   async build(i, ctx) {
     const record = deployedRecord(i);
+    // The UKI was checked against the record of its bytes (artifact.ts); that record must be
+    // the image this stack deploys, or nothing is sent.
+    const rel = ctx.store.relOf(i.uki);
+    const rec = rel ? await ctx.store.record(rel) : undefined;
+    if (rel && (rec?.type !== "file" || rec.sha256 !== i.ukiSha256))
+      throw new Error(`deploy: ${i.uki} is not the image with sha256 ${i.ukiSha256} (its record says ${rec?.type === "file" ? rec.sha256 : "nothing"}): nothing sent; run \`pulumi up\` again`);
     const before = (await ctx.store.readRecord<Deployed>(record).catch(() => undefined))?.images ?? [];
     const res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log, {
       bases: before.filter((x) => x.sha256 !== i.ukiSha256).map((x) => ({ path: x.path, sha256: x.sha256 })),

@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
-import { sha256 } from "../src/store";
+import { sha256, summary } from "../src/store";
 import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/initramfs";
 import { listingFile } from "../src/rootfs";
 
@@ -54,13 +54,19 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     // The rootfs's listing stands for a walk of it, and segments whose files are unchanged
     // (inode, size, mtime, ctime; for the files a new rootfs links from its packages tree,
     // those of the packages tree's own listing) are not read again.
-    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), listing: listingFile(i.rootfs) });
+    // A listing that is not what was recorded is not read: the tree is walked instead.
+    const listing = listingFile(i.rootfs);
+    const rel = ctx.store.relOf(listing);
+    const listed = rel ? await ctx.store.check(rel) : { ok: true, missing: false, problems: [] };
+    if (!listed.ok && !listed.missing) ctx.log(`${summary(listed.problems)}: the rootfs is walked instead`);
+    const plan = await planInitramfs(i.rootfs, { ...options(i), cacheDir: ctx.store.path("cache/segments"), listing: listed.ok ? listing : undefined });
     const res = await buildInitramfs(plan, ctx.store);
     const names = plan.segments.filter((s) => res.built.includes(s.key)).map((s) => s.name);
     const which = names.length > 0 && names.length <= 5 ? ` (${names.join(", ")})` : "";
     ctx.log(`${plan.read} of ${plan.segments.length} segments read (the rest known by their files' stamps), ${res.built.length} compressed${which}, ${res.reused.length} reused; ${res.size} bytes`);
     return { path: res.manifest, files: res.files, size: res.size, segments: plan.segments.length, compressed: res.built.length };
   },
+  artifacts: (p) => [p.path, ...(p.files ?? [])],
 });
 
 export class Initramfs extends pulumi.dynamic.Resource {

@@ -8,7 +8,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
 import { artifactHandlers, context, InputError, isKnown, projectDir } from "./artifact";
-import { baseSource, buildConfigured, buildPackages, configureHash, packagesHash, type RootfsSpec } from "../src/rootfs";
+import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs";
 import { repositoryTags, SystemError, validateSystem } from "../src/system";
 import { hostProblem } from "../src/configure";
 import { apkProblem } from "../src/alpine";
@@ -111,8 +111,8 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     const hash2 = await configureHash(spec, hash1);
     // Fail in preview, before anything is built, when this host cannot build what is missing.
     const store = Store.forProject(projectDir());
-    if (!(await store.has(`rootfs/${hash2}`))) {
-      const installs = spec.source.kind === "alpine" && !(await store.has(`rootfs-packages/${hash1}`));
+    if (!(await store.exists(`rootfs/${hash2}`))) {
+      const installs = spec.source.kind === "alpine" && !(await store.exists(`rootfs-packages/${hash1}`));
       if (installs && spec.source.kind === "alpine") {
         const apk = apkProblem({ apk: spec.source.apk, keysDir: spec.source.keysDir, arch: i.arch });
         if (apk) throw new InputError(apk.key, `installing Alpine packages: ${apk.message}`);
@@ -139,6 +139,8 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
   },
+  // Both trees, and their listings where they have one (a listing only saves the initramfs a walk).
+  artifacts: (p) => [p.path, p.packagesPath, { path: listingFile(p.path), optional: true }, { path: listingFile(p.packagesPath), optional: true }],
 });
 
 export class Rootfs extends pulumi.dynamic.Resource {

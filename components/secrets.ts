@@ -62,6 +62,7 @@ export const handlers = artifactHandlers<Inputs, { path: string }>({
     ctx.log(`${res.built ? "wrote" : "reused"} the secrets layer: ${decls.length} declared (${decls.map((d) => (d.kind === "file" ? d.path : `password of ${d.user}`)).join(", ")})`);
     return { path: res.path };
   },
+  artifacts: (p) => [p.path],
 });
 
 export class Secrets extends pulumi.dynamic.Resource {

@@ -81,27 +81,20 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
       const text = releaseFile({ BUILD_ID: buildId, UKI_INPUTS: i.hash, ROOTFS: i.rootfsHash, INITRAMFS: i.initramfsHash, KERNEL: uname, CMDLINE: i.cmdline });
       await fs.writeFile(tmp, await smallArchive([{ name: "etc/ramroot-release", content: text }, { name: "etc/os-release", content: osrel }, ...healthFiles()]));
     });
-    let info = { sha256: "", size: 0 };
     const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {
       const initrds = [...i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
-      info = await buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
+      return buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
     }, { mode: i.secrets ? 0o600 : 0o644 });
-    // The sha256 is recorded beside the image when it is assembled and trusted while the size
-    // matches: reusing a 100+ MB UKI (the production stack after qemu's) does not read it again.
-    const record = `cache/uki-sha256/${i.hash}.json`;
-    if (res.built) await ctx.store.writeRecord(record, { sha256: info.sha256, size: info.size });
-    else {
-      const size = (await fs.stat(res.path)).size;
-      const rec = await ctx.store.readRecord<{ sha256: string; size: number }>(record).catch(() => undefined);
-      if (rec && rec.size === size && /^[0-9a-f]{64}$/.test(rec.sha256)) info = { sha256: rec.sha256, size };
-      else {
-        info = { sha256: await sha256File(res.path), size };
-        await ctx.store.writeRecord(record, info);
-      }
-    }
-    ctx.log(`${res.built ? "assembled" : "reused"} ${path.basename(res.path)}: build ${buildId}, ${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}`);
+    // The sha256 is the store's record of the image's bytes, written when it was assembled and
+    // checked (by stamp, or by reading it) before it is reused: reusing a 100+ MB UKI (the
+    // production stack after qemu's) does not read it again.
+    const rec = await ctx.store.record(`uki/${i.hash}.efi`);
+    if (rec?.type !== "file") throw new Error(`uki: ${res.path} has no record of its bytes`);
+    const info = { sha256: rec.sha256, size: rec.size };
+    ctx.log(`${res.built ? (res.repaired ? "assembled again" : "assembled") : "reused"} ${path.basename(res.path)}: build ${buildId}, ${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}`);
     return { path: res.path, sha256: info.sha256, size: info.size, buildId, uname };
   },
+  artifacts: (p) => [p.path],
 });
 
 export class Uki extends pulumi.dynamic.Resource {

@@ -4,9 +4,13 @@
 //   ramroot rollback [--stack NAME]
 //   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
+//   ramroot store verify [--quick] [--json]
+//   ramroot store gc [--dry-run]
 //   ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
 //   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
+//   ramroot host --stick IMAGE --ssh-port PORT [--arch ARCH] [--vars FILE] [--console FILE] [--memory MIB] [--cpus N] [--stop-timeout S]
 import { execFileSync, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -17,7 +21,10 @@ import { outsideSections, readSignatures } from "./authenticode";
 import { algName, enrollmentSteps, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
 import { qemuCommand, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
+import { Store, summary } from "./store";
+import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
 import { parseSize, writeStick } from "./stick";
+import { startHost } from "./rehearsal-host";
 
 const project = path.resolve(__dirname, "..", "..");
 
@@ -43,7 +50,15 @@ const usage = `usage:
                                          signature list, PEM), and the steps to enroll them
   ramroot stick write TARGET --uki FILE [--arch aarch64|x86_64] [--size SIZE] [--volume-id ID] [--force]
                                          the NAS's boot stick (an image file or a device): GPT, one FAT32 ESP
-                                         (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/`;
+                                         (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/
+  ramroot store verify [--quick] [--json]  check every artifact against the record of its bytes (exit 1 if any is bad)
+  ramroot store gc [--dry-run]           remove what no stack references, and temporaries of killed builds
+  ramroot host --stick IMAGE --ssh-port PORT [--arch aarch64|x86_64] [--vars FILE] [--console FILE]
+               [--memory MIB] [--cpus N] [--stop-timeout SECONDS]
+                                         a rehearsal host: boots the stick as the NAS does (UEFI with a kept
+                                         variable store, the stick writable, reboots reboot), sshd's port 22 on
+                                         127.0.0.1:PORT; runs until stopped: SIGTERM or Ctrl-C powers it off
+                                         through its power button`;
 
 class UsageError extends Error {}
 
@@ -85,6 +100,15 @@ async function inspect(args: string[]): Promise<void> {
     if (cert) throw new UsageError(`--cert: ${file} is not a UKI (only a UKI carries a signature)`);
     report = { kind: "initramfs", segments: await inspectInitramfs(file) };
   }
+  // A store artifact is also compared with the record of its bytes (a plain newc segment has no
+  // checksum of its own; a UKI has none at all).
+  const st = storeOf(file);
+  const rel = st?.relOf(file);
+  if (st && rel) {
+    const v = await st.check(rel, { deep: true });
+    report.record = v.ok ? "matches" : v.problems;
+    if (!v.ok) process.exitCode = 1;
+  }
   if (values.json) {
     console.log(JSON.stringify(report, null, 2));
     return;
@@ -99,6 +123,67 @@ async function inspect(args: string[]): Promise<void> {
   }
   console.log(`initramfs segments (${report.segments.length}):`);
   for (const s of report.segments) console.log(`  ${s.compression.padEnd(5)} offset ${String(s.offset).padStart(10)}  size ${String(s.size).padStart(10)}  entries ${String(s.entries).padStart(6)}  sha256 ${s.sha256}`);
+  if (report.record === "matches") console.log(`store record: the bytes match it`);
+  else if (report.record) console.error(`ramroot: ${summary(report.record, 10)}`);
+}
+
+/** The store an artifact lives in (a folder above it that has sums/), or undefined. */
+function storeOf(file: string): Store | undefined {
+  for (let dir = path.dirname(path.resolve(file)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
+    if (existsSync(path.join(dir, "sums"))) return new Store(dir);
+  }
+  return undefined;
+}
+
+/** The project's store (RAMROOT_STORE, else .ramroot/store) and its state (.ramroot/state, or a file:// PULUMI_BACKEND_URL). */
+function projectStore(): { store: Store; state: string } {
+  const url = process.env.PULUMI_BACKEND_URL;
+  const state = url?.startsWith("file://") ? url.slice("file://".length) : path.join(project, ".ramroot", "state");
+  return { store: Store.forProject(project), state };
+}
+
+const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+
+async function store(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  const { store, state } = projectStore();
+  if (sub === "verify") {
+    const { values } = parseArgs({ args: rest, options: { quick: { type: "boolean" }, json: { type: "boolean" } } });
+    let bad = 0;
+    const results = await verifyStore(store, {
+      deep: !values.quick,
+      onResult: (r) => {
+        if (r.verdict.ok) return;
+        bad++;
+        if (!values.json) console.log(`BAD ${r.rel}: ${summary(r.verdict.problems, 10)}`);
+      },
+    });
+    const dead = await store.deadTemporaries();
+    if (values.json) console.log(JSON.stringify({ store: store.root, checked: results.length, bad: results.filter((r) => !r.verdict.ok).map((r) => ({ artifact: r.rel, problems: r.verdict.problems })), deadTemporaries: dead.map((d) => store.relOf(d.path)) }, null, 2));
+    else {
+      console.log(`${results.length} artifacts checked${values.quick ? " (files unchanged since their last check not read)" : ""}: ${bad === 0 ? "all match their records" : `${bad} bad`}`);
+      if (bad > 0) console.log("`pulumi up` on a stack that uses a bad artifact makes it again; `ramroot store gc` removes the ones no stack uses");
+      if (dead.length > 0) console.log(`${dead.length} temporaries of killed builds (\`ramroot store gc\` removes them): ${dead.map((d) => store.relOf(d.path)).join(", ")}`);
+    }
+    if (bad > 0) process.exitCode = 1;
+    return;
+  }
+  if (sub === "gc") {
+    const { values } = parseArgs({ args: rest, options: { "dry-run": { type: "boolean" } } });
+    const locked = lockedStacks(state);
+    if (locked.length > 0) throw new Error(`stacks are being updated (${locked.join(", ")}): run gc when they are done`);
+    const plan = await planGc(store, state);
+    if (plan.stacks.length === 0)
+      throw new Error(`no stack found in ${state} (the file backend): nothing would be referenced, so nothing is removed (set PULUMI_BACKEND_URL=file://DIR to the backend the stacks live in)`);
+    const verb = values["dry-run"] ? "would remove" : "removed";
+    for (const u of plan.unreferenced) console.log(`${verb} ${u.rel} (${mb(u.bytes)}): no stack references it`);
+    for (const d of plan.dead) console.log(`${verb} ${store.relOf(d.path)} (${mb(d.bytes)}): a temporary of a killed build (pid ${d.pid} is gone)`);
+    if (!values["dry-run"]) await runGc(store, plan);
+    const total = [...plan.unreferenced, ...plan.dead].reduce((t, x) => t + x.bytes, 0);
+    console.log(`${plan.stacks.length} stacks (${plan.stacks.map((s) => s.name).join(", ")}) reference ${plan.kept} artifacts; ${verb} ${plan.unreferenced.length} artifacts and ${plan.dead.length} temporaries, ${mb(total)}`);
+    return;
+  }
+  throw new UsageError(sub ? `unknown store command ${sub}: use verify or gc` : "store takes verify or gc");
 }
 
 async function qemu(args: string[]): Promise<void> {
@@ -235,9 +320,55 @@ async function secureboot(args: string[]): Promise<void> {
   console.log(enrollmentSteps(files));
 }
 
+/**
+ * Runs the rehearsal host in the foreground until qemu exits. The first SIGTERM or SIGINT presses
+ * the guest's power button (a clean power-off: src/host.ts); a second one kills qemu. Exit status
+ * 0 when the guest powered off, 1 when qemu was killed or failed.
+ */
+async function host(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      stick: { type: "string" }, arch: { type: "string" }, "ssh-port": { type: "string" }, vars: { type: "string" }, console: { type: "string" },
+      memory: { type: "string" }, cpus: { type: "string" }, "stop-timeout": { type: "string" },
+    },
+    allowPositionals: true,
+  });
+  if (positionals.length) throw new UsageError(`host takes no ${positionals[0]}: give the stick with --stick`);
+  if (!values.stick || !values["ssh-port"]) throw new UsageError("host needs --stick IMAGE and --ssh-port PORT");
+  if (values.arch !== undefined && values.arch !== "aarch64" && values.arch !== "x86_64") throw new UsageError(`--arch ${values.arch}: use aarch64 or x86_64`);
+  const int = (name: string, v: string | undefined, min: number, max: number) => {
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${name} ${v}: a whole number from ${min} to ${max}`);
+    return Number(v);
+  };
+  const sshPort = int("ssh-port", values["ssh-port"], 1, 65535)!;
+  const stopTimeout = int("stop-timeout", values["stop-timeout"], 1, 3600);
+  const h = await startHost({
+    stick: values.stick, arch: values.arch as Arch | undefined, sshPort, vars: values.vars, console: values.console,
+    memoryMiB: int("memory", values.memory, 128, 65536), cpus: int("cpus", values.cpus, 1, 64),
+    stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000,
+  });
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      console.error(`ramroot host: ${sig}: powering the guest off (again to kill it at once)`);
+      void h.stop();
+    } else void h.kill();
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  const res = await h.done;
+  process.off("SIGTERM", onSignal);
+  process.off("SIGINT", onSignal);
+  console.error(`ramroot host: ${res.detail}`);
+  process.exitCode = res.ok ? 0 : 1;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick, secureboot };
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick, secureboot, store, host };
   try {
     if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
     await commands[cmd](rest);

@@ -604,20 +604,26 @@ export async function inspectInitramfs(file: string): Promise<InitramfsMember[]>
     const reader = new NewcReader(() => entries++);
     const rest = buf.subarray(off);
     let size: number;
-    let compression: Compression;
-    if (rest[0] === 0x1f && rest[1] === 0x8b) {
-      compression = "gzip";
-      size = await inflateGzipMember(rest, (c) => reader.push(c));
-    } else if (rest.readUInt32LE(0) === 0xfd2fb528) {
-      compression = "zstd";
-      size = zstdFrameSize(rest);
-      await drain(zlib.createZstdDecompress(), rest.subarray(0, size), (c) => reader.push(c));
-    } else if (rest.toString("latin1", 0, 6) === "070701") {
-      compression = "none";
-      size = rawArchiveSize(rest);
-      reader.push(rest.subarray(0, size));
-    } else {
-      throw new Error(`initramfs: ${file}: unknown data at offset ${off} (not gzip, zstd or newc)`);
+    let compression: Compression = "none";
+    // A damaged member is named with what is wrong: zstd frames carry an XXH64 checksum of their
+    // content and gzip members a CRC-32 and the length, both checked here as the kernel does.
+    try {
+      if (rest.length >= 2 && rest[0] === 0x1f && rest[1] === 0x8b) {
+        compression = "gzip";
+        size = await inflateGzipMember(rest, (c) => reader.push(c));
+      } else if (rest.length >= 4 && rest.readUInt32LE(0) === 0xfd2fb528) {
+        compression = "zstd";
+        size = zstdFrameSize(rest);
+        await drain(zlib.createZstdDecompress(), rest.subarray(0, size), (c) => reader.push(c));
+      } else if (rest.toString("latin1", 0, 6) === "070701") {
+        size = rawArchiveSize(rest);
+        reader.push(rest.subarray(0, size));
+      } else {
+        throw new Error(`initramfs: ${file}: unknown data at offset ${off} (not gzip, zstd or newc)`);
+      }
+    } catch (e: any) {
+      if (String(e.message).startsWith("initramfs: ")) throw e;
+      throw new Error(`initramfs: ${file}: the ${compression} member at offset ${off} is corrupted: ${e.message}`);
     }
     if (!reader.done) throw new Error(`initramfs: ${file}: member at offset ${off} does not end with ${"TRAILER!!!"}`);
     members.push({ offset: off, size, compression, entries, sha256: createHash("sha256").update(rest.subarray(0, size)).digest("hex") });
@@ -627,10 +633,19 @@ export async function inspectInitramfs(file: string): Promise<InitramfsMember[]>
 }
 
 async function drain(t: zlib.Gunzip | zlib.InflateRaw | zlib.ZstdDecompress, input: Buffer, onData: (c: Buffer) => void): Promise<void> {
-  t.on("data", onData);
+  // What onData throws (the cpio reader's "bad magic") ends the stream with that error.
+  t.on("data", (c: Buffer) => {
+    try {
+      onData(c);
+    } catch (e) {
+      t.destroy(e as Error);
+    }
+  });
   const done = finished(t);
-  for (let i = 0; i < input.length; i += 1 << 20) {
-    if (!t.write(input.subarray(i, i + (1 << 20)))) await new Promise<void>((r) => t.once("drain", () => r()));
+  // A decompression error ends the stream: it must end the writing too (no "drain" follows).
+  done.catch(() => {});
+  for (let i = 0; i < input.length && !t.destroyed; i += 1 << 20) {
+    if (!t.write(input.subarray(i, i + (1 << 20)))) await Promise.race([new Promise<void>((r) => t.once("drain", () => r())), done]);
   }
   t.end();
   await done;
@@ -646,8 +661,18 @@ async function inflateGzipMember(buf: Buffer, onData: (c: Buffer) => void): Prom
   if (flags & 2) p += 2;
   const inflate = zlib.createInflateRaw();
   // Raw inflate stops at the end of the deflate stream; bytesWritten is what it consumed.
-  await drain(inflate, buf.subarray(p), onData);
-  return p + inflate.bytesWritten + 8;
+  let crc = 0;
+  let length = 0;
+  await drain(inflate, buf.subarray(p), (c) => {
+    crc = zlib.crc32(c, crc);
+    length += c.length;
+    onData(c);
+  });
+  const end = p + inflate.bytesWritten;
+  if (end + 8 > buf.length) throw new Error("the gzip member is truncated (no CRC-32 and length after its data)");
+  if (buf.readUInt32LE(end) !== crc >>> 0 || buf.readUInt32LE(end + 4) !== length % 2 ** 32)
+    throw new Error(`its content does not match its CRC-32 and length (crc32 ${(crc >>> 0).toString(16)}, length ${length}; recorded ${buf.readUInt32LE(end).toString(16)}, ${buf.readUInt32LE(end + 4)})`);
+  return end + 8;
 }
 
 /** Length of the zstd frame at the start of `buf`, from its block headers (RFC 8878). */
@@ -660,12 +685,13 @@ function zstdFrameSize(buf: Buffer): number {
   const fcs = [single ? 1 : 0, 2, 4, 8][fcsFlag];
   let p = 5 + (single ? 0 : 1) + dictId + fcs;
   for (;;) {
-    if (p + 3 > buf.length) throw new Error("initramfs: truncated zstd frame");
+    if (p + 3 > buf.length) throw new Error("the zstd frame is truncated");
     const bh = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16);
     const type = (bh >> 1) & 3;
     p += 3 + (type === 1 ? 1 : bh >>> 3);
     if (bh & 1) break;
   }
+  if (p + (checksum ? 4 : 0) > buf.length) throw new Error("the zstd frame is truncated");
   return p + (checksum ? 4 : 0);
 }
 

@@ -94,7 +94,7 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
       await makeAlpineRootfs({ ...s, arch: spec.arch, out, store, log });
     }
   }, { dir: true });
-  if (res.built) await recordListing(res.path);
+  await ensureListing(store, res);
   return res;
 }
 
@@ -105,8 +105,21 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
     await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout });
     await makeMountPoints(out, log);
   }, { dir: true });
-  if (res.built) await recordListing(res.path, linkedFrom);
+  await ensureListing(store, res, linkedFrom);
+  // Linking moved the ctime of every file of stage 1: its check is remembered again now, from
+  // what this process just read and recorded (no file is read), or the next check reads it all.
+  const rel1 = store.relOf(stage1);
+  if (res.built && rel1) await store.check(rel1, { linked: true });
   return res;
+}
+
+/** The tree's listing, made again when the tree is new or its listing is missing or damaged. */
+async function ensureListing(store: Store, res: Built, linkedFrom?: Map<string, NewcRecord>): Promise<void> {
+  const rel = store.relOf(listingFile(res.path));
+  if (!res.built && rel && (await store.has(rel))) return;
+  if (rel) await store.discard(rel);
+  const records = await recordListing(res.path, linkedFrom);
+  if (records && rel) await store.recordFile(rel);
 }
 
 /**

@@ -56,5 +56,5 @@ fi
 mkdir -p "$RAMROOT_CACHE"
 echo "$bin" > "$RAMROOT_CACHE/pulumi-bin-$PULUMI_VERSION"
 PATH="$here/node_modules/.bin:$bin:$PATH" pulumi version
-npx tsc -p .
+npx tsc -b
 echo "setup: done (Pulumi CLI in $bin)"

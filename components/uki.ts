@@ -42,7 +42,7 @@ const buildInputs = async (i: Inputs) => {
   // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
   const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
   // ramroot's own files in the release member (the health report) are part of the build.
-  return ["uki/1", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
+  return ["uki/2", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
 };
 
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({

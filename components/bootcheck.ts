@@ -70,6 +70,8 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
     ctx.log(`build ${i.buildId} booted in ${res.seconds.toFixed(1)} s, reported healthy, powered off in ${(res.shutdownSeconds ?? 0).toFixed(1)} s; the persistence image is clean`);
     return { seconds: res.seconds, console: res.console.split("\n").slice(-40).join("\n"), health: res.health!.lines.join("\n"), shutdownSeconds: res.shutdownSeconds ?? 0 };
   },
+  // The boot record is what this check makes: when it is gone (a store removed), boot again.
+  artifacts: (p, store) => [store.path(`booted/${p.ukiSha256}.json`)],
 });
 
 export class BootCheck extends pulumi.dynamic.Resource {

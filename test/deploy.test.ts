@@ -11,7 +11,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import {
-  deployImage, fingerprint, parseDf, parseHostKeys, remoteState, rollback, spaceCheck, type SshTarget,
+  deployImage, fingerprint, parseDf, parseHostKeys, remoteState, rollback, runOnHost, spaceCheck, waitForBuild, type SshTarget,
 } from "../src/deploy";
 import { chunkFile, writeChunkCache } from "../src/delta";
 import { rsyncTo, scpTo, startProxy, startSshd, type Proxy, type Sshd } from "./sshd";
@@ -455,6 +455,22 @@ test("every network step has a timeout that names host, port and step", async (t
   fs.rmSync(e.target, { force: true });
   const closed = await new Promise<number>((resolve) => { const s = net.createServer(); s.listen(0, "127.0.0.1", () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
   await assert.rejects(remoteState({ ...e.t, port: closed }), new RegExp(`root@127\\.0\\.0\\.1:${closed}: connect: .*ECONNREFUSED`));
+});
+
+test("commands after a deploy run in order, their output logged, up to the first that fails; waitForBuild says what the host runs", async (t) => {
+  const e = await setup(t);
+  const out = path.join(e.dir, "after.log");
+  await runOnHost(e.t, [`echo one >> '${out}'`, `echo two; echo two >> '${out}'`], e.log);
+  assert.equal(fs.readFileSync(out, "utf8"), "one\ntwo\n");
+  assert.ok(e.lines.includes("  two"), e.lines.join("\n"));
+  await assert.rejects(runOnHost(e.t, ["echo oops >&2; false", `echo three >> '${out}'`], e.log), (err: Error) => {
+    assert.equal(err.message, `root@127.0.0.1:${e.proxy.port}: run \`echo oops >&2; false\`: oops`);
+    return true;
+  });
+  assert.equal(fs.readFileSync(out, "utf8"), "one\ntwo\n", "nothing runs after a failure");
+  // The host script reads /etc/ramroot-release; this machine has none (it is no ramroot image).
+  if (fs.existsSync("/etc/ramroot-release")) return t.skip("this machine has an /etc/ramroot-release");
+  await assert.rejects(waitForBuild(e.t, "0123abcd", 500, e.log), /^Error: 127\.0\.0\.1 did not come back with build 0123abcd within 1 s \(it runs build \(unknown\)\); .*`ramroot rollback --stack production` puts it back$/);
 });
 
 test("throughput: a changed 64 MiB image over loopback, against scp and rsync -e ssh", async (t) => {

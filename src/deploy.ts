@@ -11,30 +11,31 @@
 //   ramroot-host.sh     the host's half (POSIX sh): its files, verbs, state lines and commands
 //   host-protocol.ts    its typed client (conversation.ts: the line protocol under it)
 //   upload.ts           the whole image: SFTP, or the script's stdin
+//   bases.ts            local images the host may hold, and the deltas from them (src/delta.ts)
 //   delta-upload.ts     a delta written on the host: copies there (SFTP copy-data), the rest sent
+//   speculation.ts      a delta written while the host is still hashing its image
 //   space.ts            free space on the stick
 //   rollback.ts         P and P.prev swapped back
 //   host-commands.ts    commands after a deploy (a reboot), and waiting for the new build
 //
-// Deploy order. One run of the host script does the host's part of a deploy: it reads the state
-// in the background (P's sha256, P.prev's where it may equal P, a leftover upload) while it
-// takes commands (keep P as P.prev, verify the upload, commit). Meanwhile the client writes
-// P.ramroot-new over SFTP:
-//   - a delta, when one of the local `bases` (e.g. the image deployed last time) is the host's
-//     current image (same sha256) and the server has the SFTP copy-data extension (OpenSSH >= 9.0):
-//     the ranges the new image shares with it (content-defined chunks, src/delta.ts) are copied
-//     on the host from P, only the rest is sent. Where the host's image has a base's size, this
-//     starts before its hash is known, so the host copies (and verifies) while it hashes; bytes
-//     of the image are only sent once the host's image is known not to be the new one (other
-//     size, other bytes where ours are to be sent, read back, or its hash). A delta that does not
-//     verify (a base that is not what it claims) is followed by a full upload.
-//   - else the whole file (SFTP, or the host script's stdin on a server without SFTP).
+// A deploy (DeployRun.run) is one connection and one run of the host script, which reads the
+// host's state in the background while it takes commands:
+//   1. the host's state: P's sha256, P.prev's where it may equal P, a leftover upload;
+//      P already is the image: nothing is sent (only .prev's hash may be read), done
+//   2. free space for the upload and a copy of P
+//   3. P.ramroot-prev: a hard link to P (or a verified copy), made while the image is written
+//   4. P.ramroot-new written: a delta from the base the host holds, a verified leftover
+//      reused, or the whole image; a delta that does not verify is followed by the whole image
+//   5. verified on the host (flushed, hashed), then the two renames
+//   6. the chunk list of the image kept for the next deploy's delta
 import * as fs from "node:fs";
 import type { SFTPWrapper } from "ssh2";
-import { chunkFile, chunkListOf, computeDelta, writeChunkCache, type ChunkList, type Delta } from "./delta";
-import { differsWhereSent, writeDelta } from "./deploy/delta-upload";
-import { HostProtocol, hostFiles, type HostState } from "./deploy/host-protocol";
-import { sftpCall, sftpFeatures, withSession, type Log, type SshTarget } from "./deploy/ssh-session";
+import { chunkFile, writeChunkCache, type ChunkList } from "./delta";
+import { Bases, type Base, type BaseDelta, type DeployBase, type LocalImage } from "./deploy/bases";
+import { writeDelta } from "./deploy/delta-upload";
+import { HostProtocol, hostFiles, type HostChannel, type HostFiles, type HostState } from "./deploy/host-protocol";
+import { Speculation } from "./deploy/speculation";
+import { sftpFeatures, withSession, type Log, type Session, type SshTarget } from "./deploy/ssh-session";
 import { mb, spaceCheck } from "./deploy/space";
 import { uploadWhole } from "./deploy/upload";
 
@@ -43,6 +44,7 @@ export { fingerprint, parseHostKeys } from "./deploy/host-keys";
 export { parseDf, spaceCheck, type DfSpace } from "./deploy/space";
 export { bootArch, rollback } from "./deploy/rollback";
 export { runOnHost, waitForBuild } from "./deploy/host-commands";
+export type { DeployBase } from "./deploy/bases";
 
 export interface RemoteState {
   /** sha256 (hex) of the file at the target path; undefined when there is none. */
@@ -67,13 +69,6 @@ export interface DeployResult {
    * was built from), the bytes copied on the host from it, the bytes sent, the number of ranges.
    */
   delta?: { base: string; copied: number; literal: number; ranges: number };
-}
-
-/** A local file that may be the host's current image. */
-export interface DeployBase {
-  path: string;
-  /** Its sha256 (hex), when known; computed (once per chunk cache) otherwise. */
-  sha256?: string;
 }
 
 export interface DeployOptions {
@@ -101,242 +96,197 @@ export async function remoteState(t: SshTarget, log: Log = () => {}): Promise<Re
   });
 }
 
-interface Candidate { path: string; sha256?: string; size: number }
-
 /**
  * Puts `file` (whose sha256 is `sha256`, hex) at the target path unless the host already has it.
- * With `opts.bases`, sends only a delta when the host's image is one of them. See the top of this
- * file for the order of the steps and why each failure leaves a bootable host.
+ * With `opts.bases`, sends only a delta when the host's image is one of them.
  */
 export async function deployImage(t: SshTarget, file: string, sha256: string, log: Log = () => {}, opts: DeployOptions = {}): Promise<DeployResult> {
   if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`deployImage: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(sha256)}`);
-  const size = (await fs.promises.stat(file)).size;
+  const image: LocalImage = { file, sha256, size: (await fs.promises.stat(file)).size };
   const files = hostFiles(t.path);
-  const { path: p, dir, prev, upload: tnew } = files;
-
-  // The bases that exist (a base that is the new image itself is no use).
-  const cands: Candidate[] = [];
-  for (const b of opts.bases ?? []) {
-    const c = typeof b === "string" ? { path: b } : b;
-    if (c.sha256 === sha256) continue;
-    const st = await fs.promises.stat(c.path).catch(() => undefined);
-    if (st?.isFile()) cands.push({ path: c.path, sha256: c.sha256, size: st.size });
-    else log(`base ${c.path}: not found, not used`);
-  }
-  // Chunk lists (src/delta.ts) and deltas, each computed once; base lists from the cache when there.
-  const lists = new Map<Candidate, Promise<ChunkList>>();
-  const listOf = (c: Candidate) => {
-    let l = lists.get(c);
-    if (!l) {
-      l = chunkListOf(c.path, { sha256: c.sha256, cacheDir: opts.chunkCache, verify: true });
-      l.catch(() => {});
-      lists.set(c, l);
-    }
-    return l;
-  };
-  const shaOf = async (c: Candidate) => c.sha256 ?? (await listOf(c)).sha256;
-  const deltas = new Map<Candidate, Promise<{ next: ChunkList; delta: Delta }>>();
-  const deltaOf = (c: Candidate) => {
-    let d = deltas.get(c);
-    if (!d) {
-      d = listOf(c).then(async (base) => {
-        const next = await chunkFile(file, { like: base, likeFile: c.path });
-        return { next, delta: computeDelta(base, next) };
-      });
-      d.catch(() => {});
-      deltas.set(c, d);
-    }
-    return d;
-  };
+  const bases = await Bases.find(opts.bases ?? [], image, opts.chunkCache, log);
   // The first base is the likely one: its delta is worked out while the connection is made.
-  if (cands.length) deltaOf(cands[0]);
+  if (bases.all.length) bases.deltaFrom(bases.all[0]);
+  return withSession(t, log, (s) => new DeployRun(s, files, image, bases, log, opts.chunkCache).run());
+}
 
-  return withSession(t, log, async (s) => {
-    const host = new HostProtocol(s, files);
-    let sftp: SFTPWrapper | undefined;
-    let copyData = false;
-    // Speculation: when the host's image has the size of a base, the delta is written while the
-    // host hashes its image (copies from it right away; the bytes of ours only once the image is
-    // known not to be ours: its size differs from ours, its bytes where ours go differ, or its
-    // hash says so).
-    let specBase: Candidate | undefined;
-    let specRoom = false;
-    let curSftpSize: number | undefined;
-    if (cands.length) {
-      sftp = await s.sftp();
-      copyData = !!sftp && sftpFeatures(sftp).copyData;
-      if (sftp && copyData) {
-        const stat = (f: string) => sftpCall<any>((cb) => sftp!.stat(f, cb)).catch(() => undefined);
-        const room = sftpCall<any>((cb) => (sftp as any).ext_openssh_statvfs(dir, cb)).then((v) => Number(v.f_bavail) * Number(v.f_frsize), () => undefined);
-        const [cur, tn, avail] = await Promise.all([stat(p), stat(tnew), room.catch(() => undefined)]);
-        curSftpSize = cur?.isFile() ? cur.size : undefined;
-        specBase = curSftpSize !== undefined ? cands.find((c) => c.size === curSftpSize) : undefined;
-        specRoom = avail !== undefined && spaceCheck(avail, [["new image", size], ["copy", curSftpSize ?? 0]]).ok;
-        // A leftover temporary of our size may be a verified upload: the probe decides about it.
-        if (tn?.size === size || !specRoom) specBase = undefined;
-      }
-    }
+/** The new image written from a delta: what it was built from, the bytes sent, how long it took. */
+interface DeltaWritten extends BaseDelta { base: Base; sent: number; ms: number }
 
-    const ch = await host.deploy(size, sha256, !!specBase);
-    const verify = () => ch.verify();
-    const verified = () => ch.verified();
-    // The bases whose delta could not be worked out here (unreadable, or not what their sha256 says).
-    const unusable = new Set<Candidate>();
-    const writeFrom = (c: Candidate, gate: Promise<boolean>) => s.step(`write ${tnew} (delta)`, s.timeoutMs, async (touch) => {
-      let d: { next: ChunkList; delta: Delta };
-      try {
-        d = await deltaOf(c);
-      } catch (e: any) {
-        unusable.add(c);
-        log(`no delta from ${c.path}: ${e.message}`);
-        return undefined;
-      }
-      if (d.delta.copied === 0) {
-        unusable.add(c);
-        log(`no delta from ${c.path}: the images have no chunk in common`);
-        return undefined;
-      }
-      const t0 = performance.now();
-      const sent = await writeDelta(sftp!, p, tnew, file, d.delta, gate, touch);
-      if (sent >= 0) verify();
-      return { ...d, sent, ms: performance.now() - t0 };
-    }, true);
-    let gate: (go: boolean) => void = () => {};
-    let spec: Promise<{ sent: number; next: ChunkList; delta: Delta; ms: number } | undefined> | undefined;
-    if (specBase) {
-      const gateP = new Promise<boolean>((r) => { gate = r; });
-      if (curSftpSize !== size) gate(true);
-      // Of our size: if its bytes differ from ours where we send some, it is not ours either.
-      else deltaOf(specBase).then((d) => differsWhereSent(sftp!, p, file, d.delta)).then((yes) => { if (yes) gate(true); }, () => {});
-      spec = writeFrom(specBase, gateP);
-      spec.catch(() => {});
-    }
+/** One deploy, on one connection: its steps, and what they found out. */
+class DeployRun {
+  private readonly host: HostProtocol;
+  private channel!: HostChannel;
+  private sftp?: SFTPWrapper;
+  private copyData = false;
+  private speculation?: Speculation<DeltaWritten>;
+  /** Set when the new image was written from a delta (and not sent again since). */
+  private written?: DeltaWritten;
+  private bytesSent = 0;
+  private uploadMs = 0;
+  /** The chunk list of the image, made beside a whole upload for the next deploy. */
+  private wholeList?: Promise<ChunkList | undefined>;
 
-    let st: HostState;
+  constructor(private s: Session, private files: HostFiles, private image: LocalImage, private bases: Bases, private log: Log, private chunkCache?: string) {
+    this.host = new HostProtocol(s, files);
+  }
+
+  async run(): Promise<DeployResult> {
+    await this.openSftp();
+    await this.startHost();
+    const st = await this.readState();
+    if (st.cur === this.image.sha256) return this.unchanged(st);
+    this.log(`${this.files.path} on ${this.s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${this.image.sha256.slice(0, 12)}`);
+    const reuse = !this.speculation && st.upload === this.image.sha256;
+    const keepPrev = st.cur !== undefined && st.prevDiffers;
+    // (A speculative delta checked the space before it started, and is filling it now.)
+    if (!this.speculation) this.checkSpace(st, reuse, keepPrev);
     try {
-      st = await ch.state();
-    } catch (err) {
-      gate(false);
-      throw err;
-    }
-    if (st.cur === sha256) {
-      gate(false);
-      await spec?.catch(() => {});
-      let previous = st.prev;
-      try {
-        if (previous === undefined && st.prevSize !== undefined) previous = await ch.hashPrev(st.prevSize);
-      } finally {
-        // Only host-side copies were made, if any: take them away.
-        if (spec) await ch.abort(); else ch.end();
-      }
-      log(`${p} on ${s.where} already is ${sha256.slice(0, 12)}: nothing to send`);
-      return { changed: false, bytesSent: 0, previous, uploadMs: 0 };
-    }
-    log(`${p} on ${s.where}: ${st.cur ? st.cur.slice(0, 12) : "absent"} -> ${sha256.slice(0, 12)}`);
-    const reuse = !specBase && st.upload === sha256;
-    const copyPrev = st.cur !== undefined && st.prevDiffers;
-    if (!specBase) {
-      // The temporaries that were not reusable were just removed; what remains must fit next to
-      // the current image and the .prev (which is only replaced at the end). (A speculative delta
-      // checked this before it started, and is filling the space now.)
-      const df = st.df!;
-      const space = spaceCheck(df.available, [["new image", reuse ? 0 : size], ["copy of the current image", copyPrev ? st.curSize ?? 0 : 0]]);
-      if (!space.ok) {
-        ch.end();
-        throw new Error(
-          `${s.where}: not enough space in ${dir} (${df.mountedOn}): need ${mb(space.need)} (${space.detail}), ` +
-          `${mb(df.available)} available. The current image and ${prev} stay where they are; free space on that ` +
-          `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
-      }
-    }
-
-    let bytesSent = 0;
-    let uploadMs = 0;
-    let deltaInfo: DeployResult["delta"];
-    let nextList: ChunkList | undefined;
-    let fullList: Promise<ChunkList | undefined> | undefined;
-    const fullUpload = async () => {
-      // The chunk list of what is deployed now, for the next deploy's delta (CPU beside the network).
-      if (opts.chunkCache && !fullList) fullList = chunkFile(file).catch(() => undefined);
-      const t0 = performance.now();
-      await uploadWhole(s, host, file, size, log);
-      uploadMs += performance.now() - t0;
-      bytesSent += size;
-      verify();
-    };
-    try {
-      // .prev: a hard link (or a verified copy) of the current image, made while the new one is written.
-      if (copyPrev) ch.keepPrevious(st.cur!, st.curSize ?? 0);
-
-      // Which base is the host's image?
-      let base: Candidate | undefined;
-      if (!reuse && st.cur && copyData) {
-        for (const c of cands) {
-          if (c.size === st.curSize && (await shaOf(c).catch(() => undefined)) === st.cur) { base = c; break; }
-        }
-      }
-      let written: { sent: number; next: ChunkList; delta: Delta; ms: number } | undefined;
-      if (spec) {
-        gate(specBase === base);
-        const w = await spec.catch((e) => (specBase === base ? Promise.reject(e) : undefined));
-        if (specBase === base) written = w;
-        else {
-          log(`${p} on ${s.where} is not ${specBase!.path} (same size, other content): its copies are discarded`);
-          await verified(); // a verify of those, if one was asked for
-        }
-      }
-      if (base && !written && !unusable.has(base)) written = await writeFrom(base, Promise.resolve(true));
-      if (written) {
-        const { delta } = written;
-        bytesSent = written.sent;
-        uploadMs = written.ms;
-        nextList = written.next;
-        deltaInfo = { base: st.cur!, copied: delta.copied, literal: delta.literal, ranges: delta.ops.length };
-        log(`${tnew}: written from ${p} (${base!.path}) and this image: ${mb(delta.copied)} copied on the host, ` +
-          `${mb(delta.literal)} sent, ${delta.ops.length} ranges`);
-      } else if (reuse) {
-        log(`${tnew} from an interrupted deploy already holds this image: not sending it again`);
-        verify();
-      } else {
-        await fullUpload();
-      }
-
-      let got = await verified();
-      if (got !== sha256 && written) {
-        // The base was not what it claimed to be (or the delta is wrong): send everything.
-        log(`${tnew} written from the delta has sha256 ${got}, expected ${sha256}: sending the whole image`);
-        deltaInfo = undefined;
-        nextList = undefined;
-        await fullUpload();
-        got = await verified();
-      }
-      if (got !== sha256) {
-        throw new Error(`${s.where}: verify ${tnew}: the uploaded ${tnew} has sha256 ${got}, expected ${sha256} (removed it; the current image is untouched)`);
-      }
-      log(`${tnew}: written, flushed, sha256 verified`);
-      const how = await ch.commit();
-      if (copyPrev) log(`${prev}: now the previous image ${st.cur!.slice(0, 12)}${how === "linked" ? " (a hard link: no copy)" : ""}`);
-      log(`${p}: now ${sha256.slice(0, 12)} (synced, verified)`);
+      if (keepPrev) this.channel.keepPrevious(st.cur!, st.curSize ?? 0);
+      await this.writeImage(st, reuse);
+      await this.verify();
+      await this.commit(st, keepPrev);
     } catch (err) {
       // The connection may still be up (a remote error, a bad hash): take the temporaries away so
       // they do not hold space on the stick. When it is gone, the next run removes them.
-      gate(false);
-      await ch.abort();
+      this.speculation?.stop();
+      await this.channel.abort();
       throw err;
     }
-    await saveList(nextList ?? (await fullList));
-    return { changed: true, bytesSent, previous: st.cur !== undefined ? st.cur : st.prev, uploadMs, ...(deltaInfo ? { delta: deltaInfo } : {}) };
+    await this.keepChunkList();
+    const delta = this.written && { base: st.cur!, copied: this.written.delta.copied, literal: this.written.delta.literal, ranges: this.written.delta.ops.length };
+    return { changed: true, bytesSent: this.bytesSent, previous: st.cur ?? st.prev, uploadMs: this.uploadMs, ...(delta ? { delta } : {}) };
+  }
 
-    async function saveList(list: ChunkList | undefined) {
-      if (!opts.chunkCache || !list) return;
-      await writeChunkCache(opts.chunkCache, sha256, list).catch((e) => log(`chunk cache ${opts.chunkCache}: ${e.message} (not kept)`));
+  /** SFTP and its copy-data extension, which a delta needs: asked for only when there are bases. */
+  private async openSftp() {
+    if (!this.bases.all.length) return;
+    this.sftp = await this.s.sftp();
+    this.copyData = !!this.sftp && sftpFeatures(this.sftp).copyData;
+  }
+
+  /** The host script, told whether a speculative delta writes the upload; then that delta starts. */
+  private async startHost() {
+    if (this.sftp && this.copyData) this.speculation = await Speculation.plan(this.sftp, this.files, this.image, this.bases);
+    this.channel = await this.host.deploy(this.image.size, this.image.sha256, !!this.speculation);
+    this.speculation?.start((base, gate) => this.writeDelta(base, gate));
+  }
+
+  private async readState(): Promise<HostState> {
+    try {
+      return await this.channel.state();
+    } catch (err) {
+      this.speculation?.stop();
+      throw err;
     }
-  });
-}
+  }
 
-/**
- * Swaps the target and path.prev: the previous image goes back into place and the replaced one
- * becomes path.prev, so calling it again goes back to the newer image. Both are copied on the
- * host to temporaries, flushed and verified first; then the target is replaced (rename), then
- * .prev (rename), then sync. Fails when there is no path.prev or it equals the target.
- */
+  /** The host has the image already: nothing is sent; the previous image's hash is read if it was not. */
+  private async unchanged(st: HostState): Promise<DeployResult> {
+    this.speculation?.stop();
+    await this.speculation?.ended();
+    let previous = st.prev;
+    try {
+      if (previous === undefined && st.prevSize !== undefined) previous = await this.channel.hashPrev(st.prevSize);
+    } finally {
+      // Only host-side copies were made, if any: take them away.
+      if (this.speculation) await this.channel.abort(); else this.channel.end();
+    }
+    this.log(`${this.files.path} on ${this.s.where} already is ${this.image.sha256.slice(0, 12)}: nothing to send`);
+    return { changed: false, bytesSent: 0, previous, uploadMs: 0 };
+  }
+
+  /**
+   * The temporaries that were not reusable were just removed; what remains must fit next to the
+   * current image and the .prev (which is only replaced at the end).
+   */
+  private checkSpace(st: HostState, reuse: boolean, keepPrev: boolean) {
+    const df = st.df!;
+    const space = spaceCheck(df.available, [["new image", reuse ? 0 : this.image.size], ["copy of the current image", keepPrev ? st.curSize ?? 0 : 0]]);
+    if (space.ok) return;
+    this.channel.end();
+    const { dir, prev } = this.files;
+    throw new Error(
+      `${this.s.where}: not enough space in ${dir} (${df.mountedOn}): need ${mb(space.need)} (${space.detail}), ` +
+      `${mb(df.available)} available. The current image and ${prev} stay where they are; free space on that ` +
+      `filesystem (e.g. remove ${prev} if you do not need a rollback) and deploy again.`);
+  }
+
+  /** P.ramroot-new: from a delta against the host's image, a verified leftover, or the whole image. */
+  private async writeImage(st: HostState, reuse: boolean) {
+    const base = !reuse && st.cur && this.copyData ? await this.bases.matching(st.cur, st.curSize) : undefined;
+    let written: DeltaWritten | undefined;
+    if (this.speculation) {
+      written = await this.speculation.settle(base);
+      if (this.speculation.base !== base) {
+        this.log(`${this.files.path} on ${this.s.where} is not ${this.speculation.base.path} (same size, other content): its copies are discarded`);
+        await this.channel.verified(); // a verify of those, if one was asked for
+      }
+    }
+    if (base && !written) written = await this.writeDelta(base, Promise.resolve(true));
+    if (written) {
+      const { delta } = written;
+      this.written = written;
+      this.bytesSent = written.sent;
+      this.uploadMs = written.ms;
+      this.log(`${this.files.upload}: written from ${this.files.path} (${written.base.path}) and this image: ${mb(delta.copied)} copied on the host, ` +
+        `${mb(delta.literal)} sent, ${delta.ops.length} ranges`);
+    } else if (reuse) {
+      this.log(`${this.files.upload} from an interrupted deploy already holds this image: not sending it again`);
+      this.channel.verify();
+    } else {
+      await this.uploadWhole();
+    }
+  }
+
+  /** Writes P.ramroot-new from `base` (our bytes once `gate` says so), and asks the host to verify it. */
+  private writeDelta(base: Base, gate: Promise<boolean>): Promise<DeltaWritten | undefined> {
+    return this.s.step(`write ${this.files.upload} (delta)`, this.s.timeoutMs, async (touch) => {
+      const d = await this.bases.usableDelta(base, this.log);
+      if (!d) return undefined;
+      const t0 = performance.now();
+      const sent = await writeDelta(this.sftp!, this.files.path, this.files.upload, this.image.file, d.delta, gate, touch);
+      if (sent >= 0) this.channel.verify();
+      return { ...d, base, sent, ms: performance.now() - t0 };
+    }, true);
+  }
+
+  private async uploadWhole() {
+    // The chunk list of what is deployed now, for the next deploy's delta (CPU beside the network).
+    if (this.chunkCache) this.wholeList ??= chunkFile(this.image.file).catch(() => undefined);
+    const t0 = performance.now();
+    await uploadWhole(this.s, this.host, this.image.file, this.image.size, this.log);
+    this.uploadMs += performance.now() - t0;
+    this.bytesSent += this.image.size;
+    this.channel.verify();
+  }
+
+  /** The host's sha256 of P.ramroot-new must be ours; a delta that did not make it is followed by the whole image. */
+  private async verify() {
+    const { upload } = this.files;
+    let got = await this.channel.verified();
+    if (got !== this.image.sha256 && this.written) {
+      // The base was not what it claimed to be (or the delta is wrong): send everything.
+      this.log(`${upload} written from the delta has sha256 ${got}, expected ${this.image.sha256}: sending the whole image`);
+      this.written = undefined;
+      await this.uploadWhole();
+      got = await this.channel.verified();
+    }
+    if (got !== this.image.sha256) {
+      throw new Error(`${this.s.where}: verify ${upload}: the uploaded ${upload} has sha256 ${got}, expected ${this.image.sha256} (removed it; the current image is untouched)`);
+    }
+    this.log(`${upload}: written, flushed, sha256 verified`);
+  }
+
+  private async commit(st: HostState, keepPrev: boolean) {
+    const how = await this.channel.commit();
+    if (keepPrev) this.log(`${this.files.prev}: now the previous image ${st.cur!.slice(0, 12)}${how === "linked" ? " (a hard link: no copy)" : ""}`);
+    this.log(`${this.files.path}: now ${this.image.sha256.slice(0, 12)} (synced, verified)`);
+  }
+
+  private async keepChunkList() {
+    const list = this.written?.next ?? (await this.wholeList);
+    if (!this.chunkCache || !list) return;
+    await writeChunkCache(this.chunkCache, this.image.sha256, list).catch((e) => this.log(`chunk cache ${this.chunkCache}: ${e.message} (not kept)`));
+  }
+}

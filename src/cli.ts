@@ -8,6 +8,7 @@
 //   ramroot store gc [--dry-run]
 //   ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
 //   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
+//   ramroot host --stick IMAGE --ssh-port PORT [--arch ARCH] [--vars FILE] [--console FILE] [--memory MIB] [--cpus N] [--stop-timeout S]
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import * as fs from "node:fs/promises";
@@ -23,6 +24,7 @@ import { rollback as rollbackHost } from "./deploy";
 import { Store, summary } from "./store";
 import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
 import { parseSize, writeStick } from "./stick";
+import { startHost } from "./rehearsal-host";
 
 const project = path.resolve(__dirname, "..", "..");
 
@@ -50,7 +52,13 @@ const usage = `usage:
                                          the NAS's boot stick (an image file or a device): GPT, one FAT32 ESP
                                          (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/
   ramroot store verify [--quick] [--json]  check every artifact against the record of its bytes (exit 1 if any is bad)
-  ramroot store gc [--dry-run]           remove what no stack references, and temporaries of killed builds`;
+  ramroot store gc [--dry-run]           remove what no stack references, and temporaries of killed builds
+  ramroot host --stick IMAGE --ssh-port PORT [--arch aarch64|x86_64] [--vars FILE] [--console FILE]
+               [--memory MIB] [--cpus N] [--stop-timeout SECONDS]
+                                         a rehearsal host: boots the stick as the NAS does (UEFI with a kept
+                                         variable store, the stick writable, reboots reboot), sshd's port 22 on
+                                         127.0.0.1:PORT; runs until stopped: SIGTERM or Ctrl-C powers it off
+                                         through its power button`;
 
 class UsageError extends Error {}
 
@@ -312,9 +320,55 @@ async function secureboot(args: string[]): Promise<void> {
   console.log(enrollmentSteps(files));
 }
 
+/**
+ * Runs the rehearsal host in the foreground until qemu exits. The first SIGTERM or SIGINT presses
+ * the guest's power button (a clean power-off: src/host.ts); a second one kills qemu. Exit status
+ * 0 when the guest powered off, 1 when qemu was killed or failed.
+ */
+async function host(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      stick: { type: "string" }, arch: { type: "string" }, "ssh-port": { type: "string" }, vars: { type: "string" }, console: { type: "string" },
+      memory: { type: "string" }, cpus: { type: "string" }, "stop-timeout": { type: "string" },
+    },
+    allowPositionals: true,
+  });
+  if (positionals.length) throw new UsageError(`host takes no ${positionals[0]}: give the stick with --stick`);
+  if (!values.stick || !values["ssh-port"]) throw new UsageError("host needs --stick IMAGE and --ssh-port PORT");
+  if (values.arch !== undefined && values.arch !== "aarch64" && values.arch !== "x86_64") throw new UsageError(`--arch ${values.arch}: use aarch64 or x86_64`);
+  const int = (name: string, v: string | undefined, min: number, max: number) => {
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${name} ${v}: a whole number from ${min} to ${max}`);
+    return Number(v);
+  };
+  const sshPort = int("ssh-port", values["ssh-port"], 1, 65535)!;
+  const stopTimeout = int("stop-timeout", values["stop-timeout"], 1, 3600);
+  const h = await startHost({
+    stick: values.stick, arch: values.arch as Arch | undefined, sshPort, vars: values.vars, console: values.console,
+    memoryMiB: int("memory", values.memory, 128, 65536), cpus: int("cpus", values.cpus, 1, 64),
+    stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000,
+  });
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      console.error(`ramroot host: ${sig}: powering the guest off (again to kill it at once)`);
+      void h.stop();
+    } else void h.kill();
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  const res = await h.done;
+  process.off("SIGTERM", onSignal);
+  process.off("SIGINT", onSignal);
+  console.error(`ramroot host: ${res.detail}`);
+  process.exitCode = res.ok ? 0 : 1;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick, secureboot, store };
+  const commands: Record<string, (a: string[]) => Promise<void>> = { inspect, qemu, rollback, initramfs, uki, stick, secureboot, store, host };
   try {
     if (!cmd || !commands[cmd]) throw new UsageError(cmd ? `unknown command ${cmd}` : "no command");
     await commands[cmd](rest);

@@ -62,6 +62,59 @@ test("kill -9 of pulumi in the middle of an up: nothing it started lives on, and
   assert.match(again.stdout, /ramroot: build [0-9a-f]+ up/);
 });
 
+test("Ctrl-C twice while setup.sh runs: it stops at once, nothing it started lives on, and nothing is left behind", { timeout: 15 * 60_000 }, async (t) => {
+  const p = Project.create();
+  t.after(() => p.remove());
+  const setup = path.join(p.dir, "system", "setup.sh");
+  const original = fs.readFileSync(setup, "utf8");
+  fs.writeFileSync(setup, `${original}\necho "ramroot-test: setup.sh sleeping"\nsleep 600 &\nsleep 600\n`);
+  assert.equal(wrapper(p, ["stack", "init", "qemu"]).status, 0);
+  const up = spawn("bash", [path.join(p.dir, "scripts", "pulumi.sh"), "--non-interactive", "up", "--yes", "--stack", "qemu"], { cwd: p.dir, env: p.env, stdio: ["ignore", "pipe", "pipe"] });
+  let seen = "";
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`setup.sh did not start:\n${seen}`)), 8 * 60_000);
+    up.stdout!.on("data", (d) => {
+      seen += d;
+      if (/ramroot-test: setup.sh sleeping/.test(seen)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    up.on("exit", () => reject(new Error(`pulumi ended first:\n${seen}`)));
+  });
+  // What a terminal's Ctrl-C does: SIGINT to the foreground job, once to ask, once more to stop.
+  const started = Date.now();
+  up.kill("SIGINT");
+  await new Promise((r) => setTimeout(r, 500));
+  up.kill("SIGINT");
+  await new Promise<void>((resolve) => (up.exitCode !== null ? resolve() : up.once("exit", () => resolve())));
+  let left: string[] = [];
+  for (let i = 0; i < 20; i++) {
+    left = processesIn(p.dir);
+    const sleeping = fs.readdirSync("/proc").filter((q) => /^\d+$/.test(q)).filter((q) => {
+      try {
+        return fs.readFileSync(`/proc/${q}/cmdline`, "utf8").replace(/\0/g, " ").trim() === "sleep 600";
+      } catch {
+        return false;
+      }
+    });
+    left.push(...sleeping.map((q) => `${q} sleep 600 (setup.sh's)`));
+    if (left.length === 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.deepEqual(left, [], "processes outlived the interrupted up");
+  t.diagnostic(`stopped ${((Date.now() - started) / 1000).toFixed(1)} s after the first Ctrl-C`);
+  assert.ok(Date.now() - started < 15_000, "setup.sh was not stopped at once");
+  // The next up (setup.sh as it was) works, and no temporary of the interrupted one survives it.
+  fs.writeFileSync(setup, original);
+  const again = wrapper(p, ["up", "--yes", "--stack", "qemu"]);
+  assert.equal(again.status, 0, again.stdout + again.stderr);
+  const store = path.join(p.dir, ".ramroot", "store");
+  assert.deepEqual(fs.readdirSync(store, { recursive: true }).map(String).filter((f) => /\.tmp-|\.setup-/.test(f)), []);
+  const mounts = fs.readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(p.dir));
+  assert.deepEqual(mounts, []);
+});
+
 test("the passphrase: made outside .ramroot/, moved out of it, and reported lost rather than replaced", { timeout: 5 * 60_000 }, async (t) => {
   const p = Project.create();
   t.after(() => p.remove());

@@ -106,13 +106,14 @@ check_upload() {
 # hashed at the same time.
 probe() {
 	jp='' jn=''
-	if [ -e "$p" ] && same_file "$p" "$v"; then
-		printf 'prev = %s\n' "$(size_of "$v")"
-	elif [ "$hash_prev" = always ] || [ ! -e "$p" ] || [ "$(size_of "$p")" = "$(size_of "$v")" ]; then
+	ps=$(size_of "$p") vs=$(size_of "$v")
+	if [ "$vs" != - ] && [ "$ps" = "$vs" ] && same_file "$p" "$v"; then
+		printf 'prev = %s\n' "$vs"
+	elif [ "$hash_prev" = always ] || [ "$ps" = - ] || [ "$ps" = "$vs" ]; then
 		report prev "$v" &
 		jp=$!
 	else
-		printf 'prev ? %s\n' "$(size_of "$v")"
+		printf 'prev ? %s\n' "$vs"
 	fi
 	case $upload in
 	check) check_upload & jn=$! ;;

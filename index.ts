@@ -12,6 +12,8 @@ import { Uki } from "./components/uki";
 import { BootMedia } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
+import { GoPrograms } from "./components/goprograms";
+import { hasGoModule } from "./src/golayer";
 import { readSecretsDeclSync, saltCommand } from "./src/secrets";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
@@ -81,6 +83,15 @@ const secrets = secretDecls.length === 0 ? undefined : new Secrets("secrets", {
   })(),
 });
 
+// The system's own Go programs (system/go.mod, system/cmd/NAME/ -> /usr/local/bin/NAME), in a
+// layer of their own: nothing of the rootfs depends on it, so it builds while the rootfs does.
+const programs = hasGoModule(systemDir) ? new GoPrograms("goprograms", {
+  system,
+  arch,
+  compression: cfg.get("compression") ?? "zstd",
+  level: cfg.getNumber("compressionLevel"),
+}) : undefined;
+
 const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";
 const uki = new Uki("uki", {
   rootfs: rootfs.path,
@@ -93,6 +104,8 @@ const uki = new Uki("uki", {
   stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/linux${arch === "aarch64" ? "aa64" : "x64"}.efi.stub`,
   secrets: secrets?.path,
   secretsHash: secrets?.hash,
+  programs: programs?.path,
+  programsHash: programs?.hash,
 });
 
 export const rootfsHash = rootfs.hash;

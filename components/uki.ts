@@ -12,6 +12,7 @@ import { buildUki, kernelProblem, kernelRelease, validateCmdline } from "../src/
 import { resolveInRoot } from "../src/rootfs";
 import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
 import { healthFiles, healthFilesHash } from "../src/health";
+import { layerProblem as goLayerProblem } from "../src/golayer";
 
 export interface UkiArgs {
   rootfs: pulumi.Input<string>;
@@ -30,9 +31,12 @@ export interface UkiArgs {
   /** The secrets layer (components/secrets.ts), appended after everything else. */
   secrets?: pulumi.Input<string>;
   secretsHash?: pulumi.Input<string>;
+  /** The Go programs' layer (components/goprograms.ts: its segment), appended after the rootfs's segments. */
+  programs?: pulumi.Input<string>;
+  programsHash?: pulumi.Input<string>;
 }
 
-interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string[]; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string }
+interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string[]; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string; programs?: string; programsHash?: string }
 
 /**
  * Everything that goes into the image except the secrets layer. Its hash is the build id, so a
@@ -42,13 +46,15 @@ const buildInputs = async (i: Inputs) => {
   // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
   const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
   // ramroot's own files in the release member (the health report) are part of the build.
-  return ["uki/2", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
+  const base = ["uki/2", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
+  // The Go programs are part of the build (and of its id), unlike the secrets.
+  return i.programsHash ? [...base, `goprograms:${i.programsHash}`] : base;
 };
 
 export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
   kind: "uki",
   version: 1,
-  hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash"],
+  hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash", "programsHash"],
   async validate(i) {
     try {
       if (isKnown(i.cmdline)) validateCmdline(i.cmdline);
@@ -73,16 +79,18 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
     const notKernel = await kernelProblem(kernel, i.arch);
     if (notKernel) throw new Error(`uki: the kernel ${i.kernel} (ramroot:kernel) in the rootfs ${notKernel}: install the kernel package for ${i.arch} (linux-lts) or set ramroot:kernel to the kernel's path under /`);
     const stub = await inRoot(i.stub, "systemd-stub", "install systemd-efistub in the rootfs or set ramroot:stub to a stub file");
+    const overGo = i.programs ? await goLayerProblem(i.rootfs) : undefined;
+    if (overGo) throw new Error(`uki: ${overGo}`);
     const buildId = buildIdOf(sha256(JSON.stringify(await buildInputs(i))));
     const osrelPath = await resolveInRoot(i.rootfs, i.osRelease ?? "etc/os-release");
     const osrel = osReleaseWithBuild(await fs.readFile(osrelPath, "utf8").catch(() => undefined), buildId);
     const uname = (await kernelRelease(kernel)) ?? "";
     const release = await ctx.store.put(`release/${i.hash}.cpio`, async (tmp) => {
-      const text = releaseFile({ BUILD_ID: buildId, UKI_INPUTS: i.hash, ROOTFS: i.rootfsHash, INITRAMFS: i.initramfsHash, KERNEL: uname, CMDLINE: i.cmdline });
+      const text = releaseFile({ BUILD_ID: buildId, UKI_INPUTS: i.hash, ROOTFS: i.rootfsHash, INITRAMFS: i.initramfsHash, KERNEL: uname, CMDLINE: i.cmdline, ...(i.programsHash ? { GOPROGRAMS: i.programsHash } : {}) });
       await fs.writeFile(tmp, await smallArchive([{ name: "etc/ramroot-release", content: text }, { name: "etc/os-release", content: osrel }, ...healthFiles()]));
     });
     const res = await ctx.store.put(`uki/${i.hash}.efi`, async (tmp) => {
-      const initrds = [...i.initramfs, release.path, ...(i.secrets ? [i.secrets] : [])];
+      const initrds = [...i.initramfs, ...(i.programs ? [i.programs] : []), release.path, ...(i.secrets ? [i.secrets] : [])];
       return buildUki({ stub, linux: kernel, initrds, cmdline: i.cmdline, osRelease: osrel, uname: uname || undefined }, tmp);
     }, { mode: i.secrets ? 0o600 : 0o644 });
     // The sha256 is the store's record of the image's bytes, written when it was assembled and

@@ -136,7 +136,7 @@ install_modules() {
 #                     refuses a service without an /etc/init.d script, as OpenRC's does.
 #   etc/init.d/*      small labelled stand-ins for the services the example setup.sh enables.
 # Not OpenRC: no dependency tree (a fixed order: FIRST, then the rest by name, then LAST), no
-# parallel start, no rc.conf, no openrc-run (the scripts are plain sh taking start|stop), no
+# parallel start, no rc.conf, openrc-run only as a small stand-in (install_openrc_run_standin; the stand-ins below are plain sh taking start|stop), no
 # `need`/`use`, no hotplug or inactive states of its own.
 install_openrc_standin() {
 	cat >"$T/sbin/openrc" <<'EOF'
@@ -304,6 +304,95 @@ fi
 EOF
 	chmod 0755 "$T/sbin/openrc" "$T/sbin/rc-update" "$T/sbin/rc-service"
 	install_initd_standins
+	install_openrc_run_standin
+}
+
+# A stand-in for OpenRC's openrc-run, the interpreter of /etc/init.d scripts that start with
+# #!/sbin/openrc-run (a system's own services, such as the example's srvmonitor): the script is
+# sourced with RC_SVCNAME set, after /etc/conf.d/RC_SVCNAME; start, stop and status are its own
+# functions, else the defaults: `command` with `command_args`, in the background with
+# command_background=yes (its pid in `pidfile`, its output appended to output_log and error_log),
+# stopped by SIGTERM to that pid; start_pre, start_post, stop_pre and stop_post around them;
+# ebegin, eend, einfo, ewarn, eerror and yesno as OpenRC's. Not as the real one: depend() is read
+# by nobody (the stand-in's openrc has a fixed order), no supervise-daemon, no command_user, no
+# extra_commands.
+install_openrc_run_standin() {
+	cat >"$T/sbin/openrc-run" <<'EOF'
+#!/bin/sh
+# ramroot test system: a stand-in for OpenRC's openrc-run (scripts/testsys.sh), the interpreter
+# of #!/sbin/openrc-run scripts: `/sbin/openrc-run /etc/init.d/SVC start|stop|status`.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+script=${1:?usage: openrc-run SCRIPT start|stop|restart|status}
+shift
+while [ $# -gt 0 ]; do
+	case "$1" in --lockfd) shift 2 ;; --*) shift ;; *) break ;; esac
+done
+action=${1:-}
+RC_SVCNAME=${script##*/}
+SVCNAME=$RC_SVCNAME
+RC_SERVICE=$script
+export RC_SVCNAME SVCNAME RC_SERVICE
+einfo() { echo " * $*"; }
+ewarn() { echo " * WARNING: $*"; }
+eerror() { echo " * ERROR: $*"; }
+ebegin() { echo " * $* ..."; }
+eend() {
+	_r=${1:-0}
+	[ $# -gt 0 ] && shift
+	[ "$_r" -eq 0 ] || [ $# -eq 0 ] || eerror "$*"
+	return "$_r"
+}
+yesno() { case "$1" in [Yy][Ee][Ss] | [Tt][Rr][Uu][Ee] | [Oo][Nn] | 1) return 0 ;; esac; return 1; }
+depend() { :; }
+start_pre() { :; }
+start_post() { :; }
+stop_pre() { :; }
+stop_post() { :; }
+running() { [ -n "${pidfile:-}" ] && [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+default_start() {
+	[ -n "${command:-}" ] || return 0
+	[ -x "$command" ] || { eerror "$RC_SVCNAME: $command does not exist or is not executable"; return 1; }
+	ebegin "Starting ${name:-$RC_SVCNAME}"
+	if yesno "${command_background:-no}"; then
+		[ -n "${pidfile:-}" ] || { eerror "$RC_SVCNAME: command_background needs a pidfile"; return 1; }
+		mkdir -p "${pidfile%/*}"
+		# shellcheck disable=SC2086
+		setsid "$command" $command_args </dev/null >>"${output_log:-/dev/null}" 2>>"${error_log:-/dev/null}" &
+		echo $! >"$pidfile"
+		# A program that cannot start (a bad flag, a port in use) is gone a moment later.
+		sleep 0.3
+		running || { rm -f "$pidfile"; eend 1 "$RC_SVCNAME: $command exited at start (its output: ${error_log:-none kept})"; return 1; }
+	else
+		# shellcheck disable=SC2086
+		"$command" $command_args </dev/null >>"${output_log:-/dev/null}" 2>>"${error_log:-/dev/null}" || { eend 1 "$command failed"; return 1; }
+	fi
+	eend 0
+}
+default_stop() {
+	[ -n "${pidfile:-}" ] && [ -s "$pidfile" ] || return 0
+	ebegin "Stopping ${name:-$RC_SVCNAME}"
+	pid=$(cat "$pidfile")
+	kill -TERM "$pid" 2>/dev/null
+	i=0
+	while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+	rm -f "$pidfile"
+	eend 0
+}
+start() { default_start; }
+stop() { default_stop; }
+status() { if running; then einfo "status: started"; else einfo "status: stopped"; return 3; fi; }
+[ -f "/etc/conf.d/$RC_SVCNAME" ] && . "/etc/conf.d/$RC_SVCNAME"
+. "$script"
+case "$action" in
+start) start_pre && start && start_post ;;
+stop) stop_pre && stop && stop_post ;;
+restart) stop_pre && stop && stop_post && start_pre && start && start_post ;;
+status) status ;;
+*) eerror "usage: $script start|stop|restart|status"; exit 1 ;;
+esac
+EOF
+	chmod 0755 "$T/sbin/openrc-run"
 }
 
 # Writes etc/init.d/$1 from stdin, executable.

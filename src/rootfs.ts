@@ -17,6 +17,7 @@ import type { NewcRecord } from "./newc";
 import { readListing, walk, writeListing } from "./walk";
 import { hashTree } from "./treehash";
 import { mountEntries, parseFstab } from "./fstab";
+import { goOwned } from "./golayer";
 
 /** Where stage 1 comes from. */
 export type Source =
@@ -68,7 +69,8 @@ export async function packagesHash(spec: RootfsSpec): Promise<string> {
 /** The stage-2 key: stage 1, the skeleton, setup.sh and whatever else of system/ setup.sh can read at /mnt. */
 export async function configureHash(spec: RootfsSpec, stage1: string): Promise<string> {
   const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
-  const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets"], cacheDir: spec.hashCache }) : "";
+  // The Go module's files are the Go layer's (src/golayer.ts), not this stage's.
+  const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets", ...goOwned(spec.system)], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
   // With the network, setup.sh may fetch things: another build.
   return sha256(JSON.stringify(["rootfs/3", spec.arch, stage1, skel, sys, setup, ...(spec.setupNetwork ? ["network"] : [])]));

@@ -56,7 +56,7 @@ export interface Verdict {
 }
 
 /** Folders of the store that hold artifacts (each made by put, each with a record). */
-export const ARTIFACT_KINDS = ["rootfs-packages", "rootfs", "segments", "initramfs", "release", "secrets", "uki", "disk", "tools", "builders"] as const;
+export const ARTIFACT_KINDS = ["rootfs-packages", "rootfs", "segments", "initramfs", "release", "secrets", "goprograms", "uki", "disk", "tools", "builders"] as const;
 /** Folders of JSON records written by writeRecord: checked for being there and readable. */
 const RECORD_KINDS = ["booted", "booted-build", "deployed"];
 
@@ -453,7 +453,7 @@ export function summary(problems: string[], max = 3): string {
   return problems.slice(0, max).join("; ") + (problems.length > max ? `; and ${problems.length - max} more` : "");
 }
 
-const isTreeArtifact = (rel: string) => /^(rootfs|rootfs-packages)\/[0-9a-f]{64}$/.test(rel);
+const isTreeArtifact = (rel: string) => /^(rootfs|rootfs-packages|goprograms)\/[0-9a-f]{64}$/.test(rel);
 
 const temporaryName = (final: string) => `${final}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
 

@@ -26,7 +26,7 @@ export interface TreeHashOptions {
    * hashed tree, named by the tree's absolute path. Without it every file is read.
    */
   cacheDir?: string;
-  /** Top-level names left out, with everything under them. */
+  /** Paths relative to the tree ("packages", "cmd/srvmonitor") left out, with everything under them. */
   exclude?: string[];
   /** A file changed (ctime) less than this long before the hash started is not cached. Default 2000. */
   racyMs?: number;
@@ -73,8 +73,8 @@ export async function hashTree(dir: string, opts: TreeHashOptions = {}, stats?: 
         // Read back as text, a name that is not UTF-8 names no file (U+FFFD replaces its bytes).
         if (!isUtf8(raw)) throw new Error(notUtf8(abs, raw));
         const n = raw.toString("utf8");
-        if (!rel && opts.exclude?.includes(n)) continue;
         const r = rel ? `${rel}/${n}` : n;
+        if (opts.exclude?.includes(r)) continue;
         visit(r, fs.lstatSync(path.join(root, r), { bigint: true }));
       }
     } else if (s0.isSymbolicLink()) {

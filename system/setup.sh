@@ -19,6 +19,7 @@ rc-update add seedrng boot      # its seed lives on the stick (conf.d/seedrng)
 rc-update add networking boot
 
 rc-update add sshd default
+rc-update add srvmonitor default   # the status page on port 80 (system/cmd/srvmonitor, /etc/monitor.d)
 rc-update add local default     # /etc/local.d/*.start
 
 rc-update add mount-ro shutdown

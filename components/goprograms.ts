@@ -1,0 +1,98 @@
+// GoPrograms: the system's own Go programs (system/go.mod, system/cmd/NAME/) built for the image's
+// architecture into a layer of their own (src/golayer.ts): goprograms/<hash>/usr/local/bin/NAME,
+// and the same as one compressed newc segment, goprograms/<hash>.cpio.<ext>, which the UKI
+// appends to the initramfs after the rootfs's segments. The hash covers the module's files, the
+// architecture, the toolchain go.mod selects and the compression, and is known in preview: a
+// change to a program changes this layer and the UKI, never the rootfs or the initramfs.
+import * as pulumi from "@pulumi/pulumi";
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+import { dynamicProvider } from "./adapter";
+import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
+import { sha256 } from "../src/store";
+import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/golayer";
+import { levelProblem, type Compression } from "../src/initramfs";
+
+export interface GoProgramsArgs {
+  /** The declared system folder (its go.mod and cmd/), relative to the project or absolute. */
+  system: pulumi.Input<string>;
+  arch: pulumi.Input<string>;
+  /** As the initramfs's: zstd (default), gzip or none, and the level. */
+  compression?: pulumi.Input<string>;
+  level?: pulumi.Input<number>;
+}
+
+interface Inputs { system: string; arch: string; compression?: string; level?: number; toolchain?: string }
+interface Outputs { path: string; tree: string; programs: string[]; toolchain: string; size: number }
+
+const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
+
+/** InputError from a GoError: the property is the system folder, or the arch for a host problem. */
+const asInput = (e: unknown) => (e instanceof GoError ? new InputError("system", e.message) : e);
+
+const toolchains = new Map<string, string>();
+
+async function spec(i: Inputs) {
+  const dir = path.resolve(projectDir(), i.system);
+  if (!hasGoModule(dir)) throw new InputError("system", `${i.system}/go.mod does not exist: the Go programs need a Go module there (go mod init), or leave GoPrograms out`);
+  try {
+    const programs = commands(dir, i.system);
+    const { go } = findGo();
+    // One `go env GOVERSION` per module, go.mod and go: check asks for the hash, then the toolchain.
+    const key = JSON.stringify([go, dir, i.arch, readFileSync(path.join(dir, "go.mod"), "utf8")]);
+    const toolchain = toolchains.get(key) ?? (await selectedToolchain(go, dir, goEnv(i.arch, goBuildCache()), i.system));
+    toolchains.set(key, toolchain);
+    return { dir, go, programs, toolchain, files: moduleDigest(dir) };
+  } catch (e) {
+    throw asInput(e);
+  }
+}
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
+  kind: "goprograms",
+  version: 1,
+  hashKeys: ["system", "arch", "compression", "level"],
+  async validate(i) {
+    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
+    if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
+      throw new InputError("compression", `compression ${i.compression} is not supported: use zstd, gzip or none`);
+    const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;
+    if (bad) throw new InputError("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
+  },
+  async hash(i) {
+    const s = await spec(i);
+    return sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
+  },
+  // The toolchain is shown in preview next to the hash.
+  derived: { keys: ["toolchain"], compute: async (i) => ({ toolchain: (await spec(i)).toolchain }) },
+  async build(i, ctx) {
+    const s = await spec(i);
+    const hash = sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
+    if (hash !== i.hash) throw new Error(`goprograms: ${i.system}'s Go module changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash.slice(0, 12)}): run again`);
+    const compression = (i.compression ?? "zstd") as Compression;
+    let built: { programs: string[]; seconds: number } | undefined;
+    const tree = await ctx.store.put(`goprograms/${i.hash}`, async (out) => {
+      built = await buildGoPrograms({ module: s.dir, arch: i.arch, out, go: s.go, shown: i.system, log: ctx.log });
+    }, { dir: true });
+    const segment = await ctx.store.put(`goprograms/${i.hash}.cpio.${EXT[compression]}`, (tmp) => writeGoSegment(tree.path, tmp, compression, i.level));
+    const rec = await ctx.store.record(`goprograms/${i.hash}.cpio.${EXT[compression]}`);
+    const size = rec?.type === "file" ? rec.size : 0;
+    ctx.log(built
+      ? `built ${s.programs.map((p) => `/usr/local/bin/${p}`).join(", ")} with ${s.toolchain} for ${i.arch} in ${built.seconds.toFixed(1)} s; segment ${size} bytes`
+      : `reused ${s.programs.map((p) => `/usr/local/bin/${p}`).join(", ")} (${s.toolchain}, ${i.arch})${segment.built ? `; segment written, ${size} bytes` : ""}`);
+    return { path: segment.path, tree: tree.path, programs: s.programs, toolchain: s.toolchain, size };
+  },
+  artifacts: (p) => [p.path, p.tree],
+});
+
+export class GoPrograms extends pulumi.dynamic.Resource {
+  declare readonly hash: pulumi.Output<string>;
+  /** The layer's segment (goprograms/<hash>.cpio.zst), for the UKI. */
+  declare readonly path: pulumi.Output<string>;
+  declare readonly tree: pulumi.Output<string>;
+  declare readonly programs: pulumi.Output<string[]>;
+  declare readonly toolchain: pulumi.Output<string>;
+  constructor(name: string, args: GoProgramsArgs, opts?: pulumi.CustomResourceOptions) {
+    super(dynamicProvider("goprograms"), name, { ...args, hash: undefined, path: undefined, tree: undefined, programs: undefined, toolchain: undefined, size: undefined }, opts, "ramroot", "GoPrograms");
+  }
+}

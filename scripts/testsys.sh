@@ -19,8 +19,13 @@
 #     system enables, so that an Alpine-style system/ (inittab, setup.sh's rc-update add ...)
 #     boots on this tree and ramroot's health report reads it as it reads OpenRC's
 #   etc/passwd, etc/group, etc/hostname, etc/os-release, etc/ramroot-testsys (KERNEL=<release>)
-#   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage, qemu_fw_cfg
-#     and their deps
+#   lib/modules/<release>/  a depmod'ed subset: virtio, vfat/fat, nls, usb-storage, qemu_fw_cfg,
+#     efivarfs, the power button's (button, evdev, gpio_keys) and their deps
+#   Debian's OpenSSH (usr/sbin/sshd, usr/lib/openssh/sftp-server, usr/bin/ssh-keygen) and
+#     efibootmgr (usr/sbin/efibootmgr, where Alpine has it), with every shared library they link
+#     against (lib/<triplet>/, usr/lib/<triplet>/) and glibc's ELF interpreter; etc/ssh/sshd_config
+#     laid out as Alpine's (Include sshd_config.d, the HostKey lines commented), an sshd user,
+#     etc/nsswitch.conf; etc/udhcpc/default.script (busybox udhcpc's, as Alpine's busybox has one)
 #   boot/vmlinuz-<release>, boot/vmlinuz (symlink), boot/efistub (systemd-stub, also at
 #   usr/lib/systemd/boot/efi/linux{x64,aa64}.efi.stub as Alpine's systemd-efistub puts it)
 # /boot goes into the UKI, never into the initramfs.
@@ -33,14 +38,28 @@ export RAMROOT_CACHE
 
 # What the boot check's QEMU devices need (hwdrivers loads them by modalias), qemu_fw_cfg (ramroot's
 # health hook reads QEMU's request to power off through it), plus what a real NAS needs to reach
-# its USB stick. Missing ones (built in, or absent from the flavour: the cloud kernels have no
+# its USB stick, efivarfs (efibootmgr reads and writes the UEFI variables through it), and what a
+# power button press needs to reach acpid: the ACPI button driver (built into the arm64 kernel),
+# evdev (/dev/input/event*, which busybox acpid reads; loaded by the input devices' modalias) and
+# gpio_keys (the button of an arm64 devicetree machine); virtio_rng (a machine's RNG, as QEMU's). Missing ones (built in, or absent from the flavour: the cloud kernels have no
 # USB) are skipped.
 MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console vfat fat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1
-  qemu_fw_cfg usb-storage uas sd_mod xhci-pci xhci-plat-hcd ehci-pci ehci-platform ohci-pci"
+  qemu_fw_cfg usb-storage uas sd_mod xhci-pci xhci-plat-hcd ehci-pci ehci-platform ohci-pci
+  efivarfs button evdev gpio_keys virtio_rng"
 
 die() { echo "testsys.sh: $*" >&2; exit 1; }
 
 usage() { die "usage: testsys.sh aarch64|x86_64 [OUT]"; }
+
+# Debian packages whose programs go into the tree (install_debian_programs: PACKAGE:PATH[:DEST]),
+# and the library packages they link against. Only the libraries that the programs' ELF files need
+# (NEEDED, followed) are copied; a library none of these packages has stops the build, naming it.
+DEBIAN_PROGRAMS="openssh-server:usr/sbin/sshd openssh-sftp-server:usr/lib/openssh/sftp-server
+  openssh-client:usr/bin/ssh-keygen efibootmgr:bin/efibootmgr:usr/sbin/efibootmgr"
+DEBIAN_TOOLS="openssh-server openssh-sftp-server openssh-client efibootmgr"
+DEBIAN_LIBS="libc6 libcrypt1 libwrap0 libnsl2 libtirpc3 libaudit1 libcap-ng0 libpam0g libsystemd0 libcap2
+  libgcrypt20 libgpg-error0 liblz4-1 liblzma5 libzstd1 libselinux1 libpcre2-8-0 libgssapi-krb5-2 libkrb5-3
+  libk5crypto3 libkrb5support0 libkeyutils1 libcom-err2 libssl3 zlib1g libefivar1 libefiboot1"
 
 select_packages() {
 	case "$ARCH" in
@@ -49,17 +68,19 @@ select_packages() {
 	*) usage ;;
 	esac
 	# The host's busybox (same Debian version) lists the applets: the target one may not run here.
-	local dirs
+	local dirs p specs=()
+	for p in $DEBIAN_TOOLS $DEBIAN_LIBS; do specs+=("$p:$DEBARCH"); done
 	dirs=$(bash "$here/debs.sh" "busybox-static:$DEBARCH" "$KERNELPKG:$DEBARCH" "systemd-boot-efi:$DEBARCH" \
-		"busybox-static:$(dpkg --print-architecture)")
+		"busybox-static:$(dpkg --print-architecture)" "${specs[@]}")
 	# shellcheck disable=SC2206
 	local a=($dirs)
 	BUSYBOX=${a[0]} KERNEL=${a[1]} SDBOOT=${a[2]} HOSTBUSYBOX=${a[3]}
+	DEBDIRS=("${a[@]:4}")
 }
 
 default_out() {
 	local h
-	h=$( { cat "$0"; basename "$BUSYBOX"; basename "$KERNEL"; basename "$SDBOOT"; } | sha256sum | cut -c1-16)
+	h=$( { cat "$0"; basename "$BUSYBOX"; basename "$KERNEL"; basename "$SDBOOT"; for d in "${DEBDIRS[@]}"; do basename "$d"; done; } | sha256sum | cut -c1-16)
 	echo "$RAMROOT_CACHE/testsys/$ARCH-$h"
 }
 
@@ -120,6 +141,81 @@ install_modules() {
 	depmod -b "$T" "$KVER"
 }
 
+# A path inside an unpacked package with its symbolic links followed inside that package (an
+# absolute link target is the package's own path, as it is once installed). Prints the path
+# relative to the package.
+deref() {
+	local root=$1 rel=$2 target i
+	for i in 1 2 3 4 5 6 7 8; do
+		[ -L "$root/$rel" ] || { echo "$rel"; return 0; }
+		target=$(readlink "$root/$rel")
+		case "$target" in /*) rel=${target#/} ;; *) rel=$(dirname "$rel")/$target ;; esac
+		rel=$(realpath -ms --relative-to=/ "/$rel")
+	done
+	die "too many symbolic links at $root/$rel"
+}
+
+# Debian's OpenSSH and efibootmgr in the busybox tree, with what they link against. Each program of
+# DEBIAN_PROGRAMS goes to its path; every shared library its ELF file needs (NEEDED, followed
+# recursively) is looked up by name in the library folders of the fetched packages and copied to
+# the same path (symbolic links resolved inside the package); the ELF interpreter that the
+# programs ask for (PT_INTERP: /lib/ld-linux-aarch64.so.1, /lib64/ld-linux-x86-64.so.2) is made as
+# the package makes it. glibc finds the libraries in its default folders (lib/<triplet>,
+# usr/lib/<triplet>), so no ld.so.cache is needed.
+install_debian_programs() {
+	declare -A pkgdir soname
+	local names=($DEBIAN_TOOLS $DEBIAN_LIBS) i d f rel
+	for i in "${!names[@]}"; do pkgdir[${names[$i]}]=${DEBDIRS[$i]}; done
+	for d in "${DEBDIRS[@]}"; do
+		while IFS= read -r f; do
+			rel=${f#"$d"/}
+			# The multiarch folder wins over a compatibility copy elsewhere.
+			case "${soname[$(basename "$rel")]:-}" in *-linux-gnu/*) continue ;; esac
+			soname[$(basename "$rel")]="$d|$rel"
+		done < <(find "$d/lib" "$d/usr/lib" \( -type f -o -type l \) -name '*.so*' 2>/dev/null | LC_ALL=C sort)
+	done
+	local queue=() seen=" " spec pkg src dst interp="" lib entry
+	for spec in $DEBIAN_PROGRAMS; do
+		IFS=: read -r pkg src dst <<<"$spec"
+		dst=${dst:-$src}
+		[ -n "${pkgdir[$pkg]:-}" ] || die "no package $pkg among DEBIAN_TOOLS"
+		[ -f "${pkgdir[$pkg]}/$src" ] || die "$pkg has no $src"
+		mkdir -p "$T/$(dirname "$dst")"
+		cp "${pkgdir[$pkg]}/$src" "$T/$dst"
+		chmod 0755 "$T/$dst"
+		queue+=("$T/$dst")
+		f=$(readelf -l "$T/$dst" | sed -n 's/.*Requesting program interpreter: \(.*\)]$/\1/p')
+		[ -n "$f" ] || die "$pkg's $src has no ELF interpreter: not a dynamically linked program"
+		interp=$f
+	done
+	while [ ${#queue[@]} -gt 0 ]; do
+		f=${queue[0]}; queue=("${queue[@]:1}")
+		for lib in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+			case "$seen" in *" $lib "*) continue ;; esac
+			seen="$seen$lib "
+			entry=${soname[$lib]:-}
+			[ -n "$entry" ] || die "no package of DEBIAN_LIBS has $lib (needed by ${f#"$T"/}): add the Debian package that has it"
+			d=${entry%%|*} rel=${entry#*|}
+			mkdir -p "$T/$(dirname "$rel")"
+			cp "$d/$(deref "$d" "$rel")" "$T/$rel"
+			queue+=("$T/$rel")
+		done
+	done
+	# The interpreter: a link (or the file) where the programs look for it, as libc6 has it.
+	d=${pkgdir[libc6]}
+	rel=${interp#/}
+	[ -e "$d/$rel" ] || [ -L "$d/$rel" ] || die "libc6 has no $interp"
+	if ! [ -e "$T/$rel" ]; then
+		mkdir -p "$T/$(dirname "$rel")"
+		if [ -L "$d/$rel" ]; then ln -s "$(readlink "$d/$rel")" "$T/$rel"; else cp "$d/$rel" "$T/$rel"; fi
+	fi
+	rel=$(deref "$d" "$rel")
+	[ -f "$T/$rel" ] || { mkdir -p "$T/$(dirname "$rel")"; cp "$d/$rel" "$T/$rel"; }
+	# Not a library any program names, but sshd reads it for diffie-hellman-group-exchange.
+	mkdir -p "$T/etc/ssh/sshd_config.d"
+	cp "${pkgdir[openssh-server]}/etc/ssh/moduli" "$T/etc/ssh/moduli"
+}
+
 # A stand-in for OpenRC, in busybox sh, that behaves like OpenRC where ramroot's health report
 # (src/health.ts) looks: an Alpine inittab, setup.sh's `rc-update add` lines and the runlevels
 # work here, and /run/openrc records what started and what failed.
@@ -170,6 +266,12 @@ sysinit)
 	grep -q ' /proc ' /proc/mounts 2>/dev/null || mount -t proc -o nosuid,nodev,noexec proc /proc
 	grep -q ' /sys ' /proc/mounts || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 	grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev,size=10% tmpfs /run
+	# As OpenRC's sysfs service: the UEFI variables, where the kernel booted through UEFI (efivarfs
+	# is a module of Debian's kernels; the kernel would ask modprobe for it too).
+	if [ -d /sys/firmware/efi/efivars ] && ! grep -q ' /sys/firmware/efi/efivars ' /proc/mounts; then
+		modprobe -q efivarfs 2>/dev/null
+		mount -t efivarfs -o nosuid,nodev,noexec efivarfs /sys/firmware/efi/efivars
+	fi
 	;;
 esac
 mkdir -p "$svcdir/started" "$svcdir/starting" "$svcdir/stopping" "$svcdir/failed" "$svcdir/inactive"
@@ -615,12 +717,78 @@ esac
 EOF
 	initd sshd <<'EOF'
 #!/bin/sh
-# ramroot test system (scripts/testsys.sh): stand-in for openssh's sshd service. It starts NO
-# daemon: the test system has no sshd (a real one comes later). It succeeds, so that
-# `rc-update add sshd default` works and the runlevel boots as on the NAS.
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's sshd service (openssh-server-openrc),
+# which starts Debian's OpenSSH sshd (in the tree with what it links against). As the real one:
+# settings from /etc/conf.d/sshd (cfgfile, SSHD_OPTS, sshd_disable_keygen, key_types_to_generate,
+# <type>_bit_size); unless sshd_disable_keygen=yes, the host keys of key_types_to_generate that do
+# not exist are made (default: the types that the configuration's HostKey lines name, else rsa,
+# ecdsa and ed25519); `sshd -t` checks the configuration; sshd starts and writes /run/sshd.pid. It
+# fails, saying why, when any of this fails (no sshd, no host key, a bad configuration, a port in
+# use). Not as the real one: Debian's sshd needs its privilege separation folder /run/sshd
+# (Alpine's is /var/empty), made here; no openrc-run supervision.
+cfgfile=/etc/ssh/sshd_config
+pidfile=/run/sshd.pid
+command=/usr/sbin/sshd
+SSHD_OPTS=""
+sshd_disable_keygen=no
+key_types_to_generate=""
+[ -f /etc/conf.d/sshd ] && . /etc/conf.d/sshd
+yesno() { case "$1" in [Yy][Ee][Ss] | [Tt][Rr][Uu][Ee] | [Oo][Nn] | 1) return 0 ;; esac; return 1; }
+keygen() {
+	types=$key_types_to_generate
+	if [ -z "$types" ]; then
+		types=$(sed -n 's|^[[:space:]]*[Hh][Oo][Ss][Tt][Kk][Ee][Yy][[:space:]][[:space:]]*/etc/ssh/ssh_host_\([a-z0-9]*\)_key[[:space:]]*$|\1|p' \
+			"$cfgfile" /etc/ssh/sshd_config.d/*.conf 2>/dev/null)
+		[ -n "$types" ] || types="rsa ecdsa ed25519"
+	fi
+	for type in $types; do
+		key=/etc/ssh/ssh_host_${type}_key
+		[ -f "$key" ] && continue
+		eval "bits=\${${type}_bit_size:-}"
+		echo " * Generating $type SSH host key: $key (the image has none, so it changes at every boot)"
+		ssh-keygen -q -f "$key" -N '' -t "$type" ${bits:+-b "$bits"} || { echo " * ERROR: ssh-keygen failed to make $key"; return 1; }
+	done
+}
 case "$1" in
-start) echo " * sshd: the test system's stand-in, no daemon started" ;;
-stop) ;;
+start)
+	[ -x "$command" ] || { echo " * ERROR: $command does not exist"; exit 1; }
+	mkdir -p /run/sshd /var/empty && chmod 0755 /run/sshd || exit 1
+	if ! yesno "$sshd_disable_keygen"; then keygen || exit 1; fi
+	out=$("$command" -t -f "$cfgfile" $SSHD_OPTS 2>&1) || { echo " * ERROR: sshd -t: $out"; exit 1; }
+	rm -f "$pidfile"
+	"$command" -f "$cfgfile" -o "PidFile=$pidfile" $SSHD_OPTS || { echo " * ERROR: sshd did not start"; exit 1; }
+	# sshd writes its pid file once it listens; a port it cannot bind ends it first.
+	i=0
+	while ! [ -s "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	[ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || { echo " * ERROR: sshd exited at start (its messages are in /var/log/messages)"; exit 1; }
+	;;
+stop)
+	[ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+	rm -f "$pidfile"
+	exit 0
+	;;
+*) echo "usage: $0 start|stop" >&2; exit 1 ;;
+esac
+EOF
+	initd acpid <<'EOF'
+#!/bin/sh
+# ramroot test system (scripts/testsys.sh): stand-in for Alpine's acpid service (busybox-openrc). As
+# the real one: busybox acpid with ACPID_OPTS from /etc/conf.d/acpid. It reads the input devices
+# (/dev/input/event*: evdev) and, for each ACPI event, runs /etc/acpi/<action> (a program, or a
+# folder for run-parts); the power button's is /etc/acpi/PWRF/00000080, which the system provides
+# (e.g. `poweroff`). busybox acpid needs /etc/acpi: without it the service fails.
+ACPID_OPTS=""
+[ -f /etc/conf.d/acpid ] && . /etc/conf.d/acpid
+case "$1" in
+start)
+	[ -d /etc/acpi ] || { echo " * ERROR: acpid: no /etc/acpi (the actions for ACPI events)"; exit 1; }
+	acpid $ACPID_OPTS
+	;;
+stop)
+	# By its pid file (busybox acpid's default): `killall acpid` would match this script too.
+	[ -s /run/acpid.pid ] && kill "$(cat /run/acpid.pid)" 2>/dev/null
+	exit 0
+	;;
 *) echo "usage: $0 start|stop" >&2; exit 1 ;;
 esac
 EOF
@@ -650,6 +818,7 @@ EOF
 # our own session (openrc shutdown), then SIGKILL to what is left after at most a second.
 # /proc/PID/stat after the command name: state ppid pgrp session ... (read without a subprocess).
 fields() { read -r stat <"$1" 2>/dev/null && echo "${stat##*) }"; }
+action=${1:-}
 set -- $(fields /proc/$$/stat)
 mysid=$4
 others() {
@@ -664,15 +833,22 @@ others() {
 		echo "$pid"
 	done
 }
-case "$1" in
+case "$action" in
 start)
 	pids=$(others)
 	[ -n "$pids" ] || exit 0
 	kill -TERM $pids 2>/dev/null
+	# Then only those pids are watched (a scan of /proc costs most of a second under TCG).
 	i=0
-	while [ $i -lt 10 ] && [ -n "$(others)" ]; do sleep 0.1; i=$((i + 1)); done
-	pids=$(others)
-	[ -z "$pids" ] || kill -KILL $pids 2>/dev/null
+	while [ $i -lt 10 ]; do
+		alive=""
+		for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+		[ -n "$alive" ] || exit 0
+		pids=$alive
+		sleep 0.1
+		i=$((i + 1))
+	done
+	kill -KILL $pids 2>/dev/null
 	exit 0
 	;;
 stop) ;;
@@ -736,10 +912,66 @@ write_etc() {
 	cat >"$T/etc/local.d/README" <<-'EOF'
 	Executables named *.start here run at the end of boot, in order (as Alpine's local service).
 	EOF
-	echo 'root:x:0:0:root:/root:/bin/sh' >"$T/etc/passwd"
-	echo 'root::0:0:99999:7:::' >"$T/etc/shadow"
+	# sshd's privilege separation user, as Alpine's alpine-baselayout has it.
+	printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'sshd:x:22:22:sshd:/dev/null:/sbin/nologin' >"$T/etc/passwd"
+	printf '%s\n' 'root::0:0:99999:7:::' 'sshd:!::0:::::' >"$T/etc/shadow"
 	chmod 0600 "$T/etc/shadow"
-	echo 'root:x:0:root' >"$T/etc/group"
+	printf '%s\n' 'root:x:0:root' 'sshd:x:22:sshd' >"$T/etc/group"
+	# glibc's programs (sshd) look users up in the files; Alpine's musl needs no such file.
+	cat >"$T/etc/nsswitch.conf" <<-'EOF'
+	passwd: files
+	group: files
+	shadow: files
+	hosts: files dns
+	EOF
+	# Laid out as Alpine's sshd_config: the drop-in folder first, the host keys commented (sshd then
+	# loads those of the default types that exist: a system names its own), root by key only.
+	cat >"$T/etc/ssh/sshd_config" <<-'EOF'
+	# ramroot test system (scripts/testsys.sh): Debian's sshd, configured as Alpine's openssh-server
+	# ships it. See sshd_config(5).
+	Include /etc/ssh/sshd_config.d/*.conf
+	#Port 22
+	#HostKey /etc/ssh/ssh_host_rsa_key
+	#HostKey /etc/ssh/ssh_host_ecdsa_key
+	#HostKey /etc/ssh/ssh_host_ed25519_key
+	#PermitRootLogin prohibit-password
+	#PasswordAuthentication yes
+	AuthorizedKeysFile	.ssh/authorized_keys
+	# Debian's SFTP server, at Debian's path.
+	Subsystem	sftp	/usr/lib/openssh/sftp-server
+	EOF
+	# busybox udhcpc's script (ifup's dhcp method runs udhcpc), as Alpine's busybox package has one
+	# (at /usr/share/udhcpc; Debian's busybox looks in /etc/udhcpc): the lease's address, routers
+	# and name servers.
+	mkdir -p "$T/etc/udhcpc"
+	cat >"$T/etc/udhcpc/default.script" <<-'EOF'
+	#!/bin/sh
+	# ramroot test system (scripts/testsys.sh): busybox udhcpc's event script. udhcpc runs it with
+	# deconfig, bound, renew, leasefail or nak, the lease in the environment.
+	case "$1" in
+	deconfig)
+		ip -4 addr flush dev "$interface"
+		ip link set "$interface" up
+		;;
+	bound | renew)
+		ip -4 addr flush dev "$interface"
+		ip -4 addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+		if [ -n "$router" ]; then
+			while ip -4 route del default dev "$interface" 2>/dev/null; do :; done
+			for r in $router; do ip -4 route add default via "$r" dev "$interface" && break; done
+		fi
+		if [ -n "$dns" ]; then
+			: >/etc/resolv.conf.new
+			[ -n "$domain" ] && echo "search $domain" >>/etc/resolv.conf.new
+			for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf.new; done
+			mv -f /etc/resolv.conf.new /etc/resolv.conf
+		fi
+		;;
+	esac
+	exit 0
+	EOF
+	chmod 0755 "$T/etc/udhcpc/default.script"
+	mkdir -p "$T/var/empty" "$T/var/lib"
 	echo ramroot-test >"$T/etc/hostname"
 	cat >"$T/etc/os-release" <<-EOF
 	NAME="ramroot test system"
@@ -770,6 +1002,7 @@ main() {
 	install_busybox
 	install_kernel
 	install_modules
+	install_debian_programs
 	write_etc
 	# A concurrent run may have finished first: its tree is identical, keep it (it may be in use).
 	if ! mv -T "$T" "$OUT" 2>/dev/null; then

@@ -30,6 +30,12 @@ interface ArchSpec {
   code?: string;
   vars?: string;
   bios?: string;
+  /**
+   * The firmware as pflash code with a writable variable store (QemuOptions.firmwareVars): the
+   * code, and the template a new store is copied from. On aarch64 this replaces -bios, whose
+   * variables live in RAM and are lost at every start.
+   */
+  nvram: { code: string; vars: string };
 }
 
 export const ARCH_SPECS: Record<Arch, ArchSpec> = {
@@ -40,6 +46,7 @@ export const ARCH_SPECS: Record<Arch, ArchSpec> = {
     machine: ["-M", "q35"],
     code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
     vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    nvram: { code: "/usr/share/OVMF/OVMF_CODE_4M.fd", vars: "/usr/share/OVMF/OVMF_VARS_4M.fd" },
   },
   aarch64: {
     binary: "qemu-system-aarch64",
@@ -48,6 +55,8 @@ export const ARCH_SPECS: Record<Arch, ArchSpec> = {
     // cortex-a72: `max` is 3x slower under TCG, and no -cpu gives a 32-bit CPU.
     machine: ["-M", "virt", "-cpu", "cortex-a72"],
     bios: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    // Both 64 MiB, as the virt machine's two flash banks must be.
+    nvram: { code: "/usr/share/AAVMF/AAVMF_CODE.fd", vars: "/usr/share/AAVMF/AAVMF_VARS.fd" },
   },
 };
 
@@ -62,10 +71,29 @@ export interface QemuOptions {
   /** Default 1. */
   cpus?: number;
   /**
-   * x86_64: a writable copy of OVMF_VARS_4M.fd. Without it the system's copy is attached with
-   * snapshot=on (writes go to a temporary overlay and are dropped).
+   * A writable UEFI variable store, a copy of the firmware's template (ARCH_SPECS[arch].nvram.vars:
+   * OVMF_VARS_4M.fd, AAVMF_VARS.fd), attached as pflash unit 1 beside the firmware's code. Without
+   * it: x86_64 attaches the template with snapshot=on (writes go to a temporary overlay and are
+   * dropped); aarch64 boots QEMU_EFI.fd with -bios (variables in RAM only).
    */
   firmwareVars?: string;
+  /** Attach `disk` writable (the guest may write to it, as to a boot stick), not read-only. */
+  diskWritable?: boolean;
+  /** A reboot in the guest reboots the VM (no -no-reboot), as a machine does. Default false: qemu exits. */
+  reboot?: boolean;
+  /**
+   * User-mode networking (QEMU's slirp: the guest gets 10.0.2.15 by DHCP) on a virtio NIC, with
+   * these TCP ports forwarded from the host to the guest, each bound to `hostAddress` only.
+   */
+  forward?: Array<{ hostAddress: string; hostPort: number; guestPort: number }>;
+  /** A QMP control socket (a Unix socket QEMU listens on, without waiting for a client). */
+  qmpSocket?: string;
+  /**
+   * A virtio RNG fed from the host's /dev/urandom: the firmware's EFI_RNG_PROTOCOL gives the
+   * kernel a seed at boot (else, under TCG, whatever waits for randomness early, such as sshd or
+   * ssh-keygen, waits seconds for the kernel's RNG), as a machine's own RNG does.
+   */
+  rng?: boolean;
   /** Serial and the qemu monitor multiplexed on stdio (Ctrl-A X quits), for `ramroot qemu`. */
   interactive?: boolean;
   /**
@@ -82,13 +110,19 @@ export function qemuCommand(opts: QemuOptions): { cmd: string; args: string[] } 
   const spec = ARCH_SPECS[opts.arch];
   if (!spec) throw new Error(`qemu: unknown arch ${String(opts.arch)}`);
   if (!findInPath(spec.binary)) throw new Error(`qemu: ${spec.binary} not found: install the Debian package ${spec.qemuPackage}`);
-  for (const f of [spec.code, spec.vars, spec.bios]) {
+  // aarch64 with a variable store: the pflash pair instead of -bios.
+  const nvram = opts.firmwareVars && spec.bios ? spec.nvram : undefined;
+  for (const f of nvram ? [nvram.code] : [spec.code, spec.vars, spec.bios]) {
     if (f && !existsSync(f)) throw new Error(`qemu: firmware ${f} not found: install the Debian package ${spec.firmwarePackage}`);
   }
   const args = ["-accel", "tcg", ...spec.machine];
   args.push("-m", String(opts.memoryMiB ?? 1024), "-smp", String(opts.cpus ?? 1));
-  args.push("-nodefaults", "-display", "none", "-no-reboot");
-  if (spec.bios) args.push("-bios", spec.bios);
+  args.push("-nodefaults", "-display", "none");
+  if (!opts.reboot) args.push("-no-reboot");
+  if (nvram) {
+    args.push("-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${drivePath(nvram.code)}`);
+    args.push("-drive", `if=pflash,format=raw,unit=1,file=${drivePath(opts.firmwareVars!)}`);
+  } else if (spec.bios) args.push("-bios", spec.bios);
   if (spec.code) {
     args.push("-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${drivePath(spec.code)}`);
     args.push("-drive", opts.firmwareVars
@@ -97,12 +131,23 @@ export function qemuCommand(opts: QemuOptions): { cmd: string; args: string[] } 
   }
   // No boot menu wait (the aarch64 firmware otherwise waits 5 s).
   args.push("-boot", "menu=on,splash-time=0");
-  args.push("-drive", `if=none,id=boot,format=raw,readonly=on,file=${drivePath(opts.disk)}`);
+  args.push("-drive", `if=none,id=boot,format=raw${opts.diskWritable ? "" : ",readonly=on"},file=${drivePath(opts.disk)}`);
   args.push("-device", "virtio-blk-pci,drive=boot,bootindex=0");
   if (opts.persist) {
     args.push("-drive", `if=none,id=persist,format=raw,file=${drivePath(opts.persist)}`);
     args.push("-device", "virtio-blk-pci,drive=persist");
   }
+  if (opts.forward) {
+    const fwd = opts.forward.map((f) => {
+      if (!Number.isInteger(f.hostPort) || f.hostPort < 1 || f.hostPort > 65535 || !Number.isInteger(f.guestPort) || f.guestPort < 1 || f.guestPort > 65535)
+        throw new Error(`qemu: port forward ${f.hostAddress}:${f.hostPort} -> ${f.guestPort}: ports are 1 to 65535`);
+      if (!/^[0-9.]+$/.test(f.hostAddress)) throw new Error(`qemu: port forward from ${f.hostAddress}: give an IPv4 address (e.g. 127.0.0.1)`);
+      return `,hostfwd=tcp:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`;
+    });
+    args.push("-netdev", `user,id=net0${fwd.join("")}`, "-device", "virtio-net-pci,netdev=net0");
+  }
+  if (opts.rng) args.push("-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0");
+  if (opts.qmpSocket) args.push("-chardev", `socket,id=qmp,path=${drivePath(opts.qmpSocket)},server=on,wait=off`, "-mon", "chardev=qmp,mode=control");
   for (const [name, value] of Object.entries(opts.fwCfg ?? {})) {
     if (!/^opt\/[A-Za-z0-9._\/-]{1,50}$/.test(name)) throw new Error(`qemu: fw_cfg name ${name}: use opt/ followed by letters, digits, dots, dashes and slashes (at most 55 characters)`);
     args.push("-fw_cfg", `name=${name},string=${value.replace(/,/g, ",,")}`);

@@ -20,6 +20,7 @@ rc-update add networking boot
 
 rc-update add sshd default
 rc-update add srvmonitor default   # the status page on port 80 (system/cmd/srvmonitor, /etc/monitor.d)
+rc-update add acpid default     # the power button: /etc/acpi/PWRF/00000080 powers off cleanly
 rc-update add local default     # /etc/local.d/*.start
 
 rc-update add mount-ro shutdown
@@ -34,7 +35,13 @@ case "$(uname -m)" in
 esac
 grep -q "^$serial::" /etc/inittab || echo "$serial::respawn:/sbin/getty -L 115200 $serial vt100" >> /etc/inittab
 
-# Small edits, as the original does them: keys only, never passwords, for SSH.
+# Small edits, as the original does them: keys only, never passwords, for SSH; one host key, the
+# ed25519 one that the stack's secrets hold (system/secrets).
 if [ -f /etc/ssh/sshd_config ]; then
 	sed -i 's/^#*PasswordAuthentication .*/PasswordAuthentication no/' /etc/ssh/sshd_config
+	sed -i 's|^#*HostKey /etc/ssh/ssh_host_ed25519_key$|HostKey /etc/ssh/ssh_host_ed25519_key|' /etc/ssh/sshd_config
 fi
+# root's keys come from the skeleton (root/.ssh/authorized_keys), whose folders git keeps as 0755:
+# root's home is private, as sshd's StrictModes and Alpine have it.
+chmod 0700 /root /root/.ssh
+chmod 0600 /root/.ssh/authorized_keys

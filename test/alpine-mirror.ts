@@ -256,8 +256,23 @@ async function testTree(arch: Arch): Promise<TestTree | { unavailable: string }>
   const kver = info.KERNEL ?? fs.readdirSync(path.join(dir, "lib", "modules"))[0];
   const stub = arch === "x86_64" ? "linuxx64.efi.stub" : "linuxaa64.efi.stub";
   const rels = ["etc/ramroot-testsys", "sbin/openrc", "sbin/rc-update", "sbin/rc-service", `boot/vmlinuz-${kver}`, `boot/config-${kver}`, `usr/lib/systemd/boot/efi/${stub}`,
-    ...walkTree(dir, "etc/init.d"), ...walkTree(dir, `lib/modules/${kver}`)];
+    ...walkTree(dir, "etc/init.d"), ...walkTree(dir, `lib/modules/${kver}`), ...Object.values(debianFiles(dir, arch)).flat()];
   return { arch, dir, kver, stub, kernelPkg: info.KERNELPKG ?? "", stubPkg: info.STUBPKG ?? "", files: rels.filter((r) => fs.existsSync(path.join(dir, r)) || isLink(path.join(dir, r))).map((rel) => ({ rel, abs: path.join(dir, rel) })) };
+}
+
+/**
+ * The test tree's Debian programs (scripts/testsys.sh: install_debian_programs), by the synthetic
+ * package that carries them: glibc and the libraries they link against, OpenSSH, efibootmgr.
+ */
+function debianFiles(dir: string, arch: Arch): Record<"glibc" | "openssh" | "efibootmgr", string[]> {
+  const triplet = arch === "x86_64" ? "x86_64-linux-gnu" : "aarch64-linux-gnu";
+  const interp = arch === "x86_64" ? ["lib64", "lib64/ld-linux-x86-64.so.2"] : ["lib/ld-linux-aarch64.so.1"];
+  const has = (r: string) => fs.existsSync(path.join(dir, r)) || isLink(path.join(dir, r));
+  return {
+    glibc: [...walkTree(dir, `lib/${triplet}`), ...walkTree(dir, `usr/lib/${triplet}`), ...interp, "etc/nsswitch.conf"].filter(has),
+    openssh: ["usr/sbin/sshd", "usr/bin/ssh-keygen", "usr/lib/openssh", ...walkTree(dir, "usr/lib/openssh"), ...walkTree(dir, "etc/ssh")].filter(has),
+    efibootmgr: ["usr/sbin/efibootmgr"].filter(has),
+  };
 }
 
 /** Every path under root/rel (folders too), sorted. */
@@ -564,7 +579,13 @@ async function buildArch(arch: Arch, mini: string, tree: TestTree, key: Key, out
 //   mkinitfs             /sbin/mkinitfs writes a one-line marker, not an initramfs; its trigger
 //                        behaves as Alpine's; no features.d, initramfs-init or nlplug-findfs
 //   systemd-efistub      Debian's systemd-stub (bookworm: 252) at Alpine's path
-//   openssh, dosfstools  empty
+//   debian-glibc         Debian's glibc and the libraries the two below link against (the test
+//                        tree's lib/<triplet>, usr/lib/<triplet>, the ELF interpreter); not in Alpine
+//   openssh              Debian's sshd, sftp-server (at Debian's /usr/lib/openssh) and ssh-keygen,
+//                        the test tree's sshd_config (laid out as Alpine's); its sshd service is the
+//                        openrc stand-in's; no ssh client
+//   efibootmgr           Debian's efibootmgr at Alpine's /usr/sbin
+//   dosfstools           empty
 //   linux-firmware-none  empty, as Alpine's is
 
 const LABEL = "ramroot test fixture: synthetic stand-in, not an Alpine package:";
@@ -649,6 +670,7 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
     packager: "ramroot test fixture (synthetic)", ...m, desc: `${LABEL} ${m.desc}`,
   }, [...files, ...dirsOf(files)]];
   const present = (rel: string) => fs.existsSync(path.join(tree.dir, rel)) || isLink(path.join(tree.dir, rel));
+  const debian = debianFiles(tree.dir, arch);
 
   // alpine-release's files are genuine (the minirootfs has them, no package of its database owns them).
   const release = ["etc/alpine-release", "etc/issue", "etc/os-release"].filter((f) => !owned.has(f) && fs.existsSync(path.join(mini, f)));
@@ -680,7 +702,13 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
     pkg({ name: "systemd-efistub", version: debVersion(tree.stubPkg), origin: "systemd", license: "LGPL-2.1-or-later",
       desc: `Debian's systemd-stub (${tree.stubPkg}) at Alpine's path`,
     }, [copy(tree.dir, `usr/lib/systemd/boot/efi/${tree.stub}`)]),
-    pkg({ name: "openssh", version: "9.7_p1-r4", license: "BSD", desc: "empty: no ssh, sshd or sftp-server (Alpine's is a metapackage of openssh-client-default, openssh-server and openssh-sftp-server)" }),
+    pkg({ name: "debian-glibc", version: "2.36-r9", license: "LGPL-2.1-or-later", desc: "Debian's glibc and the libraries Debian's sshd, ssh-keygen and efibootmgr link against, from the test tree (Alpine has none of it: its programs use musl)" },
+      debian.glibc.map((r) => copy(tree.dir, r))),
+    pkg({ name: "openssh", version: "9.7_p1-r4", license: "BSD", depends: ["debian-glibc"],
+      desc: "Debian's sshd, sftp-server (/usr/lib/openssh) and ssh-keygen, with the test tree's sshd_config (Alpine's is a metapackage of openssh-client-default, openssh-server and openssh-sftp-server)",
+    }, debian.openssh.map((r) => copy(tree.dir, r))),
+    pkg({ name: "efibootmgr", version: "18-r2", license: "GPL-2.0-or-later", depends: ["debian-glibc"], desc: "Debian's efibootmgr (bookworm: 17) at Alpine's /usr/sbin/efibootmgr" },
+      debian.efibootmgr.map((r) => copy(tree.dir, r))),
     pkg({ name: "dosfstools", version: "4.2-r2", license: "GPL-3.0-or-later", desc: "empty: no mkfs.vfat or fsck.vfat" }),
     pkg({ name: "linux-firmware-none", version: "20240811-r0", origin: "linux-firmware", license: "custom", provides: ["linux-firmware-any"],
       desc: "empty, as Alpine's is: satisfies linux-firmware-any without firmware" }),

@@ -139,8 +139,10 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
   },
-  // Both trees, and their listings where they have one (a listing only saves the initramfs a walk).
-  artifacts: (p) => [p.path, p.packagesPath, { path: listingFile(p.path), optional: true }, { path: listingFile(p.packagesPath), optional: true }],
+  // The configured tree, and its listing where it has one (a listing only saves the initramfs a
+  // walk). The packages tree is checked when it is used, to configure a tree (Store.put); a file
+  // changed in place in it is changed in the configured tree too (they share it), and caught there.
+  artifacts: (p) => [p.path, { path: listingFile(p.path), optional: true }],
 });
 
 export class Rootfs extends pulumi.dynamic.Resource {

@@ -67,18 +67,20 @@ export const TEMPORARY = /\.tmp-(\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$/;
  * A file whose mtime is this recent is not remembered as checked: a write in the same clock
  * tick as the check would leave its stamp as it was (git's "racily clean").
  */
-const RACY_NS = 2_000_000_000n;
+const RACY_MS = 2000;
 
-/** [dev, ino, size, mtimeNs, ctimeNs], as text (ns do not fit a double). */
-type Stamp = [string, string, string, string, string];
-const stampOf = (st: fsSync.BigIntStats): Stamp => [String(st.dev), String(st.ino), String(st.size), String(st.mtimeNs), String(st.ctimeNs)];
-const sameStamp = (a: Stamp | undefined, b: Stamp) => !!a && a.length === 5 && a.every((v, i) => v === b[i]);
+/**
+ * A file's stamp, "dev:ino:size:mtimeMs:ctimeMs". The times are the doubles Node gives (a
+ * quarter of a microsecond apart at today's dates): reading nanoseconds (bigint stats) cost a
+ * third of a check of a large tree, for a precision nothing here needs.
+ */
+const stampOf = (st: fsSync.Stats): string => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
 interface VerifiedCache {
   /** The record this cache is about (a rebuilt artifact has a new record: the cache is void). */
   sum: string;
   /** Regular files by name ("" for a file artifact) and the stamp they had when found good. */
-  files: Record<string, Stamp>;
+  files: Record<string, string>;
 }
 
 /**
@@ -88,7 +90,7 @@ interface VerifiedCache {
  * inode, size and mtime are as this process last saw them is taken as the content it had, not
  * read again.
  */
-const knownInodes = new Map<string, { size: string; mtimeNs: string; sha256: string }>();
+const knownInodes = new Map<string, { size: number; mtimeMs: number; sha256: string }>();
 
 /** Dead temporaries are swept once per process and store, at its first build. */
 const swept = new Set<string>();
@@ -138,11 +140,13 @@ export class Store {
   }
 
   /** The record of an artifact's bytes, or undefined. */
-  async record(rel: string): Promise<ArtifactRecord | undefined> {
+  async record(rel: string, opts: { validate?: boolean } = {}): Promise<ArtifactRecord | undefined> {
     try {
       const r = JSON.parse(await fs.readFile(this.sumFile(rel), "utf8"));
       if (r?.type === "file" && /^[0-9a-f]{64}$/.test(r.sha256) && Number.isInteger(r.size)) return r;
-      if (r?.type === "tree" && /^[0-9a-f]{64}$/.test(r.sha256) && Array.isArray(r.entries) && treeDigest(r.entries) === r.sha256) return r;
+      // A tree record's own digest is checked by deep checks (store verify); a damaged entry
+      // otherwise only makes its file look changed, and the tree is made again.
+      if (r?.type === "tree" && /^[0-9a-f]{64}$/.test(r.sha256) && Array.isArray(r.entries) && (!opts.validate || treeDigest(r.entries) === r.sha256)) return r;
     } catch {
       // missing or unreadable: no record
     }
@@ -152,16 +156,17 @@ export class Store {
   /**
    * Compares the artifact with the record of its bytes. `deep` reads every byte (store verify);
    * otherwise a file whose stamp is the one it had when last found good is not read again.
-   * `linked`, right after this process linked the artifact's files into a new tree (which moves
-   * their ctimes), also takes a file this process read or recorded by inode, size and mtime.
+   * `remember` keeps what it found by inode, for a tree about to be linked from; `linked`, right
+   * after this process linked the artifact's files into a new tree (which moves their ctimes),
+   * also takes a file this process read or recorded by inode, size and mtime.
    * Records (booted/, deployed/) are checked for being there and readable JSON.
    */
-  async check(rel: string, opts: { deep?: boolean; linked?: boolean } = {}): Promise<Verdict> {
+  async check(rel: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean } = {}): Promise<Verdict> {
     const file = this.path(rel);
     const bad = (...problems: string[]): Verdict => ({ ok: false, missing: false, problems });
-    let st: fsSync.BigIntStats;
+    let st: fsSync.Stats;
     try {
-      st = fsSync.lstatSync(file, { bigint: true });
+      st = fsSync.lstatSync(file);
     } catch (e: any) {
       if (e.code === "ENOENT" || e.code === "ENOTDIR") return { ok: false, missing: true, problems: [`${file} is missing`] };
       return bad(`${file} cannot be read (${e.code ?? e.message})`);
@@ -174,101 +179,99 @@ export class Store {
         return bad(`${file} is not a readable record (${e.code ?? e.message})`);
       }
     }
-    let rec = await this.record(rel);
+    let rec = await this.record(rel, { validate: opts.deep });
     if (!rec) {
       rec = await this.adopt(rel, st);
       if (!rec) return bad(`${file} has no record of its bytes (sums/${rel}.json is missing or damaged), so nothing proves it is what was built`);
     }
+    const cached = opts.deep ? {} : this.readCache(rel, rec.sha256);
+    const fresh: Record<string, string> = {};
+    const racyBefore = Date.now() - RACY_MS;
+    let dirty = false;
+    /** Whether the file is what the record says (by its stamp, or read); notes its stamp. */
+    const proven = async (name: string, abs: string, s: fsSync.Stats, sha256: string): Promise<string | undefined> => {
+      const stamp = stampOf(s);
+      if (cached[name] === stamp || (opts.linked && this.knownAs(s, sha256))) {
+        if (opts.remember || opts.linked) this.remember(s, sha256);
+      } else {
+        const got = await hashCounted(abs);
+        this.remember(s, got);
+        if (got !== sha256) return `${abs} is not the bytes it was made with: sha256 ${got.slice(0, 16)}…, its record says ${sha256.slice(0, 16)}… (corrupted or changed)`;
+      }
+      if (s.mtimeMs < racyBefore) {
+        fresh[name] = stamp;
+        if (cached[name] !== stamp) dirty = true;
+      } else if (cached[name] !== undefined) dirty = true;
+      return undefined;
+    };
+    const good = (): Verdict => {
+      if (dirty || Object.keys(cached).length !== Object.keys(fresh).length) writeJsonSync(this.cacheFile(rel), { sum: rec.sha256, files: fresh } satisfies VerifiedCache);
+      return { ok: true, missing: false, problems: [] };
+    };
     if (rec.type === "file") {
       if (!st.isFile()) return bad(`${file} is not a file, as its record says it is`);
-      if (Number(st.size) !== rec.size) return bad(`${file} is ${st.size} bytes, its record says ${rec.size} (truncated or changed)`);
-      const cache = opts.deep ? undefined : this.readCache(rel, rec.sha256);
-      const stamp = stampOf(st);
-      if (sameStamp(cache?.files[""], stamp) || (opts.linked && this.knownAs(st, rec.sha256))) {
-        this.remember(st, rec.sha256);
-        return this.good(rel, rec.sha256, cache, { "": stamp });
-      }
-      const got = await hashCounted(file);
-      this.remember(st, got);
-      if (got !== rec.sha256) return bad(`${file} is not the bytes it was made with: sha256 ${got.slice(0, 16)}…, its record says ${rec.sha256.slice(0, 16)}… (corrupted or changed)`);
-      return this.good(rel, rec.sha256, cache, { "": stamp });
+      if (st.size !== rec.size) return bad(`${file} is ${st.size} bytes, its record says ${rec.size} (truncated or changed)`);
+      const problem = await proven("", file, st, rec.sha256);
+      return problem ? bad(problem) : good();
     }
     if (!st.isDirectory()) return bad(`${file} is not a folder, as its record says it is`);
-    const cache = opts.deep ? undefined : this.readCache(rel, rec.sha256);
     const problems: string[] = [];
-    const stamps: Record<string, Stamp> = {};
-    const seen = new Set<string>();
-    const byName = new Map(rec.entries.map((e) => [e[0], e]));
-    for (const { name, st: s } of listTree(file)) {
-      seen.add(name);
-      const abs = path.join(file, name);
-      const want = byName.get(name);
-      if (!want) {
-        problems.push(`${abs} is not in the record of ${rel} (added after it was made)`);
-        continue;
-      }
-      const [, mode, uid, gid, size, data] = want;
-      if (Number(s.mode) !== mode || Number(s.uid) !== uid || Number(s.gid) !== gid) {
-        problems.push(`${abs} is mode ${Number(s.mode).toString(8)} owner ${s.uid}:${s.gid}, its record says mode ${mode.toString(8)} owner ${uid}:${gid}`);
-        continue;
-      }
-      if (s.isFile()) {
-        if (Number(s.size) !== size) {
-          problems.push(`${abs} is ${s.size} bytes, its record says ${size} (truncated or changed)`);
+    const byName = new Map<string, TreeEntry | null>();
+    for (const e of rec.entries) byName.set(e[0], e);
+    // Every entry is looked at (a file changed in place moves only its own stamps); those found
+    // are crossed out of byName, so what is left is missing.
+    const visit = async (dir: string, prefix: string): Promise<void> => {
+      for (const n of fsSync.readdirSync(dir)) {
+        const name = prefix + n;
+        const abs = `${dir}/${n}`;
+        const s = fsSync.lstatSync(abs);
+        const want = byName.get(name);
+        if (s.isDirectory()) await visit(abs, `${name}/`);
+        if (!want) {
+          if (want === undefined) problems.push(`${abs} is not in the record of ${rel} (added after it was made)`);
           continue;
         }
-        const stamp = stampOf(s);
-        if (sameStamp(cache?.files[name], stamp) || (opts.linked && this.knownAs(s, data))) this.remember(s, data);
-        else {
-          const got = await hashCounted(abs);
-          this.remember(s, got);
-          if (got !== data) {
-            problems.push(`${abs} is not the bytes it was made with: sha256 ${got.slice(0, 16)}…, its record says ${data.slice(0, 16)}… (corrupted or changed)`);
-            continue;
+        byName.set(name, null);
+        const [, mode, uid, gid, size, data] = want;
+        if (s.mode !== mode || s.uid !== uid || s.gid !== gid) {
+          problems.push(`${abs} is mode ${s.mode.toString(8)} owner ${s.uid}:${s.gid}, its record says mode ${mode.toString(8)} owner ${uid}:${gid}`);
+        } else if (s.isFile()) {
+          if (s.size !== size) problems.push(`${abs} is ${s.size} bytes, its record says ${size} (truncated or changed)`);
+          else {
+            const problem = await proven(name, abs, s, data);
+            if (problem) problems.push(problem);
           }
+        } else if (s.isSymbolicLink()) {
+          const target = fsSync.readlinkSync(abs);
+          if (target !== data) problems.push(`${abs} links to ${target}, its record says ${data}`);
+        } else if (!s.isDirectory() && String(s.rdev) !== data) {
+          problems.push(`${abs} is device ${s.rdev}, its record says ${data}`);
         }
-        stamps[name] = stamp;
-      } else if (s.isSymbolicLink()) {
-        const target = fsSync.readlinkSync(abs);
-        if (target !== data) problems.push(`${abs} links to ${target}, its record says ${data}`);
-      } else if (!s.isDirectory() && String(s.rdev) !== data) {
-        problems.push(`${abs} is device ${s.rdev}, its record says ${data}`);
       }
-    }
-    for (const e of rec.entries) if (!seen.has(e[0])) problems.push(`${path.join(file, e[0])} is missing (its record of ${rel} lists it)`);
-    if (problems.length > 0) return bad(...problems);
-    return this.good(rel, rec.sha256, cache, stamps);
+    };
+    await visit(file, "");
+    for (const [name, e] of byName) if (e) problems.push(`${file}/${name} is missing (its record of ${rel} lists it)`);
+    return problems.length > 0 ? bad(...problems.sort()) : good();
   }
 
   /** Whether this process knows the inode's content (see knownInodes) to be `sha256`. */
-  private knownAs(st: fsSync.BigIntStats, sha256: string): boolean {
+  private knownAs(st: fsSync.Stats, sha256: string): boolean {
     const k = knownInodes.get(`${st.dev}:${st.ino}`);
-    return !!k && k.sha256 === sha256 && k.size === String(st.size) && k.mtimeNs === String(st.mtimeNs);
+    return !!k && k.sha256 === sha256 && k.size === st.size && k.mtimeMs === st.mtimeMs;
   }
 
-  private remember(st: fsSync.BigIntStats, sha256: string): void {
-    knownInodes.set(`${st.dev}:${st.ino}`, { size: String(st.size), mtimeNs: String(st.mtimeNs), sha256 });
+  private remember(st: fsSync.Stats, sha256: string): void {
+    knownInodes.set(`${st.dev}:${st.ino}`, { size: st.size, mtimeMs: st.mtimeMs, sha256 });
   }
 
-  /** A good check: the stamps found are remembered (except racy ones), when they changed. */
-  private good(rel: string, sum: string, cache: VerifiedCache | undefined, stamps: Record<string, Stamp>): Verdict {
-    const before = BigInt(Date.now()) * 1_000_000n - RACY_NS;
-    const files: Record<string, Stamp> = {};
-    for (const [name, s] of Object.entries(stamps)) if (BigInt(s[3]) < before) files[name] = s;
-    const old = cache?.files ?? {};
-    const same = Object.keys(files).length === Object.keys(old).length && Object.entries(files).every(([n, s]) => sameStamp(old[n], s));
-    if (!same) writeJsonSync(this.cacheFile(rel), { sum, files } satisfies VerifiedCache);
-    return { ok: true, missing: false, problems: [] };
-  }
-
-  private readCache(rel: string, sum: string): VerifiedCache | undefined {
+  private readCache(rel: string, sum: string): Record<string, string> {
     try {
       const c = JSON.parse(fsSync.readFileSync(this.cacheFile(rel), "utf8"));
-      if (c?.sum === sum && c.files && typeof c.files === "object") return c;
+      if (c?.sum === sum && c.files && typeof c.files === "object") return c.files;
     } catch {
       // no cache: read the files
     }
-    return undefined;
+    return {};
   }
 
   /**
@@ -276,7 +279,7 @@ export class Store {
    * builders/NAME-SHA: downloads checked against a pin) is recorded when its bytes have that
    * sha256. Anything else without a record is not trusted.
    */
-  private async adopt(rel: string, st: fsSync.BigIntStats): Promise<FileRecord | undefined> {
+  private async adopt(rel: string, st: fsSync.Stats): Promise<FileRecord | undefined> {
     const pinned = /-([0-9a-f]{64})$/.exec(rel)?.[1];
     if (!pinned || !st.isFile() || !/^(tools|builders)\//.test(rel)) return undefined;
     const got = await hashCounted(this.path(rel));
@@ -297,7 +300,8 @@ export class Store {
   async put(rel: string, write: (tmp: string) => Promise<void | { sha256: string; size: number }>, opts: { dir?: boolean; mode?: number } = {}): Promise<{ path: string; built: boolean; repaired?: string[] }> {
     const final = this.path(rel);
     await this.sweepOnce();
-    const verdict = await this.check(rel);
+    // A tree that is reused is then built from (linked): remember its inodes.
+    const verdict = await this.check(rel, { remember: opts.dir });
     if (verdict.ok) return { path: final, built: false };
     let repaired: string[] | undefined;
     if (!verdict.missing) {
@@ -483,13 +487,13 @@ function alive(pid: number, file: string): boolean {
 }
 
 /** Every entry below `root`, in name order, with its lstat. */
-function listTree(root: string): Array<{ name: string; st: fsSync.BigIntStats }> {
-  const out: Array<{ name: string; st: fsSync.BigIntStats }> = [];
+function listTree(root: string): Array<{ name: string; st: fsSync.Stats }> {
+  const out: Array<{ name: string; st: fsSync.Stats }> = [];
   const visit = (rel: string) => {
     const names = fsSync.readdirSync(rel ? path.join(root, rel) : root).sort();
     for (const n of names) {
       const name = rel ? `${rel}/${n}` : n;
-      const st = fsSync.lstatSync(path.join(root, name), { bigint: true });
+      const st = fsSync.lstatSync(`${root}/${name}`);
       out.push({ name, st });
       if (st.isDirectory()) visit(name);
     }
@@ -519,10 +523,10 @@ export async function recordTree(root: string): Promise<TreeRecord> {
       files++;
       bytes += Number(st.size);
       const k = knownInodes.get(`${st.dev}:${st.ino}`);
-      if (k && k.size === String(st.size) && k.mtimeNs === String(st.mtimeNs)) data = k.sha256;
+      if (k && k.size === st.size && k.mtimeMs === st.mtimeMs) data = k.sha256;
       else {
         data = await hashCounted(path.join(root, name));
-        knownInodes.set(`${st.dev}:${st.ino}`, { size: String(st.size), mtimeNs: String(st.mtimeNs), sha256: data });
+        knownInodes.set(`${st.dev}:${st.ino}`, { size: st.size, mtimeMs: st.mtimeMs, sha256: data });
       }
     } else if (st.isSymbolicLink()) data = fsSync.readlinkSync(path.join(root, name));
     else if (!st.isDirectory()) data = String(st.rdev);
@@ -581,8 +585,22 @@ export async function sha256File(file: string): Promise<string> {
   return h.digest("hex");
 }
 
-/** sha256File, counted in verifyStats. */
+/** sha256File, counted in verifyStats; a small file in one read (a stream costs more than it). */
 async function hashCounted(file: string): Promise<string> {
+  const fd = fsSync.openSync(file, "r");
+  try {
+    const size = fsSync.fstatSync(fd).size;
+    if (size <= 1 << 20) {
+      const buf = Buffer.allocUnsafe(size);
+      let n = 0;
+      for (let r; n < size && (r = fsSync.readSync(fd, buf, n, size - n, n)) > 0; ) n += r;
+      verifyStats.files++;
+      verifyStats.bytes += n;
+      return createHash("sha256").update(buf.subarray(0, n)).digest("hex");
+    }
+  } finally {
+    fsSync.closeSync(fd);
+  }
   const h = createHash("sha256");
   for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) {
     h.update(chunk as Buffer);

@@ -69,6 +69,9 @@ export function sftpFeatures(sftp: SFTPWrapper): { copyData: boolean; maxWrite: 
   return { copyData: s._extensions?.["copy-data"] === "1", maxWrite };
 }
 
+/** Socket errors that mean the connection went away: which one the OS reports first is a race. */
+const LOST = new Set(["EPIPE", "ECONNRESET", "ECONNABORTED"]);
+
 export class Session {
   readonly where: string;
   private failure?: Error;
@@ -135,7 +138,7 @@ export class Session {
         reject(new Error(`${s.where}: the private key cannot be used: ${(err as Error).message}`));
       }
     });
-    client.on("error", (e) => s.fail(e));
+    client.on("error", (e: NodeJS.ErrnoException) => s.fail(e.code && LOST.has(e.code) ? new Error(`connection closed (${e.message})`, { cause: e }) : e));
     client.on("close", () => s.fail(new Error("connection closed")));
     log(`connected to ${s.where} (host key ${blobFingerprint(presented!)})`);
     return s;

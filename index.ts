@@ -14,6 +14,7 @@ import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
 import { GoPrograms } from "./components/goprograms";
 import { hasGoModule } from "./src/golayer";
+import type { Probe } from "./src/probe";
 import { readSecretsDeclSync, saltCommand } from "./src/secrets";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
@@ -139,6 +140,7 @@ if (target === "qemu") {
     marker,
     timeoutSeconds: cfg.getNumber("bootTimeout"),
     memoryMiB: cfg.getNumber("qemuMemory"),
+    probes: cfg.getObject<Probe[]>("probes"),
     stack,
   });
   disk = media.disk;

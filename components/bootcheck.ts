@@ -12,6 +12,7 @@ import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { bootCheck } from "../src/qemu";
 import type { Arch } from "../src/bootmedia";
+import { parseProbes, type Probe } from "../src/probe";
 
 export interface BootCheckArgs {
   arch: pulumi.Input<string>;
@@ -25,11 +26,13 @@ export interface BootCheckArgs {
   timeoutSeconds?: pulumi.Input<number>;
   /** Guest memory. Default 1024 MiB; the kernel unpacks the initramfs into at most half of it. */
   memoryMiB?: pulumi.Input<number>;
+  /** HTTP probes of the guest's services once it reports healthy (ramroot:probes, src/probe.ts). */
+  probes?: pulumi.Input<Probe[]>;
   /** Who asked, for the record (the stack name). */
   stack: pulumi.Input<string>;
 }
 
-interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string }
+interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string; probes?: Probe[] }
 
 export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[] }
 
@@ -37,13 +40,20 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
   kind: "bootcheck",
   // 2: the health report, the clean power-off and the fsck are part of the check.
   version: 2,
-  hashKeys: ["arch", "diskHash", "marker"],
+  hashKeys: ["arch", "diskHash", "marker", "probes"],
   async validate(i) {
     if (isKnown(i.marker) && !i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
     if (i.timeoutSeconds !== undefined && isKnown(i.timeoutSeconds) && !(i.timeoutSeconds > 0)) throw new InputError("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
+    if (isKnown(i.probes)) {
+      try {
+        parseProbes(i.probes);
+      } catch (e: any) {
+        throw new InputError("probes", e.message);
+      }
+    }
   },
   async hash(i) {
-    return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker]));
+    return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : [])]));
   },
   async build(i, ctx) {
     ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU, waiting for "${i.marker}" and the health report`);
@@ -56,6 +66,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       memoryMiB: i.memoryMiB,
       health: true,
       powerOff: true,
+      probes: parseProbes(i.probes),
       // The guest's own lines, not the kernel's timestamped ones: progress without a flood.
       log: (line) => {
         if (/^ramroot(-health)?:/.test(line)) ctx.log(`console: ${line}`);
@@ -67,6 +78,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
     await ctx.store.writeRecord(`booted/${i.ukiSha256}.json`, record);
     await ctx.store.writeRecord(`booted-build/${i.buildId}.json`, record);
     await ctx.store.journal({ event: "booted", uki: i.ukiSha256, buildId: i.buildId, seconds: res.seconds });
+    for (const r of res.probes ?? []) ctx.log(`probe ${r.probe.service ?? `port ${r.probe.port}`}: GET ${r.probe.path} answered ${r.got} in ${(r.ms / 1000).toFixed(1)} s, as declared`);
     ctx.log(`build ${i.buildId} booted in ${res.seconds.toFixed(1)} s, reported healthy, powered off in ${(res.shutdownSeconds ?? 0).toFixed(1)} s; the persistence image is clean`);
     return { seconds: res.seconds, console: res.console.split("\n").slice(-40).join("\n"), health: res.health!.lines.join("\n"), shutdownSeconds: res.shutdownSeconds ?? 0 };
   },

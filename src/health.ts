@@ -37,6 +37,14 @@ export const HEALTH_HOOK_PATH = "etc/local.d/zz-ramroot-health.start";
 /** The fw_cfg item that asks the guest to power off after its report, and its value. */
 export const FW_CFG_AFTER_BOOT = "opt/org.ramroot/after-boot";
 export const FW_CFG_POWEROFF = "poweroff";
+/**
+ * The value that asks the guest to wait, after its report, until the host writes
+ * CONSOLE_POWEROFF on the serial console (the boot check probes the services meanwhile), then
+ * power off as with FW_CFG_POWEROFF; after WAIT_SECONDS without it, it powers off anyway.
+ */
+export const FW_CFG_WAIT_POWEROFF = "wait-then-poweroff";
+export const CONSOLE_POWEROFF = "ramroot-poweroff";
+export const WAIT_SECONDS = 600;
 const PREFIX = "ramroot-health:";
 
 /** Shell text: raw (backslashes stay), with \${ standing for the shell's own ${ (not interpolated). */
@@ -148,10 +156,25 @@ if ! [ -e "$cfg" ]; then
 		case "\${dev##*/}" in *QEMU0002* | *fw-cfg*) modprobe -q qemu_fw_cfg 2>/dev/null; break ;; esac
 	done
 fi
-if [ "$(cat "$cfg" 2>/dev/null)" = ${FW_CFG_POWEROFF} ]; then
+case "$(cat "$cfg" 2>/dev/null)" in
+${FW_CFG_POWEROFF})
 	echo "ramroot: powering off: QEMU asked for it through fw_cfg ${FW_CFG_AFTER_BOOT}" >/dev/console
 	poweroff
-fi
+	;;
+${FW_CFG_WAIT_POWEROFF})
+	# The host probes the services now, then writes ${CONSOLE_POWEROFF} on the serial console. The
+	# reader has a session of its own: the console is then not its controlling terminal, so no
+	# job control stops it. The boot has ended: busybox init starts no getty before this returns.
+	echo "ramroot: waiting for the host's probes; it says ${CONSOLE_POWEROFF} on the console (QEMU asked through fw_cfg ${FW_CFG_AFTER_BOOT})" >/dev/console
+	reader='while IFS= read -r line; do case "$line" in *${CONSOLE_POWEROFF}*) exit 0 ;; esac; done'
+	limit="" session=""
+	command -v timeout >/dev/null 2>&1 && limit="timeout ${WAIT_SECONDS}"
+	command -v setsid >/dev/null 2>&1 && session=setsid
+	$limit $session sh -c "$reader" </dev/console
+	echo "ramroot: powering off: the host is done (fw_cfg ${FW_CFG_AFTER_BOOT})" >/dev/console
+	poweroff
+	;;
+esac
 exit 0
 `;
 

@@ -18,6 +18,8 @@ import * as path from "node:path";
 
 import { checkPersistImage, type Arch } from "./bootmedia";
 import { FW_CFG_AFTER_BOOT, FW_CFG_POWEROFF, HEALTH_HOOK_PATH, parseHealth, type HealthReport } from "./health";
+import { CONSOLE_POWEROFF, FW_CFG_WAIT_POWEROFF } from "./health";
+import { freePort, probePorts, runProbe, type Probe, type ProbeResult } from "./probe";
 export type { Arch };
 
 interface ArchSpec {
@@ -188,6 +190,13 @@ export interface BootOptions {
   powerOff?: boolean;
   /** With powerOff: how long the guest may take from its report to qemu's exit. Default 60 s. */
   exitTimeoutMs?: number;
+  /**
+   * With powerOff: HTTP probes of the guest's services (src/probe.ts), made once it reports
+   * healthy. The guest gets user networking, each probed port forwarded from a free port on
+   * 127.0.0.1 only, and fw_cfg asks it to wait with its power-off (wait-then-poweroff) until the
+   * host writes CONSOLE_POWEROFF on the console, after the probes. A failed probe fails the check.
+   */
+  probes?: Probe[];
 }
 
 export interface BootResult {
@@ -202,6 +211,8 @@ export interface BootResult {
   shutdownSeconds?: number;
   /** With powerOff and a persistence disk: what fsck.vfat -n said about it afterwards. */
   fsck?: string;
+  /** With probes: each probe's result. */
+  probes?: ProbeResult[];
 }
 
 /** A failed boot check. `health` is the guest's report when it came. */
@@ -225,6 +236,7 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
   const timeoutMs = opts.timeoutMs ?? 180_000;
   const wantReport = !!(opts.health || opts.powerOff);
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-qemu-"));
+  let probed: ProbeResult[] | undefined;
   let w: Watched;
   let cmdline: string;
   try {
@@ -238,12 +250,24 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
     }
     await fs.access(opts.disk).catch(() => { throw new Error(`qemu: boot disk ${opts.disk} not found`); });
     if (opts.persist) await fs.access(opts.persist).catch(() => { throw new Error(`qemu: persistence disk ${opts.persist} not found`); });
-    const fwCfg = opts.powerOff ? { [FW_CFG_AFTER_BOOT]: FW_CFG_POWEROFF } : undefined;
-    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars, fwCfg });
+    // Probes: user networking, each probed guest port forwarded from a free port on 127.0.0.1.
+    const probing = opts.powerOff && opts.probes?.length ? await Promise.all(probePorts(opts.probes).map(async (g) => [g, await freePort()] as const)) : [];
+    const afterReport = probing.length ? async (report: HealthReport) => {
+      // Probed once the guest reports healthy; an unhealthy guest fails the check already.
+      if (report.result !== "ok") return;
+      const hostPort = new Map(probing);
+      probed = [];
+      for (const p of opts.probes!) {
+        const r = await runProbe(p, hostPort.get(p.port)!);
+        probed.push(r);
+      }
+    } : undefined;
+    const fwCfg = opts.powerOff ? { [FW_CFG_AFTER_BOOT]: probing.length ? FW_CFG_WAIT_POWEROFF : FW_CFG_POWEROFF } : undefined;
+    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars, fwCfg, ...(probing.length ? { forward: probing.map(([guestPort, hostPort]) => ({ hostAddress: "127.0.0.1", hostPort, guestPort })) } : {}) });
     cmdline = `${cmd} ${args.join(" ")}`;
     w = await watch(cmd, args, {
       marker: opts.marker, timeoutMs, wantReport, powerOff: !!opts.powerOff,
-      graceMs: opts.exitGraceMs ?? 3000, exitTimeoutMs: opts.exitTimeoutMs ?? 60_000, log: opts.log,
+      graceMs: opts.exitGraceMs ?? 3000, exitTimeoutMs: opts.exitTimeoutMs ?? 60_000, log: opts.log, afterReport,
     });
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
@@ -264,7 +288,7 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
     throw new BootCheckError(`qemu: "${marker}" appeared, but no health report (ramroot-health: lines) within ${timeoutMs / 1000} s: ${HEALTH_HINT}; ${tail}`);
   }
 
-  const problems = [...(w.report?.problems ?? [])];
+  const problems = [...(w.report?.problems ?? []), ...(probed ?? []).filter((r) => !r.ok).map((r) => r.problem!)];
   let fsck: string | undefined;
   if (opts.powerOff) {
     if (w.exitTimedOut) {
@@ -290,6 +314,7 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
     ...(w.report ? { health: w.report } : {}),
     ...(opts.powerOff && w.shutdownSeconds !== undefined ? { shutdownSeconds: w.shutdownSeconds } : {}),
     ...(fsck !== undefined ? { fsck } : {}),
+    ...(probed ? { probes: probed } : {}),
   };
 }
 
@@ -310,6 +335,8 @@ interface WatchOptions {
   graceMs: number;
   exitTimeoutMs: number;
   log?: (line: string) => void;
+  /** With powerOff: run once the report is in, before the guest is told (CONSOLE_POWEROFF) to power off. */
+  afterReport?: (report: HealthReport) => Promise<void>;
 }
 
 /** What happened to one qemu run; bootCheck turns it into a result or an error. */
@@ -363,9 +390,24 @@ function watch(cmd: string, args: string[], o: WatchOptions): Promise<Watched> {
     let after: NodeJS.Timeout | undefined;
     /** Marker (and report) seen: what is left is qemu's exit. */
     const done = () => w.seconds !== undefined && (!o.wantReport || w.report !== undefined);
+    let asked = false;
+    let told = false;
     const progress = () => {
       if (!done() || after) return;
       clearTimeout(timer);
+      if (o.powerOff && o.afterReport && !told && !exitedByItself()) {
+        // The guest waits (wait-then-poweroff): the probes, then the word on its console.
+        if (asked) return;
+        asked = true;
+        o.afterReport(w.report!).catch(() => {}).then(() => {
+          if (settled) return;
+          told = true;
+          reportAt = now();
+          child.stdin!.write(`${CONSOLE_POWEROFF}\n`);
+          progress();
+        });
+        return;
+      }
       if (exitedByItself()) {
         // The last lines came after qemu's exit event (its output is read until it closes).
         w.exited = { code: child.exitCode, signal: child.signalCode };

@@ -199,5 +199,5 @@ test("the release member carries the script and the hook, executable, in a folde
   // Both parse as POSIX sh; the hook asks QEMU's fw_cfg, and only powers off when told to.
   for (const f of [HEALTH_SCRIPT_PATH, HEALTH_HOOK_PATH]) execFileSync("dash", ["-n", path.join(out, f)]);
   assert.match(HEALTH_HOOK, /by_name\/opt\/org\.ramroot\/after-boot\/raw/);
-  assert.match(HEALTH_HOOK, /if \[ "\$\(cat "\$cfg" 2>\/dev\/null\)" = poweroff \]; then/);
+  assert.match(HEALTH_HOOK, /case "\$\(cat "\$cfg" 2>\/dev\/null\)" in\npoweroff\)\n[^;]*\n\tpoweroff\n\t;;\nwait-then-poweroff\)\n/);
 });

@@ -255,7 +255,7 @@ async function testTree(arch: Arch): Promise<TestTree | { unavailable: string }>
   const info = Object.fromEntries(fs.readFileSync(path.join(dir, "etc", "ramroot-testsys"), "utf8").split("\n").filter((l) => l.includes("=")).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
   const kver = info.KERNEL ?? fs.readdirSync(path.join(dir, "lib", "modules"))[0];
   const stub = arch === "x86_64" ? "linuxx64.efi.stub" : "linuxaa64.efi.stub";
-  const rels = ["etc/ramroot-testsys", "sbin/openrc", "sbin/rc-update", "sbin/rc-service", `boot/vmlinuz-${kver}`, `boot/config-${kver}`, `usr/lib/systemd/boot/efi/${stub}`,
+  const rels = ["etc/ramroot-testsys", "sbin/openrc", "sbin/rc-update", "sbin/rc-service", "sbin/openrc-run", `boot/vmlinuz-${kver}`, `boot/config-${kver}`, `usr/lib/systemd/boot/efi/${stub}`,
     ...walkTree(dir, "etc/init.d"), ...walkTree(dir, `lib/modules/${kver}`), ...Object.values(debianFiles(dir, arch)).flat()];
   return { arch, dir, kver, stub, kernelPkg: info.KERNELPKG ?? "", stubPkg: info.STUBPKG ?? "", files: rels.filter((r) => fs.existsSync(path.join(dir, r)) || isLink(path.join(dir, r))).map((rel) => ({ rel, abs: path.join(dir, rel) })) };
 }
@@ -572,8 +572,8 @@ async function buildArch(arch: Arch, mini: string, tree: TestTree, key: Key, out
 //                        busybox-openrc, busybox-mdev-openrc)
 //   alpine-release       Alpine's own three files, from the minirootfs (no package there owns them)
 //   busybox-suid         empty: no /bin/bbsuid, so no setuid applets
-//   openrc               the test tree's busybox-sh stand-in (openrc, rc-update, rc-service, and its
-//                        etc/init.d/*): no openrc-run, no service dependencies or supervision
+//   openrc               the test tree's busybox-sh stand-in (openrc, rc-update, rc-service, a small
+//                        openrc-run, and its etc/init.d/*): no service dependencies or supervision
 //   linux-lts            Debian's kernel and the test tree's module subset; kernel.release holds
 //                        Debian's release name (6.1.0-56-arm64, not 6.6.x-0-lts); no System.map
 //   mkinitfs             /sbin/mkinitfs writes a one-line marker, not an initramfs; its trigger
@@ -686,7 +686,7 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
       desc: "empty: Alpine's has /bin/bbsuid, the setuid helper for busybox applets" }),
     pkg({ name: "openrc", version: "0.54-r1", license: "BSD-2-Clause",
       desc: "the test system's OpenRC stand-in (busybox sh) from scripts/testsys.sh, not OpenRC",
-    }, ["sbin/openrc", "sbin/rc-update", "sbin/rc-service", ...tree.files.map((f) => f.rel).filter((r) => r.startsWith("etc/init.d/"))].filter(present).map((r) => copy(tree.dir, r))),
+    }, ["sbin/openrc", "sbin/rc-update", "sbin/rc-service", "sbin/openrc-run", ...tree.files.map((f) => f.rel).filter((r) => r.startsWith("etc/init.d/"))].filter(present).map((r) => copy(tree.dir, r))),
     pkg({ name: "linux-lts", version: debVersion(tree.kernelPkg), license: "GPL-2.0-only", depends: ["initramfs-generator", "linux-firmware-any"],
       desc: `Debian's kernel ${tree.kver} (${tree.kernelPkg}) laid out as Alpine's linux-lts, with the test tree's subset of its modules`,
     }, [

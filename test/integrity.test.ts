@@ -179,11 +179,11 @@ test("the store proves its contents: damaged artifacts are named by preview and 
   await t.test("rm -rf .ramroot/store, then up: everything is made again and booted again; the outputs name files that exist", async () => {
     fs.rmSync(store, { recursive: true, force: true });
     const steps = await p.previewSteps("qemu");
-    assert.deepEqual(steps, ["update boot", "update initramfs", "update media", "update rootfs", "update uki"]);
+    assert.deepEqual(steps, ["update boot", "update goprograms", "update initramfs", "update media", "update rootfs", "update uki"]);
     const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(res.stdout, /5 updated/);
+    assert.match(res.stdout, /6 updated/);
     const kindsBuilt = [...new Set(built(p, 0).map((a) => a.split("/")[0]))].sort();
-    assert.deepEqual(kindsBuilt, ["disk", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
+    assert.deepEqual(kindsBuilt, ["disk", "goprograms", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
     assert.equal(boots(p, 0), 1);
     const now = await outputs(p, "qemu");
     for (const f of [now.ukiPath, now.disk]) assert.ok(fs.existsSync(f), `${f} does not exist`);
@@ -231,7 +231,7 @@ test("the store proves its contents: damaged artifacts are named by preview and 
 
     const mark = p.journal().length;
     const q = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(q.stdout, /6 unchanged/);
+    assert.match(q.stdout, /7 unchanged/);
     await p.pulumi(["up", "--yes", "--stack", "production"]);
     assert.deepEqual(built(p, mark), [], "a stack rebuilt something after gc");
   });

@@ -16,13 +16,13 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
   await t.test("qemu: init, preview shows creates", async () => {
     await p.pulumi(["stack", "init", "qemu"]);
     const steps = await p.previewSteps("qemu");
-    assert.deepEqual(steps, ["create boot", "create initramfs", "create media", "create rootfs", "create uki"]);
+    assert.deepEqual(steps, ["create boot", "create goprograms", "create initramfs", "create media", "create rootfs", "create uki"]);
   });
 
   await t.test("qemu: up creates and boots", async () => {
     const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(res.stdout, /6 created/);
-    assert.deepEqual([...new Set(built(p, 0))].sort(), ["disk", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
+    assert.match(res.stdout, /7 created/);
+    assert.deepEqual([...new Set(built(p, 0))].sort(), ["disk", "goprograms", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
     assert.equal(boots(p, 0), 1);
   });
 
@@ -30,7 +30,7 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
     assert.deepEqual(await p.previewSteps("qemu"), []);
     const mark = p.journal().length;
     const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(res.stdout, /6 unchanged/);
+    assert.match(res.stdout, /7 unchanged/);
     assert.deepEqual(built(p, mark), []);
     assert.equal(boots(p, mark), 0);
   });
@@ -38,7 +38,7 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
   await t.test("production: its own config, every artifact reused from the shared store", async () => {
     await p.pulumi(["stack", "init", "production"]);
     await p.pulumi(["config", "set", "ramroot:target", "production", "--stack", "production"]);
-    assert.deepEqual(await p.previewSteps("production"), ["create initramfs", "create rootfs", "create uki"]);
+    assert.deepEqual(await p.previewSteps("production"), ["create goprograms", "create initramfs", "create rootfs", "create uki"]);
     const mark = p.journal().length;
     const res = await p.pulumi(["up", "--yes", "--stack", "production"]);
     assert.match(res.stdout, /reused/);

@@ -332,7 +332,7 @@ test("validation errors from pulumi preview name the file and the fix, and nothi
 
   await t.test("nothing was built, and the restored system previews cleanly", async () => {
     assert.deepEqual(built(p, 0), []);
-    assert.deepEqual(await p.previewSteps("qemu"), ["create boot", "create initramfs", "create media", "create rootfs", "create uki"]);
+    assert.deepEqual(await p.previewSteps("qemu"), ["create boot", "create goprograms", "create initramfs", "create media", "create rootfs", "create uki"]);
   });
 });
 

@@ -269,7 +269,8 @@ function debianFiles(dir: string, arch: Arch): Record<"glibc" | "openssh" | "efi
   const interp = arch === "x86_64" ? ["lib64", "lib64/ld-linux-x86-64.so.2"] : ["lib/ld-linux-aarch64.so.1"];
   const has = (r: string) => fs.existsSync(path.join(dir, r)) || isLink(path.join(dir, r));
   return {
-    glibc: [...walkTree(dir, `lib/${triplet}`), ...walkTree(dir, `usr/lib/${triplet}`), ...interp, "etc/nsswitch.conf"].filter(has),
+    // Not etc/nsswitch.conf: alpine-baselayout-data owns one (hosts only; glibc looks the rest up in the files).
+    glibc: [...walkTree(dir, `lib/${triplet}`), ...walkTree(dir, `usr/lib/${triplet}`), ...interp].filter(has),
     openssh: ["usr/sbin/sshd", "usr/bin/ssh-keygen", "usr/lib/openssh", ...walkTree(dir, "usr/lib/openssh"), ...walkTree(dir, "etc/ssh")].filter(has),
     efibootmgr: ["usr/sbin/efibootmgr"].filter(has),
   };

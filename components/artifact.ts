@@ -97,9 +97,11 @@ function inputArtifacts(store: Store, inputs: Record<string, any>): string[] {
  * What is wrong with the artifacts a resource made (its `artifacts`), one line each; empty when
  * every one is there and matches its record.
  */
-export async function damaged(spec: Pick<ArtifactSpec<any, any>, "artifacts">, props: Record<string, any>, store: Store): Promise<string[]> {
+export async function damaged(spec: Pick<ArtifactSpec<any, any>, "artifacts">, props: Record<string, any>, store: Store, inputs: Record<string, any> = {}): Promise<string[]> {
   const out: string[] = [];
-  for (const a of spec.artifacts?.(props as any, store) ?? []) {
+  // Without a list of its own: the store artifacts among the resource's outputs.
+  const outputs = Object.fromEntries(Object.entries(props).filter(([k]) => !(k in inputs)));
+  for (const a of spec.artifacts?.(props as any, store) ?? inputArtifacts(store, outputs).map((rel) => store.path(rel))) {
     const p = typeof a === "string" ? a : a.path;
     const rel = typeof p === "string" ? store.relOf(p) : undefined;
     if (!rel) continue;
@@ -181,7 +183,7 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       if (changed || other) return { changes: true };
       // Unchanged inputs, but what was made is gone or damaged in the store: made again.
       const ctx = context(name(olds));
-      const bad = await damaged(spec, olds, ctx.store);
+      const bad = await damaged(spec, olds, ctx.store, news);
       for (const line of bad) ctx.log(`${line}: \`pulumi up\` makes it again`);
       return { changes: bad.length > 0 };
     },

@@ -177,13 +177,16 @@ test("the store proves its contents: damaged artifacts are named by preview and 
   });
 
   await t.test("rm -rf .ramroot/store, then up: everything is made again and booted again; the outputs name files that exist", async () => {
+    // Every resource of the stack made something in the store (the boot check: its record).
+    const resources = JSON.parse((await p.pulumi(["stack", "export", "--stack", "qemu"])).stdout).deployment.resources
+      .filter((r: any) => r.type.startsWith("pulumi-nodejs:dynamic/")).map((r: any) => `update ${r.urn.split("::").pop()}`).sort();
     fs.rmSync(store, { recursive: true, force: true });
     const steps = await p.previewSteps("qemu");
-    assert.deepEqual(steps, ["update boot", "update goprograms", "update initramfs", "update media", "update rootfs", "update uki"]);
+    assert.deepEqual(steps, resources);
     const res = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(res.stdout, /6 updated/);
-    const kindsBuilt = [...new Set(built(p, 0).map((a) => a.split("/")[0]))].sort();
-    assert.deepEqual(kindsBuilt, ["disk", "goprograms", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]);
+    assert.match(res.stdout, new RegExp(`${resources.length} updated`));
+    const kindsBuilt = new Set(built(p, 0).map((a) => a.split("/")[0]));
+    for (const k of ["disk", "initramfs", "release", "rootfs", "rootfs-packages", "segments", "uki"]) assert.ok(kindsBuilt.has(k), `no ${k} made again`);
     assert.equal(boots(p, 0), 1);
     const now = await outputs(p, "qemu");
     for (const f of [now.ukiPath, now.disk]) assert.ok(fs.existsSync(f), `${f} does not exist`);
@@ -231,7 +234,8 @@ test("the store proves its contents: damaged artifacts are named by preview and 
 
     const mark = p.journal().length;
     const q = await p.pulumi(["up", "--yes", "--stack", "qemu"]);
-    assert.match(q.stdout, /7 unchanged/);
+    assert.match(q.stdout, /\d+ unchanged/);
+    assert.doesNotMatch(q.stdout, /updated|created/);
     await p.pulumi(["up", "--yes", "--stack", "production"]);
     assert.deepEqual(built(p, mark), [], "a stack rebuilt something after gc");
   });

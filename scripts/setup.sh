@@ -49,6 +49,12 @@ node_modules/.bin/node -e 'if (+process.versions.node.split(".")[0] < 22) { cons
 export RAMROOT_CACHE=${RAMROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ramroot}
 export PULUMI_VERSION=${PULUMI_VERSION:-3.274.1}
 bin=$(bash scripts/provision-pulumi.sh)
+# Go, for the system's own programs (system/go.mod; README: Go programs): a Go 1.21 or later as it
+# is, else the toolchain go.mod names, fetched from the Go module proxy (scripts/provision-go.sh).
+if [ -f system/go.mod ]; then
+	gobin=$(bash scripts/provision-go.sh "$here/system")
+	echo "setup: Go for system/go.mod: $gobin/go ($(GOTOOLCHAIN=local "$gobin/go" env GOVERSION))"
+fi
 # An installed CLI bundles the dynamic-provider launcher; a built one gets it from node_modules.
 if [ -w "$bin" ] && [ ! -x "$bin/pulumi-resource-pulumi-nodejs" ]; then
 	install -m 0755 node_modules/@pulumi/pulumi/pulumi-resource-pulumi-nodejs "$bin/"

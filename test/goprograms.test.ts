@@ -111,7 +111,8 @@ test("a cmd/ folder that is not a main package is named in preview; a compile er
   assert.deepEqual(listStore(s.store).filter((f) => f.startsWith("goprograms/") || f.startsWith("sums/goprograms/") || f.includes(".tmp")), [], "something of the failed build is in the store");
 });
 
-test("a system folder with a go.mod on a machine without Go: preview says how to get it", async (t) => {
+test("a system folder with a go.mod on a machine without Go: preview says how to get it; the Go npm run setup provisions is found", async (t) => {
+  const goDir = path.dirname(findGo().go);
   const empty = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-nogo-"));
   const noGoPath = (process.env.PATH ?? "").split(":").filter((d) => d && !fs.existsSync(path.join(d, "go"))).join(":");
   const s = scratch(t, { PATH: noGoPath, RAMROOT_CACHE: empty });
@@ -119,6 +120,10 @@ test("a system folder with a go.mod on a machine without Go: preview says how to
   const c = await check({ system: s.system, arch: "aarch64" });
   assert.equal(c.failures?.length, 1);
   assert.match(c.failures![0].reason, /building the system's Go programs needs Go, and there is none on PATH: run `npm run setup` .*golang-go.*module proxy.*or install Go 1\.21 or later from https:\/\/go\.dev\/dl\//);
+  // What npm run setup provisions (scripts/provision-go.sh) is found through RAMROOT_CACHE/go-bin.
+  fs.writeFileSync(path.join(empty, "go-bin"), `${goDir}\n`);
+  assert.deepEqual((await check({ system: s.system, arch: "aarch64" })).failures ?? [], []);
+  assert.equal(findGo().go, path.join(goDir, "go"));
 });
 
 test("the same source built twice, in two stores and with two build caches (one cold), gives the same bytes; the warm cache is reused", { timeout: 20 * 60_000 }, async (t) => {

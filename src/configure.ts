@@ -29,6 +29,7 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { removeTree } from "./store";
+import { goOwned } from "./golayer";
 
 export interface ConfigureOptions {
   /** The stage-1 tree (read only: it is linked, never written). */
@@ -163,6 +164,11 @@ interface NamespaceJob {
   listings?: string;
   /** With `overlay`: the file made when the overlay cannot be mounted (setup.sh has not run then). */
   noOverlay?: string;
+  /**
+   * Paths under /mnt that setup.sh does not see: the Go module's files (src/golayer.ts), which are
+   * not part of this stage's key. A folder is covered by an empty read-only tmpfs, a file by /dev/null.
+   */
+  hide?: string[];
 }
 
 const run = (cmd: string, ...args: string[]) => {
@@ -210,6 +216,11 @@ async function inNamespace(job: NamespaceJob): Promise<number> {
     copyTools(path.join(m, TOOLS));
     mount("mnt", "--bind", job.bind);
     run("mount", "-o", "remount,bind,ro", path.join(m, "mnt"));
+    for (const rel of job.hide ?? []) {
+      const st = fsSync.lstatSync(path.join(m, "mnt", rel), { throwIfNoEntry: false });
+      if (st?.isDirectory()) mount(path.join("mnt", rel), "-t", "tmpfs", "-o", "ro,size=4k,mode=0755", "ramroot-hidden");
+      else if (st?.isFile()) mount(path.join("mnt", rel), "--bind", "/dev/null");
+    }
     const args = ["--pid", "--uts", "--ipc", "--fork", "--kill-child", `--mount-proc=${path.join(m, "proc")}`, ...(job.network ? [] : ["--net"]), "--", "/bin/sh", "-c", PID1, "pid1", m, job.script, KEPT_CAPS.join(",+")];
     status = await new Promise<number>((resolve) => {
       const child = spawn("unshare", args, { stdio: ["ignore", "inherit", "inherit"] });
@@ -264,7 +275,7 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
     const ov = overlay ? { upper: path.join(scratch, "upper"), work: path.join(scratch, "work"), merged: path.join(scratch, "merged") } : undefined;
     for (const d of ov ? [ov.upper, ov.work, ov.merged] : []) await fs.mkdir(d);
     const job: NamespaceJob = {
-      tree: o.out, overlay: ov, network: o.network, bind: path.dirname(o.setup), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
+      tree: o.out, overlay: ov, network: o.network, bind: path.dirname(o.setup), hide: goOwned(path.dirname(o.setup)), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
     };
     // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
     const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };

@@ -23,7 +23,7 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { NewcRecord } from "./newc";
-import { runSegment, type Compression } from "./compress-worker";
+import type { Compression } from "./compress-worker";
 
 /** GOARCH for ramroot:arch. */
 export const GOARCH: Record<string, string> = { aarch64: "arm64", x86_64: "amd64" };
@@ -321,6 +321,8 @@ export async function writeGoSegment(tree: string, out: string, compression: Com
     records.push(rec(`${BIN_DIR}/${n}`, 0o100755, st.size, src));
   }
   const lvl = compression === "none" ? 0 : level ?? (compression === "zstd" ? 3 : 6);
+  // Loaded here: configure's namespace helper imports this file for goOwned alone.
+  const { runSegment } = require("./compress-worker") as typeof import("./compress-worker");
   await runSegment({ records, compression, level: lvl, out });
 }
 

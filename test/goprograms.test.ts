@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { Project, repo } from "./project";
 import { handlers as goprograms } from "../components/goprograms";
 import { configureHash } from "../src/rootfs";
+import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
 import { findGo, goBuildCache, goOwned, layerProblem } from "../src/golayer";
 import { parseProbes, runProbe } from "../src/probe";
 import { CONSOLE_POWEROFF, FW_CFG_WAIT_POWEROFF, HEALTH_HOOK } from "../src/health";
@@ -86,6 +87,32 @@ test("the Go layer's hash: known in preview from the module's files, the arch an
   fs.writeFileSync(path.join(s.system, "root/etc/monitor.d/extra"), "#!/bin/sh\necho extra\n", { mode: 0o755 });
   assert.notEqual(await stage2(), before);
   assert.equal((await check(inputs)).inputs!.hash, c);
+});
+
+test("setup.sh does not see the Go module at /mnt (it is not part of the configure stage's key); it sees the rest of the system folder", { timeout: 5 * 60_000 }, async (t) => {
+  const problem = hostProblem("x86_64");
+  if (problem) {
+    t.skip(problem);
+    return;
+  }
+  const s = scratch(t);
+  const stage1 = path.join(s.dir, "stage1");
+  const base = execFileSync("bash", [path.join(repo, "scripts", "testsys.sh"), "x86_64"], { encoding: "utf8" }).trim().split("\n").pop()!;
+  execFileSync("cp", ["-a", `${base}/.`, stage1]);
+  fs.writeFileSync(path.join(s.system, "notes.txt"), "not Go\n");
+  fs.writeFileSync(path.join(s.system, "setup.sh"), [
+    "#!/bin/sh -e",
+    'echo "cmd: $(ls -A /mnt/cmd/srvmonitor | wc -l) go.mod: $(wc -c < /mnt/go.mod) notes: $(cat /mnt/notes.txt) packages: $(test -f /mnt/packages && echo yes)"',
+    "",
+  ].join("\n"), { mode: 0o755 });
+  const out = path.join(s.dir, "out");
+  fs.mkdirSync(out);
+  const lines: string[] = [];
+  await configureRootfs({ packages: stage1, skeleton: path.join(s.system, "root"), setup: path.join(s.system, "setup.sh"), arch: "x86_64", out, log: (l) => lines.push(l) });
+  assert.ok(lines.some((l) => l.includes("cmd: 0 go.mod: 0 notes: not Go packages: yes")), lines.join("\n"));
+  // The module is still there for the Go build.
+  assert.ok(fs.readFileSync(path.join(s.system, "go.mod"), "utf8").length > 0);
+  assert.deepEqual(await mountsUnder(s.dir), [], "a mount was left");
 });
 
 test("a cmd/ folder that is not a main package is named in preview; a compile error stops the build with the compiler's messages and leaves nothing in the store", async (t) => {

@@ -71,10 +71,12 @@ size_of() {
 	if [ -f "$1" ]; then stat -L -c %s -- "$1" 2>/dev/null || wc -c <"$1"; else printf -; fi
 }
 
-# Whether two paths name one file (hard links); false when stat cannot tell.
+# Whether two paths name one file (hard links); false when stat cannot tell. One stat for both:
+# its two lines "DEV:INODE", the first and the last.
 same_file() {
-	id1=$(stat -L -c %d:%i -- "$1" 2>/dev/null) && id2=$(stat -L -c %d:%i -- "$2" 2>/dev/null) &&
-		[ -n "$id1" ] && [ "$id1" = "$id2" ]
+	ids=$(stat -L -c %d:%i -- "$1" "$2" 2>/dev/null) || return 1
+	first=${ids%%[!0-9:]*} last=${ids##*[!0-9:]}
+	[ -n "$first" ] && [ "$first" != "$ids" ] && [ "$first" = "$last" ]
 }
 
 # Flush the named files where sync takes names (GNU, busybox >= 1.27), else everything.

@@ -202,7 +202,7 @@ export async function verifyStore(store: Store, opts: { deep: boolean; onResult?
   const results: VerifyResult[] = [];
   for (const rel of await store.artifacts()) {
     let verdict = await store.check(rel, { deep: opts.deep });
-    if (verdict.ok && opts.deep && /^segments\/.*\.(zst|gz)$/.test(rel)) {
+    if (verdict.ok && opts.deep && /\.cpio\.(zst|gz)$/.test(rel)) {
       const problem = await decompressProblem(store.path(rel));
       if (problem) verdict = { ok: false, missing: false, problems: [problem] };
     }

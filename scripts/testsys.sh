@@ -454,7 +454,7 @@ running() { [ -n "${pidfile:-}" ] && [ -s "$pidfile" ] && kill -0 "$(cat "$pidfi
 default_start() {
 	[ -n "${command:-}" ] || return 0
 	[ -x "$command" ] || { eerror "$RC_SVCNAME: $command does not exist or is not executable"; return 1; }
-	ebegin "Starting ${name:-$RC_SVCNAME}"
+	# No "Starting NAME ...": rc-service says it (as OpenRC says it once).
 	if yesno "${command_background:-no}"; then
 		[ -n "${pidfile:-}" ] || { eerror "$RC_SVCNAME: command_background needs a pidfile"; return 1; }
 		mkdir -p "${pidfile%/*}"
@@ -472,7 +472,6 @@ default_start() {
 }
 default_stop() {
 	[ -n "${pidfile:-}" ] && [ -s "$pidfile" ] || return 0
-	ebegin "Stopping ${name:-$RC_SVCNAME}"
 	pid=$(cat "$pidfile")
 	kill -TERM "$pid" 2>/dev/null
 	i=0

@@ -392,6 +392,13 @@ function watch(cmd: string, args: string[], o: WatchOptions): Promise<Watched> {
     const done = () => w.seconds !== undefined && (!o.wantReport || w.report !== undefined);
     let asked = false;
     let told = false;
+    /** wait-then-poweroff: the host's word on the guest's console (a tty keeps the line until the guest reads it). */
+    const tell = () => {
+      if (told || settled) return;
+      told = true;
+      reportAt = now();
+      child.stdin!.write(`${CONSOLE_POWEROFF}\n`);
+    };
     const progress = () => {
       if (!done() || after) return;
       clearTimeout(timer);
@@ -401,9 +408,7 @@ function watch(cmd: string, args: string[], o: WatchOptions): Promise<Watched> {
         asked = true;
         o.afterReport(w.report!).catch(() => {}).then(() => {
           if (settled) return;
-          told = true;
-          reportAt = now();
-          child.stdin!.write(`${CONSOLE_POWEROFF}\n`);
+          tell();
           progress();
         });
         return;
@@ -432,6 +437,10 @@ function watch(cmd: string, args: string[], o: WatchOptions): Promise<Watched> {
         if (/ramroot-health:\s*result /.test(line)) {
           w.report = parseHealth(reportLines.join("\n"));
           if (w.report) reportAt = now();
+          // Nothing to probe in a guest that did not come up or is not healthy: it powers off
+          // at once, as it does without probes (a guest left waiting would be killed, its
+          // persistence disk left dirty).
+          if (w.report && o.powerOff && o.afterReport && (w.seconds === undefined || w.report.result !== "ok")) tell();
         }
       }
       const fatal = !done() && FATAL.find(([re]) => re.test(line));

@@ -65,7 +65,7 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
   await t.test("destroy removes the stacks' resources and keeps the store and the persistence disk", async () => {
     const q = JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", "qemu"])).stdout);
     const res = await p.pulumi(["destroy", "--yes", "--stack", "qemu"]);
-    assert.match(res.stdout, /6 deleted/);
+    assert.match(res.stdout, /7 deleted/);
     assert.match(res.stdout, /persistence disk .* is kept/);
     await p.pulumi(["destroy", "--yes", "--stack", "production"]);
     assert.ok(fs.existsSync(q.persist), "the persistence disk was deleted");

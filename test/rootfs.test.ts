@@ -201,7 +201,7 @@ test("offline base, aarch64: skeleton and setup.sh in a foreign-architecture chr
   assert.equal(stage(built(p, 0), "rootfs-packages").length, 1);
   assert.match(res.stdout, /console: ramroot: skeleton says from the skeleton/);
   assert.match(res.stdout, /console: ramroot: setup.sh says ran in a chroot on aarch64/);
-  assert.match(res.stdout, /console: ramroot: default runlevel: local sshd/);
+  assert.match(res.stdout, /console: ramroot: default runlevel: acpid local srvmonitor sshd/);
   const o = JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", "qemu"])).stdout);
   const tree = path.join(p.dir, ".ramroot", "store", "rootfs", o.rootfsHash);
   assert.equal(fs.readlinkSync(path.join(tree, "etc", "runlevels", "default", "sshd")), "/etc/init.d/sshd");

@@ -60,8 +60,8 @@ export const ARTIFACT_KINDS = ["rootfs-packages", "rootfs", "segments", "initram
 /** Folders of JSON records written by writeRecord: checked for being there and readable. */
 const RECORD_KINDS = ["booted", "booted-build", "deployed"];
 
-/** `<name>.tmp-<pid>-<8 hex>`, possibly with a suffix of the temporary's own (`.repositories`). */
-export const TEMPORARY = /\.tmp-(\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$/;
+/** `<name>.tmp-<pid>-<8 hex>`, possibly with a suffix of the temporary's own (`.repositories`, setup.sh's `.setup-XXXXXX`). */
+export const TEMPORARY = /\.tmp-(\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9-]+)?$/;
 
 /**
  * A file whose mtime is this recent is not remembered as checked: a write in the same clock

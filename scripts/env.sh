@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by ramroot's scripts: puts Node >= 22 and the provisioned Pulumi CLI first on PATH
 # and sets the defaults of a local, offline-friendly Pulumi setup. Every default can be
 # overridden from the environment.

@@ -2,6 +2,8 @@
 # Runs the provisioned Pulumi CLI with ramroot's defaults (scripts/env.sh), selecting or
 # creating the stack given with --stack, so that `npm run up` works on a fresh clone.
 set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 cd "$here"
 command -v pulumi >/dev/null || { echo "pulumi: not provisioned; run npm run setup" >&2; exit 1; }

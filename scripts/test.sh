@@ -3,6 +3,8 @@
 # `npm test` builds first (pretest). Extra arguments select test files, e.g.
 # `npm test -- dist/test/uki.test.js`.
 set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/env.sh
 . "$(dirname "$0")/env.sh"
 cd "$here"
 command -v pulumi >/dev/null || { echo "test: the Pulumi CLI is not provisioned; run npm run setup" >&2; exit 1; }

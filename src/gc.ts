@@ -25,72 +25,60 @@ export interface StackState {
   hashes: Set<string>;
 }
 
+/** Every file under `root` with its folder path from `root` ("a/b/"); a missing root holds none. */
+function filesUnder(root: string, prefix = ""): Array<{ abs: string; name: string; prefix: string }> {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(root, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.flatMap((e) => {
+    const abs = path.join(root, e.name);
+    return e.isDirectory() ? filesUnder(abs, `${prefix}${e.name}/`) : [{ abs, name: e.name, prefix }];
+  });
+}
+
 /** The stacks' checkpoints in a file backend folder (.ramroot/state), newest format and legacy. */
 export function readStacks(stateDir: string): StackState[] {
-  const roots = [path.join(stateDir, ".pulumi", "stacks")];
   const out: StackState[] = [];
-  const visit = (dir: string, prefix: string) => {
-    let entries: fs.Dirent[];
+  for (const { abs, name, prefix } of filesUnder(path.join(stateDir, ".pulumi", "stacks"))) {
+    if (!/\.json(\.gz)?$/.test(name)) continue;
+    const raw = fs.readFileSync(abs);
+    const text = (name.endsWith(".gz") ? gunzipSync(raw) : raw).toString("utf8");
+    let latest: any;
     try {
-      entries = fs.readdirSync(dir, { withFileTypes: true });
+      latest = JSON.parse(text)?.checkpoint?.latest;
     } catch {
-      return;
+      throw new Error(`cannot read the stack checkpoint ${abs}: nothing is removed while a stack's references are unknown`);
     }
-    for (const e of entries) {
-      const abs = path.join(dir, e.name);
-      if (e.isDirectory()) visit(abs, `${prefix}${e.name}/`);
-      else if (/\.json(\.gz)?$/.test(e.name)) {
-        const raw = fs.readFileSync(abs);
-        const text = (e.name.endsWith(".gz") ? gunzipSync(raw) : raw).toString("utf8");
-        let latest: any;
-        try {
-          latest = JSON.parse(text)?.checkpoint?.latest;
-        } catch {
-          throw new Error(`cannot read the stack checkpoint ${abs}: nothing is removed while a stack's references are unknown`);
-        }
-        // A checkpoint, not some other JSON. A stack that was never updated has no latest.
-        if (latest === undefined && !/"checkpoint"\s*:/.test(text)) continue;
-        // What each resource holds now: its inputs and outputs. Not its id, which an update
-        // keeps (a resource's id is the hash it was first created with).
-        const hashes = new Set<string>();
-        for (const r of [...(latest?.resources ?? []), ...(latest?.pending_operations ?? []).map((o: any) => o.resource ?? {})])
-          for (const h of JSON.stringify([r.inputs ?? null, r.outputs ?? null]).match(HASH) ?? []) hashes.add(h);
-        out.push({ name: `${prefix}${e.name.replace(/\.json(\.gz)?$/, "")}`, file: abs, hashes });
-      }
-    }
-  };
-  for (const r of roots) visit(r, "");
+    // A checkpoint, not some other JSON. A stack that was never updated has no latest.
+    if (latest === undefined && !/"checkpoint"\s*:/.test(text)) continue;
+    // What each resource holds now: its inputs and outputs. Not its id, which an update
+    // keeps (a resource's id is the hash it was first created with).
+    const hashes = new Set<string>();
+    for (const r of [...(latest?.resources ?? []), ...(latest?.pending_operations ?? []).map((o: any) => o.resource ?? {})])
+      for (const h of JSON.stringify([r.inputs ?? null, r.outputs ?? null]).match(HASH) ?? []) hashes.add(h);
+    out.push({ name: `${prefix}${name.replace(/\.json(\.gz)?$/, "")}`, file: abs, hashes });
+  }
   return out;
 }
 
 /** Stacks being updated right now: a lock of this machine whose pulumi still runs, or another machine's. */
 export function lockedStacks(stateDir: string): string[] {
   const out: string[] = [];
-  const root = path.join(stateDir, ".pulumi", "locks");
-  const visit = (dir: string, prefix: string) => {
-    let entries: fs.Dirent[];
+  for (const { abs, name, prefix } of filesUnder(path.join(stateDir, ".pulumi", "locks"))) {
+    if (!name.endsWith(".json")) continue;
     try {
-      entries = fs.readdirSync(dir, { withFileTypes: true });
+      const lock = JSON.parse(fs.readFileSync(abs, "utf8"));
+      const here = lock.hostname === os.hostname();
+      let running = !here;
+      if (here && Number(lock.pid) > 0) running = fs.existsSync(`/proc/${lock.pid}`);
+      if (running) out.push(`${prefix.replace(/\/$/, "")} (pulumi pid ${lock.pid} on ${lock.hostname})`);
     } catch {
-      return;
+      // not a lock
     }
-    for (const e of entries) {
-      const abs = path.join(dir, e.name);
-      if (e.isDirectory()) visit(abs, `${prefix}${e.name}/`);
-      else if (e.name.endsWith(".json")) {
-        try {
-          const lock = JSON.parse(fs.readFileSync(abs, "utf8"));
-          const here = lock.hostname === os.hostname();
-          let running = !here;
-          if (here && Number(lock.pid) > 0) running = fs.existsSync(`/proc/${lock.pid}`);
-          if (running) out.push(`${prefix.replace(/\/$/, "")} (pulumi pid ${lock.pid} on ${lock.hostname})`);
-        } catch {
-          // not a lock
-        }
-      }
-    }
-  };
-  visit(root, "");
+  }
   return out;
 }
 

@@ -9,6 +9,8 @@ import * as path from "node:path";
 import { Rootfs } from "./components/rootfs";
 import { Initramfs } from "./components/initramfs";
 import { Uki } from "./components/uki";
+import { SignedUki } from "./components/signed-uki";
+import { readFileSync } from "node:fs";
 import { BootMedia } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
@@ -109,11 +111,45 @@ const uki = new Uki("uki", {
   programsHash: programs?.hash,
 });
 
+// Secure Boot: with a key and its certificate, the UKI is signed in a step of its own
+// (components/signed-uki.ts), and what boots or deploys takes the signed bytes. Without them,
+// nothing changes.
+const secureBootKey = cfg.getSecret("secureBootKey");
+const secureBootCertValue = cfg.get("secureBootCert");
+const secureBootPassphrase = cfg.getSecret("secureBootKeyPassphrase");
+if (secureBootKey && !secureBootCertValue) throw new Error(`ramroot:secureBootKey is set in stack ${stack}, ramroot:secureBootCert is not: set the key's certificate (PEM), e.g. pulumi config set ramroot:secureBootCert -- "$(cat db.pem)" --stack ${stack}`);
+if (secureBootCertValue && !secureBootKey) throw new Error(`ramroot:secureBootCert is set in stack ${stack}, ramroot:secureBootKey is not: set the private key as a secret, e.g. pulumi config set --secret ramroot:secureBootKey --stack ${stack} -- "$(cat db.key)"`);
+if (secureBootPassphrase && !secureBootKey) throw new Error(`ramroot:secureBootKeyPassphrase is set in stack ${stack}, ramroot:secureBootKey is not: set the key, or remove the passphrase`);
+if (cfg.get("secureBootVars") && !secureBootKey) throw new Error(`ramroot:secureBootVars is set in stack ${stack}, but the stack signs nothing: set ramroot:secureBootKey and ramroot:secureBootCert, or remove ramroot:secureBootVars`);
+/** The certificate's PEM: the value itself, or a file it names (relative to the project). */
+const secureBootCert = secureBootCertValue === undefined ? undefined : /-----BEGIN/.test(secureBootCertValue) ? secureBootCertValue : (() => {
+  const file = path.resolve(project, secureBootCertValue);
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e: any) {
+    throw new Error(`ramroot:secureBootCert is neither a PEM certificate (-----BEGIN CERTIFICATE-----) nor a file that can be read (${file}: ${e.code ?? e.message}): pulumi config set ramroot:secureBootCert -- "$(cat db.pem)" --stack ${stack}`);
+  }
+})();
+const signed = secureBootKey && secureBootCert ? new SignedUki("signed", {
+  uki: uki.path,
+  ukiHash: uki.hash,
+  ukiSha256: uki.sha256,
+  cert: secureBootCert,
+  key: secureBootKey,
+  passphrase: secureBootPassphrase,
+  containsSecrets: secrets !== undefined,
+}) : undefined;
+/** What the boot check boots and production deploys: the signed UKI when the stack signs. */
+const image = { path: signed?.path ?? uki.path, sha256: signed?.sha256 ?? uki.sha256 };
+
 export const rootfsHash = rootfs.hash;
 export const initramfsHash = initramfs.hash;
 export const ukiHash = uki.hash;
 export const ukiPath = uki.path;
 export const ukiSha256 = uki.sha256;
+/** The signed UKI (null when the stack does not sign): what boots and deploys. */
+export const signedUkiPath = signed?.path ?? null;
+export const signedUkiSha256 = signed?.sha256 ?? null;
 export const buildId = uki.buildId;
 export const targetArch = arch;
 
@@ -125,7 +161,7 @@ export let bootSeconds: pulumi.Output<number> | null = null;
 export let bootHealth: pulumi.Output<string> | null = null;
 
 if (target === "qemu") {
-  const media = new BootMedia("media", { kind: "qemu", arch, uki: uki.path, ukiSha256: uki.sha256, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
+  const media = new BootMedia("media", { kind: "qemu", arch, uki: image.path, ukiSha256: image.sha256, persistName: `${stack}-${arch}`, volumeId: cfg.get("volumeId"), containsSecrets: secrets !== undefined });
   // The guest's own /etc/local.d script prints this line with the build id it finds in
   // /etc/os-release, so the check proves that this very build came up. The check also waits for
   // ramroot's health report, the guest's clean power-off and a clean persistence image.
@@ -135,13 +171,14 @@ if (target === "qemu") {
     disk: media.disk,
     diskHash: media.hash,
     persist: media.persist,
-    ukiSha256: uki.sha256,
+    ukiSha256: image.sha256,
     buildId: uki.buildId,
     marker,
     timeoutSeconds: cfg.getNumber("bootTimeout"),
     memoryMiB: cfg.getNumber("qemuMemory"),
     probes: cfg.getObject<Probe[]>("probes"),
     stack,
+    ...(signed ? { secureBoot: true, secureBootVars: cfg.get("secureBootVars") && path.resolve(project, cfg.get("secureBootVars")!) } : {}),
   });
   disk = media.disk;
   persist = media.persist;
@@ -162,8 +199,8 @@ if (target === "production") {
       privateKey: cfg.getSecret("sshPrivateKey") ?? "",
       hostKey: cfg.get("hostKey") ?? "",
       path: cfg.get("bootPath"),
-      uki: uki.path,
-      ukiSha256: uki.sha256,
+      uki: image.path,
+      ukiSha256: image.sha256,
       buildId: uki.buildId,
       allowUntested: cfg.getBoolean("allowUntested") ?? false,
       afterDeploy: cfg.getObject<string[]>("afterDeploy"),

@@ -13,6 +13,15 @@ import { sha256 } from "../src/store";
 import { bootCheck } from "../src/qemu";
 import type { Arch } from "../src/bootmedia";
 import { parseProbes, type Probe } from "../src/probe";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs/promises";
+
+async function fileSha256(file: string): Promise<string> {
+  const data = await fs.readFile(file).catch((e: any) => {
+    throw new InputError("secureBootVars", e.code === "ENOENT" ? `the Secure Boot variable store ${file} (ramroot:secureBootVars) does not exist: give a copy of the firmware's variable store with your certificate in db` : `the Secure Boot variable store ${file}: ${e.message}`);
+  });
+  return createHash("sha256").update(data).digest("hex");
+}
 
 export interface BootCheckArgs {
   arch: pulumi.Input<string>;
@@ -30,9 +39,16 @@ export interface BootCheckArgs {
   probes?: pulumi.Input<Probe[]>;
   /** Who asked, for the record (the stack name). */
   stack: pulumi.Input<string>;
+  /**
+   * Boot under enforcing Secure Boot firmware (the stack signs its UKI, components/signed-uki.ts):
+   * the firmware refuses an image whose signer is not in the db of `secureBootVars`.
+   */
+  secureBoot?: pulumi.Input<boolean>;
+  /** The firmware's variable store for secureBoot (ramroot:secureBootVars); default Debian's snakeoil store. */
+  secureBootVars?: pulumi.Input<string>;
 }
 
-interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string; probes?: Probe[] }
+interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string; probes?: Probe[]; secureBoot?: boolean; secureBootVars?: string }
 
 export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[] }
 
@@ -40,10 +56,11 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
   kind: "bootcheck",
   // 2: the health report, the clean power-off and the fsck are part of the check.
   version: 2,
-  hashKeys: ["arch", "diskHash", "marker", "probes"],
+  hashKeys: ["arch", "diskHash", "marker", "probes", "secureBoot", "secureBootVars"],
   async validate(i) {
     if (isKnown(i.marker) && !i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
     if (i.timeoutSeconds !== undefined && isKnown(i.timeoutSeconds) && !(i.timeoutSeconds > 0)) throw new InputError("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
+    if (i.secureBootVars !== undefined && isKnown(i.secureBootVars) && !i.secureBoot) throw new InputError("secureBootVars", "a Secure Boot variable store is given, but the boot check does not boot with Secure Boot (the stack signs nothing): set ramroot:secureBootKey and ramroot:secureBootCert, or unset ramroot:secureBootVars");
     if (isKnown(i.probes)) {
       try {
         parseProbes(i.probes);
@@ -53,10 +70,12 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
     }
   },
   async hash(i) {
-    return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : [])]));
+    // Another firmware is another check; a store of one's own is named by its bytes.
+    const sb = i.secureBoot ? [["secureBoot", i.secureBootVars ? await fileSha256(i.secureBootVars) : "snakeoil"]] : [];
+    return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : []), ...sb]));
   },
   async build(i, ctx) {
-    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU, waiting for "${i.marker}" and the health report`);
+    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU${i.secureBoot ? ` with Secure Boot enforced (db: ${i.secureBootVars ?? "Debian's snakeoil certificate"})` : ""}, waiting for "${i.marker}" and the health report`);
     const res = await bootCheck({
       arch: i.arch as Arch,
       disk: i.disk,
@@ -67,6 +86,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
       health: true,
       powerOff: true,
       probes: parseProbes(i.probes),
+      ...(i.secureBoot ? { secureBoot: { vars: i.secureBootVars } } : {}),
       // The guest's own lines, not the kernel's timestamped ones: progress without a flood.
       log: (line) => {
         if (/^ramroot(-health)?:/.test(line)) ctx.log(`console: ${line}`);

@@ -38,6 +38,12 @@ interface ArchSpec {
    * variables live in RAM and are lost at every start.
    */
   nvram: { code: string; vars: string };
+  /**
+   * Secure Boot enforced: the machine (x86_64: SMM, so that only the firmware can write its
+   * variables), the code built with Secure Boot, and the variable store whose db the image's
+   * signer must be in: Debian's snakeoil store (its test certificate as PK, KEK and db).
+   */
+  secureBoot: { machine: string[]; code: string; vars: string };
 }
 
 export const ARCH_SPECS: Record<Arch, ArchSpec> = {
@@ -49,6 +55,11 @@ export const ARCH_SPECS: Record<Arch, ArchSpec> = {
     code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
     vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
     nvram: { code: "/usr/share/OVMF/OVMF_CODE_4M.fd", vars: "/usr/share/OVMF/OVMF_VARS_4M.fd" },
+    secureBoot: {
+      machine: ["-M", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"],
+      code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+      vars: "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
+    },
   },
   aarch64: {
     binary: "qemu-system-aarch64",
@@ -59,6 +70,13 @@ export const ARCH_SPECS: Record<Arch, ArchSpec> = {
     bios: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
     // Both 64 MiB, as the virt machine's two flash banks must be.
     nvram: { code: "/usr/share/AAVMF/AAVMF_CODE.fd", vars: "/usr/share/AAVMF/AAVMF_VARS.fd" },
+    // Debian builds AAVMF with Secure Boot support (AAVMF_CODE.snakeoil.fd is a link to it): the
+    // variable store decides whether it is enforced.
+    secureBoot: {
+      machine: ["-M", "virt", "-cpu", "cortex-a72"],
+      code: "/usr/share/AAVMF/AAVMF_CODE.snakeoil.fd",
+      vars: "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+    },
   },
 };
 
@@ -79,6 +97,13 @@ export interface QemuOptions {
    * dropped); aarch64 boots QEMU_EFI.fd with -bios (variables in RAM only).
    */
   firmwareVars?: string;
+  /**
+   * Boot with Secure Boot enforced (ARCH_SPECS[arch].secureBoot): its code as pflash, and
+   * `firmwareVars`, which is then required: a writable copy of a variable store whose db holds
+   * the certificate the image is signed with (secureBoot.vars, Debian's snakeoil store, or one
+   * of the user's own).
+   */
+  secureBoot?: boolean;
   /** Attach `disk` writable (the guest may write to it, as to a boot stick), not read-only. */
   diskWritable?: boolean;
   /** A reboot in the guest reboots the VM (no -no-reboot), as a machine does. Default false: qemu exits. */
@@ -112,12 +137,13 @@ export function qemuCommand(opts: QemuOptions): { cmd: string; args: string[] } 
   const spec = ARCH_SPECS[opts.arch];
   if (!spec) throw new Error(`qemu: unknown arch ${String(opts.arch)}`);
   if (!findInPath(spec.binary)) throw new Error(`qemu: ${spec.binary} not found: install the Debian package ${spec.qemuPackage}`);
-  // aarch64 with a variable store: the pflash pair instead of -bios.
-  const nvram = opts.firmwareVars && spec.bios ? spec.nvram : undefined;
+  if (opts.secureBoot && !opts.firmwareVars) throw new Error("qemu: Secure Boot needs a writable copy of a variable store (firmwareVars) whose db holds the image's signer");
+  // aarch64 with a variable store: the pflash pair instead of -bios. Secure Boot: its own code.
+  const nvram = opts.secureBoot ? { code: spec.secureBoot.code, vars: opts.firmwareVars! } : opts.firmwareVars && spec.bios ? spec.nvram : undefined;
   for (const f of nvram ? [nvram.code] : [spec.code, spec.vars, spec.bios]) {
     if (f && !existsSync(f)) throw new Error(`qemu: firmware ${f} not found: install the Debian package ${spec.firmwarePackage}`);
   }
-  const args = ["-accel", "tcg", ...spec.machine];
+  const args = ["-accel", "tcg", ...(opts.secureBoot ? spec.secureBoot.machine : spec.machine)];
   args.push("-m", String(opts.memoryMiB ?? 1024), "-smp", String(opts.cpus ?? 1));
   args.push("-nodefaults", "-display", "none");
   if (!opts.reboot) args.push("-no-reboot");
@@ -125,7 +151,7 @@ export function qemuCommand(opts: QemuOptions): { cmd: string; args: string[] } 
     args.push("-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${drivePath(nvram.code)}`);
     args.push("-drive", `if=pflash,format=raw,unit=1,file=${drivePath(opts.firmwareVars!)}`);
   } else if (spec.bios) args.push("-bios", spec.bios);
-  if (spec.code) {
+  if (spec.code && !opts.secureBoot) {
     args.push("-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${drivePath(spec.code)}`);
     args.push("-drive", opts.firmwareVars
       ? `if=pflash,format=raw,unit=1,file=${drivePath(opts.firmwareVars)}`
@@ -197,6 +223,12 @@ export interface BootOptions {
    * host writes CONSOLE_POWEROFF on the console, after the probes. A failed probe fails the check.
    */
   probes?: Probe[];
+  /**
+   * Boot with Secure Boot enforced: the firmware runs the image only when it is signed by a
+   * certificate in the db of `vars` (default ARCH_SPECS[arch].secureBoot.vars, Debian's snakeoil
+   * store; a copy is used, the file is never written). A refusal fails the check at once.
+   */
+  secureBoot?: { vars?: string };
 }
 
 export interface BootResult {
@@ -242,7 +274,13 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
   try {
     const spec = ARCH_SPECS[opts.arch];
     let firmwareVars: string | undefined;
-    if (spec?.vars) {
+    if (opts.secureBoot && spec) {
+      const template = opts.secureBoot.vars ?? spec.secureBoot.vars;
+      firmwareVars = path.join(tmp, "secure-boot-vars.fd");
+      await fs.copyFile(template, firmwareVars).catch((e: any) => {
+        throw e.code === "ENOENT" ? new Error(opts.secureBoot!.vars ? `qemu: the Secure Boot variable store ${template} does not exist (ramroot:secureBootVars): give a copy of the firmware's variable store with your certificate in db` : `qemu: firmware ${template} not found: install the Debian package ${spec.firmwarePackage}`) : e;
+      });
+    } else if (spec?.vars) {
       firmwareVars = path.join(tmp, path.basename(spec.vars));
       await fs.copyFile(spec.vars, firmwareVars).catch((e: any) => {
         throw e.code === "ENOENT" ? new Error(`qemu: firmware ${spec.vars} not found: install the Debian package ${spec.firmwarePackage}`) : e;
@@ -263,7 +301,7 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
       }
     } : undefined;
     const fwCfg = opts.powerOff ? { [FW_CFG_AFTER_BOOT]: probing.length ? FW_CFG_WAIT_POWEROFF : FW_CFG_POWEROFF } : undefined;
-    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars, fwCfg, ...(probing.length ? { forward: probing.map(([guestPort, hostPort]) => ({ hostAddress: "127.0.0.1", hostPort, guestPort })) } : {}) });
+    const { cmd, args } = qemuCommand({ arch: opts.arch, disk: opts.disk, persist: opts.persist, memoryMiB: opts.memoryMiB, cpus: opts.cpus, firmwareVars, secureBoot: !!opts.secureBoot, fwCfg, ...(probing.length ? { forward: probing.map(([guestPort, hostPort]) => ({ hostAddress: "127.0.0.1", hostPort, guestPort })) } : {}) });
     cmdline = `${cmd} ${args.join(" ")}`;
     w = await watch(cmd, args, {
       marker: opts.marker, timeoutMs, wantReport, powerOff: !!opts.powerOff,
@@ -325,6 +363,10 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
 const FATAL: Array<[RegExp, string]> = [
   [/Initramfs unpacking failed/, "the kernel could not unpack the initramfs (a write error means it did not fit: the kernel unpacks it into a filesystem capped at half the RAM; give the guest more memory (ramroot:qemuMemory) or boot with root=/dev/ram0 on the cmdline, which lifts the cap)"],
   [/Kernel panic - not syncing/, "the kernel panicked"],
+  // EDK2's boot manager, when the image's signature is missing, is not in db, or no longer
+  // covers the image: it then tries the next boot option, and with none left waits forever.
+  [/failed to load Boot[0-9A-Fa-f]+ .*: (Access Denied|Security Violation)|Image .*(Access Denied|Security Violation)/,
+    "Secure Boot: the firmware refused to run the UKI: it is not signed, is signed by a certificate that is not in the firmware's db, or was changed after it was signed (ramroot inspect UKI --cert CERT says which; sign it with the key whose certificate is enrolled: ramroot:secureBootKey and ramroot:secureBootCert, and for the boot check, a variable store with that certificate in db: ramroot:secureBootVars)"],
 ];
 
 interface WatchOptions {

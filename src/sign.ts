@@ -58,12 +58,7 @@ export function readCertificate(cert: string | Buffer, what = "the certificate")
  * before those were dropped: rebuild it), a key that is not RSA or not the certificate's.
  */
 export async function signUki(input: string, output: string, k: SigningKey): Promise<Signed> {
-  const cert = readCertificate(k.cert);
-  const key = readKey(k);
-  if (key.asymmetricKeyType !== "rsa") {
-    throw new Error(`the signing key is ${key.asymmetricKeyType?.toUpperCase() ?? "not RSA"}: UEFI firmware checks RSA signatures (the UEFI specification requires RSA-2048 support), use an RSA key`);
-  }
-  if (!cert.checkPrivateKey(key)) throw new Error(`the signing key does not belong to the certificate ${oneLine(cert.subject)}: pass the certificate made for this key`);
+  const { cert, key } = checkSigningKey(k);
 
   const { pe } = await readPe(input).catch((e: NodeJS.ErrnoException) => {
     throw new Error(e.code === "ENOENT" ? `the UKI ${input} does not exist: build it first` : e.code ? `the UKI ${input}: ${e.message}` : `${input} is not a UKI (not a PE/COFF image): pass the .efi file that ramroot uki or the Uki resource wrote`);
@@ -120,6 +115,21 @@ export async function signUki(input: string, output: string, k: SigningKey): Pro
   }
 }
 
+/**
+ * The key and certificate as signUki takes them, or an error saying what is wrong (not a key,
+ * encrypted without a passphrase, a wrong passphrase, not RSA, not the certificate's key). The
+ * message never holds the key. Cheap: what the preview runs.
+ */
+export function checkSigningKey(k: SigningKey): { cert: X509Certificate; key: KeyObject } {
+  const cert = readCertificate(k.cert);
+  const key = readKey(k);
+  if (key.asymmetricKeyType !== "rsa") {
+    throw new Error(`the signing key is ${key.asymmetricKeyType?.toUpperCase() ?? "not RSA"}: UEFI firmware checks RSA signatures (the UEFI specification requires RSA-2048 support), use an RSA key`);
+  }
+  if (!cert.checkPrivateKey(key)) throw new Error(`the signing key does not belong to the certificate ${oneLine(cert.subject)}: pass the certificate made for this key`);
+  return { cert, key };
+}
+
 export interface Verification {
   /** True when the UKI is unmodified since it was signed and its signature verifies against the certificate. */
   ok: boolean;
@@ -162,6 +172,26 @@ export async function verifyUki(file: string, cert: string | Buffer): Promise<Ve
   } finally {
     await fs.rm(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * The production deploy's check, before any byte is sent: throws unless the UKI at `ukiPath` is
+ * signed, unmodified since, and its signature verifies against `certPem` (the stack's
+ * ramroot:secureBootCert, PEM or DER), which is what the host's firmware will check against its
+ * db. Resolves with the verification (the Authenticode digest and the signatures) when it holds.
+ */
+export async function assertSignedBy(ukiPath: string, certPem: string | Buffer): Promise<Verification> {
+  const cert = readCertificate(certPem, "ramroot:secureBootCert");
+  let v: Verification;
+  try {
+    v = await verifyUki(ukiPath, cert.raw);
+  } catch (e: any) {
+    throw new Error(`Secure Boot: cannot check the signature of ${ukiPath} (${e.code === "ENOENT" ? "it does not exist: build it first" : e.message}); nothing was sent to the host`);
+  }
+  if (!v.ok) {
+    throw new Error(`Secure Boot: ${ukiPath} does not verify against ramroot:secureBootCert (${oneLine(cert.subject)}, SHA-256 fingerprint ${cert.fingerprint256}): ${v.why}. The host's firmware would refuse to boot it, so nothing was sent: sign it with the key of that certificate (set ramroot:secureBootKey, and ramroot:secureBootKeyPassphrase if the key is encrypted, on this stack) and run \`pulumi up\` again`);
+  }
+  return v;
 }
 
 // ---- Enrollment: what a firmware setup screen takes to add the certificate to db.

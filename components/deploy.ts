@@ -8,10 +8,11 @@
 // newest first); they are offered to deployImage as bases, so when the host still holds one of
 // them only the bytes the new image does not share with it are sent. Chunk lists are kept in
 // the store's cache/chunks.
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { artifactHandlers, context, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
-import { DEFAULT_PATH, deployImage, parseHostKeys, remoteState, runOnHost, waitForBuild, type SshTarget } from "../src/deploy";
+import { DEFAULT_PATH, deployImage, parseHostKeys, rebootInto, remoteState, runOnHost, trialDeploy, trialSupport, waitForBuild, type SshTarget } from "../src/deploy";
 
 interface Inputs {
   kind: string;
@@ -29,6 +30,14 @@ interface Inputs {
   afterDeploy?: string[];
   /** After afterDeploy (a reboot), wait this long for the host to report the new build id. */
   waitSeconds?: number;
+  /** Reboot the host into the new image and succeed only when it comes back on it, healthy. */
+  reboot?: boolean;
+  /** With reboot: boot the new image once through BootNext first (undefined: where the host can). */
+  trialBoot?: boolean;
+  /** The trial timer: a trial build not confirmed this long after its boot reboots to the default. */
+  trialSeconds?: number;
+  /** A file the host's serial console goes to (the rehearsal host's --console): quoted when a trial fails. */
+  consoleLog?: string;
 }
 
 /** null: no such file on the host. */
@@ -40,6 +49,20 @@ const deployedRecord = (i: Inputs) => `deployed/${sha256(JSON.stringify([i.host,
 
 const target = (i: Inputs): SshTarget => ({ host: i.host, port: i.port, user: i.user, privateKey: i.privateKey, hostKey: i.hostKey, path: i.path });
 const where = (i: Inputs) => `${i.user ?? "root"}@${i.host}:${i.port ?? 22}:${i.path ?? DEFAULT_PATH}`;
+/** Present while a trial boot on that target is not finished or cleaned up: the next up looks at the host. */
+const trialRecord = (i: Inputs) => `trial/${sha256(JSON.stringify([i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH]))}.json`;
+const DEFAULT_WAIT_SECONDS = 300;
+const DEFAULT_TRIAL_SECONDS = 300;
+
+/** How a deploy with these inputs goes, in words for preview, and whether it is a trial (undefined: ask the host). */
+async function mode(i: Inputs): Promise<{ trial: boolean; why: string }> {
+  if (!i.reboot) return { trial: false, why: "replace the image, no reboot (ramroot:reboot is not true)" };
+  if (i.trialBoot === false) return { trial: false, why: "replace the image, reboot, wait for the new build (ramroot:trialBoot false)" };
+  if (i.trialBoot === true) return { trial: true, why: "trial boot through BootNext, promoted once healthy (ramroot:trialBoot true)" };
+  const s = await trialSupport(target(i));
+  return s.ok ? { trial: true, why: `trial boot through BootNext, promoted once healthy (${s.why})` }
+    : { trial: false, why: `replace the image, reboot, wait for the new build: no trial boot, ${s.why}` };
+}
 
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "deploy",
@@ -59,7 +82,18 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
         throw new InputError("hostKey", `ramroot:hostKey: ${e.message}`);
       }
     }
+    if (isKnown(i.trialBoot) && i.trialBoot && isKnown(i.reboot) && !i.reboot)
+      throw new InputError("trialBoot", "ramroot:trialBoot true needs ramroot:reboot true: a trial is a reboot into the new image (pulumi config set ramroot:reboot true)");
+    for (const key of ["waitSeconds", "trialSeconds"] as const) {
+      const v = i[key];
+      if (isKnown(v) && v !== undefined && !(Number.isInteger(v) && v > 0)) throw new InputError(key, `ramroot:${key} is ${v}: a whole number of seconds above 0`);
+    }
     if (isKnown(i.path) && i.path !== undefined && !path.posix.isAbsolute(i.path)) throw new InputError("path", `ramroot:bootPath ${i.path} is not absolute (default ${DEFAULT_PATH})`);
+    // Preview says how a deploy will go (asking the host, when that depends on it).
+    if ([i.host, i.hostKey, i.privateKey, i.reboot, i.trialBoot].every(isKnown) && i.host && i.hostKey && i.privateKey) {
+      const m = await mode(i).catch((e) => ({ why: `trial boot if the host has efivarfs and efibootmgr (not known now: ${e.message})` }));
+      context("deploy").log(`deploy mode: ${m.why}`);
+    }
     if (isKnown(i.buildId) && isKnown(i.allowUntested) && !i.allowUntested) {
       const booted = await context("deploy").store.readRecord(`booted-build/${i.buildId}.json`);
       if (!booted)
@@ -69,7 +103,9 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   async hash(i) {
     return sha256(JSON.stringify(["deploy/1", i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH, i.ukiSha256]));
   },
-  drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256,
+  // A trial that did not finish (a cut connection, a host that did not come back) is looked at
+  // again by the next up, even when the stack's inputs are the same.
+  drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256 || fs.existsSync(context("deploy").store.path(trialRecord(olds))),
   async build(i, ctx) {
     const record = deployedRecord(i);
     // The UKI was checked against the record of its bytes (artifact.ts); that record must be
@@ -79,18 +115,46 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     if (rel && (rec?.type !== "file" || rec.sha256 !== i.ukiSha256))
       throw new Error(`deploy: ${i.uki} is not the image with sha256 ${i.ukiSha256} (its record says ${rec?.type === "file" ? rec.sha256 : "nothing"}): nothing sent; run \`pulumi up\` again`);
     const before = (await ctx.store.readRecord<Deployed>(record).catch(() => undefined))?.images ?? [];
-    const res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log, {
+    const opts = {
       bases: before.filter((x) => x.sha256 !== i.ukiSha256).map((x) => ({ path: x.path, sha256: x.sha256 })),
       chunkCache: ctx.store.path("cache/chunks"),
-    });
+    };
+    const m = await mode(i);
+    ctx.log(`deploy mode: ${m.why}`);
+    const trialRec = trialRecord(i);
+    const pending = fs.existsSync(ctx.store.path(trialRec));
+    let res: { changed: boolean; bytesSent: number; previous?: string; delta?: { base: string; copied: number } };
+    if (m.trial || pending) {
+      if (!m.trial) ctx.log("an earlier trial boot did not finish: finishing or cleaning it up first");
+      await ctx.store.writeRecord(trialRec, { buildId: i.buildId, sha256: i.ukiSha256 });
+      try {
+        const size = (await fs.promises.stat(i.uki)).size;
+        res = await trialDeploy(target(i), i.buildId, i.ukiSha256, size, {
+          waitMs: (i.waitSeconds ?? DEFAULT_WAIT_SECONDS) * 1000,
+          timerSeconds: i.trialSeconds ?? DEFAULT_TRIAL_SECONDS,
+          consoleLog: i.consoleLog,
+          upload: (p) => deployImage({ ...target(i), path: p }, i.uki, i.ukiSha256, ctx.log, { chunkCache: opts.chunkCache }),
+          commit: () => deployImage(target(i), i.uki, i.ukiSha256, ctx.log, opts),
+          current: async () => (await remoteState(target(i))).sha256 === i.ukiSha256,
+        }, ctx.log);
+        await fs.promises.rm(ctx.store.path(trialRec), { force: true });
+      } catch (e: any) {
+        // A trial that failed and was cleaned up is over; anything else is for the next up.
+        if (/^trial boot of build \S+ failed/.test(e.message)) await fs.promises.rm(ctx.store.path(trialRec), { force: true });
+        throw e;
+      }
+    } else {
+      res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log, opts);
+    }
     const images = [{ sha256: i.ukiSha256, path: i.uki }, ...before.filter((x) => x.sha256 !== i.ukiSha256)].slice(0, 3);
     await ctx.store.writeRecord(record, { images } satisfies Deployed);
     const how = res.delta ? `, a delta from ${res.delta.base.slice(0, 12)}: ${res.delta.copied} bytes copied on the host` : "";
     ctx.log(res.changed ? `deployed build ${i.buildId} to ${where(i)} (${res.bytesSent} bytes sent${how})` : `${where(i)} already holds build ${i.buildId}: nothing sent`);
     if (res.changed && i.afterDeploy?.length) {
       await runOnHost(target(i), i.afterDeploy, ctx.log);
-      if (i.waitSeconds) await waitForBuild(target(i), i.buildId, i.waitSeconds * 1000, ctx.log);
+      if (i.waitSeconds && !i.reboot) await waitForBuild(target(i), i.buildId, i.waitSeconds * 1000, ctx.log);
     }
+    if (res.changed && i.reboot && !m.trial) await rebootInto(target(i), i.buildId, (i.waitSeconds ?? DEFAULT_WAIT_SECONDS) * 1000, ctx.log);
     return { remoteSha256: i.ukiSha256, previousSha256: res.previous ?? null, bytesSent: res.bytesSent };
   },
   async read(props, ctx) {

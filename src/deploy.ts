@@ -17,6 +17,8 @@
 //   space.ts            free space on the stick
 //   rollback.ts         P and P.prev swapped back
 //   host-commands.ts    commands after a deploy (a reboot), and waiting for the new build
+//   trial.ts            reboots verified by the host's status, and trial boots through BootNext
+//   load-option.ts      UEFI boot entries (EFI_LOAD_OPTION) built for the trial image
 //
 // A deploy (DeployRun.run) is one connection and one run of the host script, which reads the
 // host's state in the background while it takes commands:
@@ -44,6 +46,7 @@ export { fingerprint, parseHostKeys } from "./deploy/host-keys";
 export { parseDf, spaceCheck, type DfSpace } from "./deploy/space";
 export { bootArch, rollback } from "./deploy/rollback";
 export { runOnHost, waitForBuild } from "./deploy/host-commands";
+export { hostStatus, rebootInto, trialDeploy, trialPath, trialSupport, type TrialOptions } from "./deploy/trial";
 export type { DeployBase } from "./deploy/bases";
 
 export interface RemoteState {

@@ -29,6 +29,7 @@
 // (/run/openrc/failed/), or as neither started nor starting (stopped; inactive); services that
 // are fine are not listed. The result line ends the report and counts what came before.
 import { createHash } from "node:crypto";
+import { trialTimerFiles } from "./trial-timer";
 
 export const HEALTH_FORMAT = 1;
 /** Paths inside the image. */
@@ -184,6 +185,8 @@ export function healthFiles(): Array<{ name: string; content?: string; mode: num
     { name: "usr/lib/ramroot", mode: 0o755, dir: true },
     { name: HEALTH_SCRIPT_PATH, content: HEALTH_SCRIPT, mode: 0o755 },
     { name: HEALTH_HOOK_PATH, content: HEALTH_HOOK, mode: 0o755 },
+    // The trial timer rides along: a trial boot must fall back even when nobody can log in.
+    ...trialTimerFiles(),
   ];
 }
 

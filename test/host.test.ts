@@ -7,196 +7,19 @@
 // by the real program with its host key as a stack secret, goes through the same host.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
-import * as os from "node:os";
 import * as path from "node:path";
-import { promisify } from "node:util";
-import { healthFiles } from "../src/health";
 import { qemuCommand, type Arch } from "../src/qemu";
-import { writeSecretsLayer, type SecretDecl } from "../src/secrets";
 import { freePort } from "./sshd";
 import { Project, repo } from "./project";
+import { bootsIn, cli, keyPair, HostProcess, login, ssh, sshArgs, stickFile, stickFsck, testSystemStick, tmpdir } from "./rehearsal";
 
-const exec = promisify(execFile);
-const cli = path.join(repo, "dist", "src", "cli.js");
-const CONSOLE: Record<Arch, string> = { x86_64: "ttyS0", aarch64: "ttyAMA0" };
 const times: string[] = [];
 test.after(() => { if (times.length) console.log(`# rehearsal host timings: ${times.join("; ")}`); });
 
-const tmpdir = (t: { after(f: () => void): void }, name: string) => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `ramroot-host-test-${name}-`));
-  t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
-};
-
-async function sh(script: string, cwd?: string): Promise<string> {
-  return (await exec("bash", ["-euo", "pipefail", "-c", script], { cwd, maxBuffer: 64 << 20 })).stdout;
-}
-
-/** An ed25519 key pair made by ssh-keygen: [private key text, public key line]. */
-function keyPair(dir: string, name: string): { file: string; private: string; public: string } {
-  const file = path.join(dir, name);
-  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", file]);
-  return { file, private: fs.readFileSync(file, "utf8"), public: fs.readFileSync(`${file}.pub`, "utf8").trim() };
-}
-
-/** The guest's marker: counts its boots on the stick (fstab mounts the stick's FAT at /media/usb). */
-const BOOT_COUNTER = `#!/bin/sh
-n=0
-[ -f /media/usb/host-boots ] && n=$(cat /media/usb/host-boots)
-n=$((n + 1))
-echo "$n" > /media/usb/host-boots && sync
-. /etc/ramroot-release
-echo "RAMROOT-HOST-BOOT count=$n build=$BUILD_ID"
-`;
-
-interface Stick { stick: string; buildId: string; hostKey: string; client: { file: string; public: string } }
-
-/**
- * The test system as the example configures it (its runlevels, the power button's action, sshd's
- * settings), root's key in /root/.ssh, and the host key in a secrets layer written by
- * src/secrets.ts as the Secrets resource writes it; then `ramroot uki` and `ramroot stick write`.
- */
-async function testSystemStick(arch: Arch, dir: string, o: { acpid?: boolean } = {}): Promise<Stick> {
-  const tree = (await exec("bash", [path.join(repo, "scripts", "testsys.sh"), arch], { maxBuffer: 1 << 20 })).stdout.trim().split("\n").pop()!;
-  const host = keyPair(dir, "host_ed25519");
-  const client = keyPair(dir, "client_ed25519");
-  const buildId = `host-test-${arch}-${randomBytes(3).toString("hex")}`;
-  const overlay = path.join(dir, "overlay");
-  const put = (rel: string, content: string, mode = 0o644) => {
-    fs.mkdirSync(path.dirname(path.join(overlay, rel)), { recursive: true, mode: 0o755 });
-    fs.writeFileSync(path.join(overlay, rel), content, { mode });
-  };
-  const example = (rel: string) => fs.readFileSync(path.join(repo, "system", "root", rel), "utf8");
-  const runlevels: Record<string, string[]> = {
-    sysinit: ["devfs", "mdev", "hwdrivers"],
-    boot: ["hostname", "localmount", "networking"],
-    default: ["sshd", ...(o.acpid === false ? [] : ["acpid"]), "local"],
-    shutdown: ["killprocs", "mount-ro"],
-  };
-  for (const [level, names] of Object.entries(runlevels)) {
-    fs.mkdirSync(path.join(overlay, "etc", "runlevels", level), { recursive: true });
-    for (const n of names) fs.symlinkSync(`/etc/init.d/${n}`, path.join(overlay, "etc", "runlevels", level, n));
-  }
-  put("etc/acpi/PWRF/00000080", example("etc/acpi/PWRF/00000080"), 0o755);
-  put("etc/conf.d/sshd", example("etc/conf.d/sshd"));
-  put("etc/conf.d/local", example("etc/conf.d/local"));
-  put("etc/network/interfaces", example("etc/network/interfaces"));
-  // What the example's setup.sh does to sshd_config, as a drop-in.
-  put("etc/ssh/sshd_config.d/ramroot.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n");
-  put("etc/ramroot-release", `BUILD_ID="${buildId}"\n`);
-  put("etc/local.d/50-host-test.start", BOOT_COUNTER, 0o755);
-  for (const f of healthFiles()) if (!f.dir) put(f.name, f.content!, f.mode);
-  put("root/.ssh/authorized_keys", `${client.public}\n`, 0o600);
-  fs.chmodSync(path.join(overlay, "root"), 0o700);
-  fs.chmodSync(path.join(overlay, "root", ".ssh"), 0o700);
-  const secrets = path.join(dir, "secrets.cpio.zst");
-  const decls: SecretDecl[] = [{ kind: "file", path: "/etc/ssh/ssh_host_ed25519_key", mode: 0o600, owner: "root", key: "sshHostKey", line: 1 }];
-  await writeSecretsLayer({ decls, values: { sshHostKey: host.private }, salt: randomBytes(32).toString("hex"), rootfs: tree, compression: "zstd", out: secrets, declFile: "secrets" });
-  const base = path.join(dir, "base.cpio.zst"), extra = path.join(dir, "overlay.cpio.zst");
-  await sh(`find . -path ./boot -prune -o -print | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | zstd -q -T0 -3 > '${base}'`, tree);
-  // The overlay keeps its modes (root's home 0700), owned by root; no "." entry.
-  await sh(`find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | zstd -q -3 > '${extra}'`, overlay);
-  const uki = path.join(dir, "uki.efi");
-  await exec(process.execPath, [cli, "uki", "--stub", path.join(tree, "boot", "efistub"), "--linux", path.join(tree, "boot", "vmlinuz"),
-    "--initrd", base, "--initrd", extra, "--initrd", secrets, "--cmdline", `rdinit=/sbin/init console=${CONSOLE[arch]} panic=-1`, "-o", uki]);
-  const stick = path.join(dir, "stick.img");
-  await exec(process.execPath, [cli, "stick", "write", stick, "--uki", uki]);
-  return { stick, buildId, hostKey: host.public.split(" ").slice(0, 2).join(" "), client };
-}
-
-/** `ramroot host` as a child process: its stderr lines, waiting for one, its exit. */
-class HostProcess {
-  readonly child: ChildProcess;
-  readonly lines: string[] = [];
-  private waiters: Array<() => void> = [];
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  readonly started = Date.now();
-
-  constructor(args: string[]) {
-    this.child = spawn(process.execPath, [cli, "host", ...args], { stdio: ["ignore", "ignore", "pipe"] });
-    let partial = "";
-    this.child.stderr!.on("data", (d: Buffer) => {
-      const parts = (partial + d.toString()).split("\n");
-      partial = parts.pop()!;
-      this.lines.push(...parts);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => {
-      if (partial) this.lines.push(partial);
-      for (const w of this.waiters.splice(0)) w();
-      resolve({ code, signal });
-    }));
-  }
-
-  get stderr(): string { return this.lines.join("\n"); }
-
-  /** Resolves with the first stderr line matching `re` (after `from` lines), or throws after timeoutMs. */
-  async line(re: RegExp, timeoutMs: number, from = 0): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const hit = this.lines.slice(from).find((l) => re.test(l));
-      if (hit) return hit;
-      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`ramroot host exited before ${re}:\n${this.stderr}`);
-      if (Date.now() > deadline) throw new Error(`no ${re} from ramroot host within ${timeoutMs / 1000} s:\n${this.stderr}`);
-      await new Promise<void>((r) => { const t = setTimeout(r, 500); this.waiters.push(() => { clearTimeout(t); r(); }); });
-    }
-  }
-
-  /** SIGTERM, then its exit (SIGKILL after timeoutMs, failing). */
-  async terminate(timeoutMs = 120_000): Promise<{ code: number | null; signal: NodeJS.Signals | null; seconds: number }> {
-    const t0 = Date.now();
-    this.child.kill("SIGTERM");
-    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs);
-    const res = await this.exited;
-    clearTimeout(timer);
-    return { ...res, seconds: (Date.now() - t0) / 1000 };
-  }
-}
-
-/** The OpenSSH client with the host key pinned (StrictHostKeyChecking=yes). */
-function sshArgs(port: number, knownHosts: string, keyFile: string): string[] {
-  return ["-p", String(port), "-i", keyFile, "-o", `UserKnownHostsFile=${knownHosts}`, "-o", "GlobalKnownHostsFile=/dev/null",
-    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"];
-}
-
-function ssh(args: string[], command: string, timeoutMs = 60_000): Promise<{ ok: boolean; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile("ssh", [...args, "root@127.0.0.1", command], { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => resolve({ ok: !err, stdout, stderr }));
-  });
-}
-
-/** Logs in as soon as sshd answers; a wrong host key fails at once. Returns the seconds it took. */
-async function login(args: string[], timeoutMs: number): Promise<number> {
-  const t0 = Date.now();
-  let last = "";
-  while (Date.now() - t0 < timeoutMs) {
-    const r = await ssh(args, "true", 20_000);
-    if (r.ok) return (Date.now() - t0) / 1000;
-    last = r.stderr.trim();
-    if (/IDENTIFICATION HAS CHANGED|Host key verification failed/.test(last)) throw new Error(`the guest's host key is not the pinned one: ${last}`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-  throw new Error(`no SSH login within ${timeoutMs / 1000} s: ${last}`);
-}
-
-/** fsck.vfat -n of the stick's FAT (the partition at its start sector), read-only. */
-function stickFsck(stick: string, dir: string): { clean: boolean; output: string } {
-  const part = JSON.parse(execFileSync("sfdisk", ["--json", stick], { encoding: "utf8" })).partitiontable.partitions[0];
-  const copy = path.join(dir, "partition.img");
-  execFileSync("dd", [`if=${stick}`, `of=${copy}`, "bs=512", `skip=${part.start}`, `count=${part.size}`, "status=none"]);
-  const r = spawnSync("fsck.vfat", ["-n", copy], { encoding: "utf8" });
-  fs.rmSync(copy);
-  return { clean: r.status === 0, output: `${r.stdout}${r.stderr}`.trim() };
-}
-
-const stickFile = (stick: string, file: string) =>
-  execFileSync("mtype", ["-i", `${stick}@@1048576`, `::/${file}`], { env: { ...process.env, MTOOLS_SKIP_CHECK: "1" }, encoding: "utf8" });
-
-const bootsIn = (consoleText: string) => (consoleText.match(/Run \/sbin\/init as init process/g) ?? []).length;
 
 for (const arch of ["aarch64", "x86_64"] as const) {
   test(`${arch}: the stick boots under ramroot host; SSH with the pinned key, reboot, a UEFI variable kept across a reboot and a restart, SIGTERM powers off cleanly`, { timeout: 20 * 60_000 }, async (t) => {

@@ -149,6 +149,39 @@ export class HostProtocol {
     return (await this.link.exec("read /etc/ramroot-release", argv("build-id"))).trim();
   }
 
+  /** The `status` verb's lines: build, boot id, BootCurrent, confirmed, health report. */
+  async status(): Promise<string> {
+    return this.link.exec("read the host's status", argv("status"));
+  }
+
+  /** The `efi-state` verb's lines for the trial image's folder `dir` (made when missing). */
+  async efiState(dir: string): Promise<string> {
+    return this.link.exec("read the UEFI boot variables", argv("efi-state", dir), 64 << 10);
+  }
+
+  /** Writes the efivarfs file `name` (NAME-GUID): attributes and payload, in one write. */
+  async efiWrite(name: string, file: Buffer): Promise<void> {
+    const octal = [...file].map((b) => `\\0${b.toString(8).padStart(3, "0")}`).join("");
+    await this.link.exec(`write the UEFI variable ${name}`, argv("efi-write", name, octal));
+  }
+
+  async efiDelete(name: string): Promise<void> {
+    await this.link.exec(`remove the UEFI variable ${name}`, argv("efi-delete", name));
+  }
+
+  async trialConfirm(): Promise<void> {
+    await this.link.exec("confirm the trial boot", argv("trial-confirm"));
+  }
+
+  /** The verified trial image `trial` becomes P.ramroot-new (a rename). */
+  async trialStage(trial: string, sha256: string, size: number): Promise<void> {
+    await this.link.exec(`move ${trial} to ${this.files.upload}`, argv("trial-stage", trial, this.files.path, sha256), size);
+  }
+
+  async trialRemove(trial: string): Promise<void> {
+    await this.link.exec(`remove ${trial}`, argv("trial-remove", trial));
+  }
+
   private async start(verb: string, size = 0, args: string[] = []): Promise<HostChannel> {
     const proc = await this.link.spawn(`read the state of ${this.files.path}`, argv(verb, this.files.path, ...args));
     const conv = new Conversation((name, ms, fn) => this.link.step(name, ms, fn), proc);

@@ -207,6 +207,90 @@ if [ "$verb" = build-id ]; then
 	exit 0
 fi
 
+# The UEFI verbs of a trial boot (src/deploy/trial.ts). Variables are efivarfs files: four
+# attribute bytes, then the payload.
+efivars=/sys/firmware/efi/efivars
+hex_of() { od -An -v -tx1 "$1" | tr -d ' \n'; }
+case $verb in
+status)
+	# This boot and how it went: the build, the kernel's boot id (a new one after a reboot), the
+	# entry the firmware booted, and ramroot's health report once the boot has ended.
+	printf 'build %s\n' "$(sed -n 's/^BUILD_ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/ramroot-release 2>/dev/null)"
+	printf 'boot %s\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
+	bc=$efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c
+	[ ! -f "$bc" ] || printf 'bootcurrent %s\n' "$(hex_of "$bc")"
+	[ ! -f /run/ramroot/trial-confirmed ] || echo confirmed
+	[ ! -f /run/ramroot/health ] || sed 's/^/health /' /run/ramroot/health
+	exit 0
+	;;
+efi-state)
+	# efi-state DIR: efivarfs and efibootmgr, the boot variables, and the partition and GPT of
+	# the filesystem holding DIR (the trial image's folder, made here).
+	d=${1-}
+	case $d in /?*) ;; *) die "efi-state needs an absolute folder, got '$d'" ;; esac
+	if [ -d "$efivars" ] && [ -w "$efivars" ] && [ -f "$efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c" ]; then echo 'efivarfs yes'; else echo 'efivarfs no'; fi
+	if command -v efibootmgr >/dev/null 2>&1; then echo 'efibootmgr yes'; else echo 'efibootmgr no'; fi
+	for f in "$efivars"/Boot*-8be4df61-93ca-11d2-aa0d-00e098032b8c "$efivars"/RamrootTrial-*; do
+		[ -f "$f" ] || continue
+		printf 'var %s %s\n' "${f##*/}" "$(hex_of "$f")"
+	done
+	mkdir -p "$d" || die "cannot make $d"
+	# The mount that holds DIR: the longest mount point that is a prefix of it.
+	best='' dev=''
+	while read -r src mnt _; do
+		case $d/ in "$mnt"/* | "$mnt"/) [ ${#mnt} -le ${#best} ] || { best=$mnt dev=$src; } ;; esac
+	done </proc/mounts
+	[ "$best" != / ] || best=''
+	printf 'mount %s %s\n' "${best:-/}" "$dev"
+	part=${dev##*/}
+	if [ -f "/sys/class/block/$part/partition" ]; then
+		disk=$(basename "$(dirname "$(readlink -f "/sys/class/block/$part")")")
+		printf 'partition %s %s\n' "$disk" "$(cat "/sys/class/block/$part/partition")"
+		printf 'gpt %s\n' "$(dd if="/dev/$disk" bs=512 skip=1 count=33 2>/dev/null | od -An -v -tx1 | tr -d ' \n')"
+	fi
+	exit 0
+	;;
+efi-write)
+	# efi-write NAME-GUID OCTAL: the variable's file (attributes and payload) in one write, as
+	# efivarfs wants it; OCTAL is the bytes as \0ooo escapes (printf %b's). An existing one may be
+	# immutable.
+	case ${1-} in *[!0-9A-Za-z-]* | '') die "efi-write: a bad variable name '${1-}'" ;; esac
+	tmp=/run/ramroot-efivar.$$
+	case ${2-} in *[!0-7\\]*) die "efi-write: the data must be \\0ooo escapes" ;; *) printf '%b' "${2-}" >"$tmp" ;; esac
+	[ ! -f "$efivars/$1" ] || chattr -i "$efivars/$1" 2>/dev/null || :
+	dd if="$tmp" of="$efivars/$1" bs=65536 2>/dev/null || { rm -f "$tmp"; die "writing the UEFI variable $1 failed"; }
+	rm -f "$tmp"
+	exit 0
+	;;
+efi-delete)
+	case ${1-} in *[!0-9A-Za-z-]* | '') die "efi-delete: a bad variable name '${1-}'" ;; esac
+	[ -f "$efivars/$1" ] || exit 0
+	chattr -i "$efivars/$1" 2>/dev/null || :
+	rm -f "$efivars/$1" || die "removing the UEFI variable $1 failed"
+	exit 0
+	;;
+trial-confirm)
+	# The deployer saw the trial build healthy: its trial timer lets it live.
+	mkdir -p /run/ramroot && : >/run/ramroot/trial-confirmed && echo @confirmed
+	exit 0
+	;;
+trial-stage)
+	# trial-stage TRIAL P SHA: the verified trial image becomes P's upload (one rename on the
+	# stick's filesystem), for a deploy of P that reuses it.
+	[ "$(hash_of "$1")" = "$3" ] || die "$1 is not the trial image $3"
+	mv -f "$1" "$2.ramroot-new" || die "renaming $1 to $2.ramroot-new failed"
+	flushdir "$2.ramroot-new"
+	echo @staged
+	exit 0
+	;;
+trial-remove)
+	# trial-remove TRIAL: the trial image and what a deploy of it left beside it.
+	rm -f "$1" "$1.prev" "$1.ramroot-new" "$1.ramroot-prev" || die "removing $1 failed"
+	sync
+	exit 0
+	;;
+esac
+
 p=${1-}
 case $p in /?*) ;; *) die "the target path must be absolute, got '$p'" ;; esac
 v=$p.prev tn=$p.ramroot-new tp=$p.ramroot-prev

@@ -11,7 +11,7 @@ import { Initramfs } from "./components/initramfs";
 import { Uki } from "./components/uki";
 import { SignedUki } from "./components/signed-uki";
 import { readFileSync } from "node:fs";
-import { BootMedia } from "./components/bootmedia";
+import { BootMedia, type SshBootMediaArgs } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
 import { GoPrograms } from "./components/goprograms";
@@ -191,7 +191,7 @@ if (target === "production") {
   if (!host) {
     pulumi.log.warn("ramroot:host is not set: this stack builds the image and deploys nothing (set ramroot:host, ramroot:hostKey and ramroot:sshPrivateKey to deploy)");
   } else {
-    const media = new BootMedia("media", {
+    const args: SshBootMediaArgs = {
       kind: "ssh",
       host,
       port: cfg.getNumber("sshPort"),
@@ -205,7 +205,15 @@ if (target === "production") {
       allowUntested: cfg.getBoolean("allowUntested") ?? false,
       afterDeploy: cfg.getObject<string[]>("afterDeploy"),
       waitSeconds: cfg.getNumber("waitSeconds"),
-    });
+    };
+    // Reboots and trial boots (components/deploy.ts): passed through to the provider as they are.
+    const media = new BootMedia("media", {
+      ...args,
+      reboot: cfg.getBoolean("reboot") ?? false,
+      trialBoot: cfg.getBoolean("trialBoot"),
+      trialSeconds: cfg.getNumber("trialSeconds"),
+      consoleLog: cfg.get("consoleLog") && path.resolve(project, cfg.get("consoleLog")!),
+    } as SshBootMediaArgs);
     deployed = media.remoteSha256;
   }
 }

@@ -19,7 +19,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Store } from "./store";
 import { sha256 } from "./store";
-import { checkHost, hostArch } from "./configure";
+import { checkHost, hostArch, KEPT_CAPS } from "./configure";
 
 export const BUILDER = {
   name: "alpine-make-rootfs",
@@ -184,21 +184,127 @@ export function builderEnv(o: Pick<AlpineOptions, "arch" | "packages" | "branch"
 /** The builder paints its messages (bold red ERROR:, cyan steps): Pulumi's output shows plain text. */
 export const stripColour = (s: string) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "");
 
+/** What of the host's /etc the builder may read: names, addresses, certificates, loader, users. */
+const ETC = ["alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "resolv.conf", "hosts", "nsswitch.conf", "host.conf", "gai.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "localtime", "apk"];
+
+/**
+ * The builder runs contained, because apk runs the packages' install scripts and triggers as
+ * root, and they come from the mirror: in a mount namespace whose root is a tmpfs holding only
+ * what the builder needs (the host's programs and libraries read-only, a few files of /etc, the
+ * tree, the apk cache, the keys, the builder and apk), so that neither the builder nor a
+ * script that climbs out of apk's chroot (or goes through /proc/N/root) finds the host's files,
+ * the project, its passphrase or the store; in a PID namespace (a fresh /proc: no build process,
+ * no environment of one), with /sys read-only, a /dev of its own (no host disk), its own UTS
+ * and IPC, and without the capabilities that would undo any of that (configure.ts's KEPT_CAPS:
+ * no mount, mknod, ptrace, modules). The tree gets the same /proc, /sys and /dev for the
+ * scripts, mounted before apk would mount the host's /proc there. The network stays: apk
+ * fetches from the mirror (a script could reach it too; it cannot reach what the build holds).
+ */
+const SANDBOX = `set -e
+r=$1 caps=$2
+shift 2
+ro() { mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; }
+knobs() {
+  for f in sys sysrq-trigger bus fs irq; do [ ! -e "$1/$f" ] || ro "$1/$f" "$1/$f"; done
+  for f in kcore keys timer_list sched_debug; do [ ! -e "$1/$f" ] || mount --bind "$r/dev/null" "$1/$f"; done
+}
+dev() {
+  mount -t tmpfs -o mode=0755,nosuid,size=1m ramroot-dev "$1"
+  mknod -m 0666 "$1/null" c 1 3; mknod -m 0666 "$1/zero" c 1 5; mknod -m 0666 "$1/full" c 1 7
+  mknod -m 0666 "$1/random" c 1 8; mknod -m 0666 "$1/urandom" c 1 9; mknod -m 0666 "$1/tty" c 5 0
+  ln -s /proc/self/fd "$1/fd"; ln -s /proc/self/fd/0 "$1/stdin"; ln -s /proc/self/fd/1 "$1/stdout"; ln -s /proc/self/fd/2 "$1/stderr"
+  mkdir "$1/pts" "$1/shm"; chmod 1777 "$1/shm"
+}
+mount -t tmpfs -o mode=0755,size=16m ramroot-stage1 "$r"
+for d in bin sbin lib lib32 lib64 libx32 usr; do
+  if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$r/$d"
+  elif [ -d "/$d" ]; then mkdir "$r/$d"; ro "/$d" "$r/$d"; fi
+done
+mkdir "$r/etc" "$r/tmp" "$r/run" "$r/root" "$r/proc" "$r/sys" "$r/dev"
+for e in ${ETC.join(" ")}; do
+  [ -e "/etc/$e" ] || continue
+  if [ -d "/etc/$e" ]; then mkdir "$r/etc/$e"; else : > "$r/etc/$e"; fi
+  ro "/etc/$e" "$r/etc/$e"
+done
+mount -t tmpfs -o mode=1777,nosuid,nodev ramroot-tmp "$r/tmp"
+dev "$r/dev"
+mount -t proc -o nosuid,nodev,noexec proc "$r/proc"
+knobs "$r/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
+tree=
+while [ "$1" != -- ]; do
+  how=$1 p=$2
+  shift 2
+  if [ -d "$p" ]; then mkdir -p "$r$p"; else mkdir -p "$r\${p%/*}"; : > "$r$p"; fi
+  case $how in
+    tree) tree=$p; mount --bind "$p" "$r$p" ;;
+    rw) mount --bind "$p" "$r$p" ;;
+    *) ro "$p" "$r$p" ;;
+  esac
+done
+shift
+mkdir -p "$r$tree/proc" "$r$tree/sys" "$r$tree/dev"
+mount -t proc -o nosuid,nodev,noexec proc "$r$tree/proc"
+knobs "$r$tree/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r$tree/sys"
+dev "$r$tree/dev"
+cd "$r"
+pivot_root . .
+umount -l .
+cd /
+exec setpriv --bounding-set "-all,+$caps" -- "$@"
+`;
+
+/** Paths the sandbox shows in place (the host's programs and libraries, already read-only there). */
+const inSandbox = (p: string) => /^\/(usr|bin|sbin|lib|lib32|lib64|libx32)(\/|$)/.test(p);
+
+/** A repository line's local folder, if it names one (`[@tag ]/path` or `file:///path`). */
+function localRepository(line: string): string | undefined {
+  const url = line.trim().replace(/^@\S+\s+/, "");
+  if (url.startsWith("/")) return url;
+  if (url.startsWith("file://")) return new URL(url).pathname;
+  return undefined;
+}
+
+/** unshare's arguments that run `command` in the sandbox, with `mounts` (absolute host paths) in it. */
+export function sandboxArgs(scratch: string, mounts: Array<["tree" | "rw" | "ro", string]>, command: string[]): string[] {
+  const shown = mounts.filter(([how, p]) => how !== "ro" || !inSandbox(p));
+  return ["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--uts", "--ipc", "--", "/bin/sh", "-c", SANDBOX, "sandbox", scratch, KEPT_CAPS.join(",+"), ...shown.flat(), "--", ...command];
+}
+
 async function runBuilder(builder: string, o: AlpineOptions & { reposFile?: string }, cache: string): Promise<void> {
   const { execa } = await import("execa");
   o.log?.(`${BUILDER.name}: ${o.arch}, ${o.repositories ? `${o.repositories.length} repositories` : `branch ${o.branch ?? DEFAULT_BRANCH}`}, ${o.packages.length} packages`);
-  const res = await execa("/bin/sh", [builder, o.out], {
-    env: builderEnv(o, cache),
-    extendEnv: false,
-    all: true,
-    reject: false,
-    stdin: "ignore",
-    timeout: (o.timeoutSeconds ?? 3600) * 1000,
-  });
-  const output = stripColour(String(res.all ?? "")).trimEnd();
-  if (res.exitCode !== 0 || res.failed) {
-    const lines = output.split("\n");
-    throw new Error(`alpine: ${BUILDER.name} failed (${res.timedOut ? "timed out" : `exit ${res.exitCode ?? res.signal}`}); its output:\n${lines.slice(-60).join("\n")}`);
+  const ro = (p: string | undefined): Array<["ro", string]> => (p && existsSync(p) ? [["ro", path.resolve(p)]] : []);
+  const mounts: Array<["tree" | "rw" | "ro", string]> = [
+    ["tree", path.resolve(o.out)],
+    ["rw", cache],
+    ...ro(builder),
+    // Its folder: an apk program may come with its loader and libraries (a minirootfs's apk).
+    ...ro(o.apk && path.dirname(path.resolve(o.apk))),
+    ...ro(o.keysDir),
+    ...ro(o.reposFile),
+    ...[o.mirror, ...(o.repositories ?? [])].flatMap((l) => ro(l && localRepository(l))),
+  ];
+  const scratch = await fs.mkdtemp(`${o.out}.sandbox-`);
+  try {
+    const res = await execa("unshare", sandboxArgs(scratch, mounts, ["/bin/sh", builder, path.resolve(o.out)]), {
+      // CLEANUP=no: its cleanup would unmount the tree's /proc and /dev, which it cannot (no
+      // CAP_SYS_ADMIN) and need not: the sandbox's mounts and its /tmp end with its namespaces.
+      env: { ...builderEnv(o, cache), CLEANUP: "no" },
+      extendEnv: false,
+      all: true,
+      reject: false,
+      stdin: "ignore",
+      timeout: (o.timeoutSeconds ?? 3600) * 1000,
+    });
+    const output = stripColour(String(res.all ?? "")).trimEnd();
+    if (res.exitCode !== 0 || res.failed) {
+      const lines = output.split("\n");
+      throw new Error(`alpine: ${BUILDER.name} failed (${res.timedOut ? "timed out" : `exit ${res.exitCode ?? res.signal}`}); its output:\n${lines.slice(-60).join("\n")}`);
+    }
+    for (const line of output.split("\n").filter(Boolean).slice(-5)) o.log?.(`${BUILDER.name}: ${line}`);
+  } finally {
+    await fs.rmdir(scratch).catch(() => {});
   }
-  for (const line of output.split("\n").filter(Boolean).slice(-5)) o.log?.(`${BUILDER.name}: ${line}`);
 }

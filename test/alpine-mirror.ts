@@ -133,7 +133,7 @@ export async function buildAlpineMirror(): Promise<BuiltMirror | { unavailable: 
   h.update(JSON.stringify([MINIROOTFS_SHA512, BUILDER.sha256, key.name]));
   for (const t of inputs) for (const f of t.files) h.update(`${t.arch} ${f.rel} ${fileDigest(f.abs)}\n`);
   const dir = path.join(base, h.digest("hex").slice(0, 16));
-  const result = (): BuiltMirror => ({ dir, keysDir: path.join(dir, "keys"), apk: path.join(dir, "bin", "apk"), manifest: JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")) });
+  const result = (): BuiltMirror => ({ dir, keysDir: path.join(dir, "keys"), apk: path.join(dir, "host", "ramroot-apk"), manifest: JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")) });
   // A mirror's folder is touched at each use; one unused for a week (an older fixture or test
   // tree) is removed when another is built, as are builds that died over an hour ago.
   if (fs.existsSync(dir)) { fs.utimesSync(dir, new Date(), new Date()); return result(); }
@@ -160,9 +160,9 @@ export async function buildAlpineMirror(): Promise<BuiltMirror | { unavailable: 
     for (const arch of ARCHES)
       if (arch === hostArch) fs.renameSync(path.join(tmp, `minirootfs-${arch}`), path.join(tmp, "host"));
       else fs.rmSync(path.join(tmp, `minirootfs-${arch}`), { recursive: true, force: true });
-    fs.mkdirSync(path.join(tmp, "bin"));
+    // Inside the minirootfs's folder: src/alpine.ts shows the builder the folder of its apk.
     const host = path.join(dir, "host");
-    fs.writeFileSync(path.join(tmp, "bin", "apk"),
+    fs.writeFileSync(path.join(tmp, "host", "ramroot-apk"),
       `#!/bin/sh\n# ramroot test fixture: the Alpine ${RELEASE} ${hostArch} minirootfs's own apk-tools, run through its musl loader.\n` +
       `exec '${host}/lib/ld-musl-${hostArch}.so.1' --library-path '${host}/lib:${host}/usr/lib' '${host}/sbin/apk' "$@"\n`, { mode: 0o755 });
     fs.mkdirSync(path.join(tmp, "keys"));
@@ -643,6 +643,34 @@ done
 exit 0
 `;
 
+/**
+ * What a hostile package's script would try from inside apk's chroot on the build machine: host
+ * files through /proc/N/root (apk and the builder run outside the chroot), a build process's
+ * environment, a sysctl, a disk node, /sys, the hostname. The test puts its bait at
+ * /run/ramroot-escape-probe.secret on the host and in its own environment (RAMROOT_TEST_SECRET).
+ */
+const ESCAPE_PROBE = `#!/bin/sh
+out=/var/lib/ramroot-escape-probe
+mkdir -p $out
+{
+  echo "pid $$"
+  for r in /proc/*/root; do
+    cat "$r/run/ramroot-escape-probe.secret" 2>/dev/null
+    echo x > "$r/run/ramroot-escape-probe.written" 2>/dev/null
+    ls "$r/" 2>/dev/null | tr '\\n' ' '; echo
+  done
+  cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep RAMROOT_TEST_SECRET
+  echo escaped > /proc/sys/kernel/domainname 2>/dev/null && echo 'WROTE a sysctl'
+  mount -o remount,rw /proc/sys 2>/dev/null && echo 'REMOUNTED /proc/sys'
+  touch /sys/ramroot 2>/dev/null && echo 'WROTE /sys'
+  mknod /tmp/disk b 8 0 2>/dev/null && echo 'MADE a disk node'
+  hostname escaped 2>/dev/null
+  echo "dev: $(ls /dev | tr '\\n' ' ')"
+  echo "processes: $(ls -d /proc/[0-9]* | wc -l)"
+} > $out/report 2>&1
+exit 0
+`;
+
 /** mkinitfs's default configuration as its Makefile writes it (DEFAULT_FEATURES). */
 const MKINITFS_CONF = 'features="ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio"\n';
 
@@ -711,6 +739,12 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
     pkg({ name: "efibootmgr", version: "18-r2", license: "GPL-2.0-or-later", depends: ["debian-glibc"], desc: "Debian's efibootmgr (bookworm: 17) at Alpine's /usr/sbin/efibootmgr" },
       debian.efibootmgr.map((r) => copy(tree.dir, r))),
     pkg({ name: "dosfstools", version: "4.2-r2", license: "GPL-3.0-or-later", desc: "empty: no mkfs.vfat or fsck.vfat" }),
+    // Not installed by the example: test/alpine-contained.test.ts installs it to see what a
+    // package's script can reach of the build machine (src/alpine.ts runs the builder contained).
+    pkg({ name: "ramroot-escape-probe", version: "1-r0", depends: ["busybox"], scripts: { "post-install": Buffer.from(ESCAPE_PROBE) },
+      desc: "a post-install script that tries to leave apk's chroot and reports what it reached in /var/lib/ramroot-escape-probe" },
+    // A file: apk runs no script of a package that installs nothing.
+    [text("usr/share/ramroot-escape-probe/README", "See its post-install script.\n")]),
     pkg({ name: "linux-firmware-none", version: "20240811-r0", origin: "linux-firmware", license: "custom", provides: ["linux-firmware-any"],
       desc: "empty, as Alpine's is: satisfies linux-firmware-any without firmware" }),
   ];

@@ -75,7 +75,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
     return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : []), ...sb]));
   },
   async build(i, ctx) {
-    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU${i.secureBoot ? ` with Secure Boot enforced (db: ${i.secureBootVars ?? "Debian's snakeoil certificate"})` : ""}, waiting for "${i.marker}" and the health report`);
+    ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU${i.secureBoot ? ` with Secure Boot enforced (db: ${i.secureBootVars ?? "Debian's test certificate"})` : ""}, waiting for "${i.marker}" and the health report`);
     const res = await bootCheck({
       arch: i.arch as Arch,
       disk: i.disk,

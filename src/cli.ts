@@ -7,6 +7,7 @@
 //   ramroot store verify [--quick] [--json]
 //   ramroot store gc [--dry-run]
 //   ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
+//   ramroot secureboot keys --new NAME -o DIR [--owner GUID]
 //   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
 //   ramroot host --stick IMAGE --ssh-port PORT [--arch ARCH] [--vars FILE] [--console FILE] [--memory MIB] [--cpus N] [--stop-timeout S]
 import { execFileSync, spawn } from "node:child_process";
@@ -18,7 +19,7 @@ import { parseArgs } from "node:util";
 import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Compression } from "./initramfs";
 import { buildUki, inspectUki } from "./uki";
 import { outsideSections, readSignatures } from "./authenticode";
-import { algName, enrollmentSteps, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
+import { algName, enrollmentSteps, makeSigningKey, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
 import { qemuCommand, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
 import { Store, summary } from "./store";
@@ -48,6 +49,9 @@ const usage = `usage:
   ramroot secureboot keys --cert FILE -o DIR [--owner GUID]
                                          the files that enroll FILE in a firmware's db (DER, EFI
                                          signature list, PEM), and the steps to enroll them
+  ramroot secureboot keys --new NAME -o DIR [--owner GUID]
+                                         a new signing key (DIR/db.key, 0600) and certificate
+                                         (DIR/db.pem, CN=NAME), then the same enrollment files
   ramroot stick write TARGET --uki FILE [--arch aarch64|x86_64] [--size SIZE] [--volume-id ID] [--force]
                                          the NAS's boot stick (an image file or a device): GPT, one FAT32 ESP
                                          (volume id B61B-19E7), the UKI at EFI/BOOT/BOOT{AA64,X64}.EFI, persist/
@@ -309,13 +313,22 @@ function printSecureBoot(report: any): void {
 }
 
 async function secureboot(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, options: { cert: { type: "string" }, output: { type: "string", short: "o" }, owner: { type: "string" } }, allowPositionals: true });
-  if (positionals[0] !== "keys" || positionals.length !== 1 || !values.cert || !values.output) throw new UsageError("secureboot keys takes --cert FILE and -o DIR");
-  const cert = await fs.readFile(values.cert).catch((e: NodeJS.ErrnoException) => {
+  const { values, positionals } = parseArgs({ args, options: { cert: { type: "string" }, new: { type: "string" }, output: { type: "string", short: "o" }, owner: { type: "string" } }, allowPositionals: true });
+  if (positionals[0] !== "keys" || positionals.length !== 1 || !values.output || (!values.cert === (values.new === undefined))) throw new UsageError("secureboot keys takes --cert FILE (or --new NAME) and -o DIR");
+  if (values.owner !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(values.owner)) throw new Error(`--owner ${values.owner} is not a GUID: give one as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, or leave it out (a GUID named by the certificate)`);
+  if (values.new !== undefined) {
+    const made = await makeSigningKey(values.output, values.new);
+    values.cert = made.cert;
+    console.log(`Made a signing key ${made.key} (mode 0600: keep it off the boot stick and out of git) and its certificate ${made.cert}.
+Give them to the stacks that sign (the key as a secret; it is stored encrypted in the stack config):
+  npm run pulumi -- config set ramroot:secureBootCert --stack STACK -- "$(cat ${made.cert})"
+  npm run pulumi -- config set --secret ramroot:secureBootKey --stack STACK -- "$(cat ${made.key})"
+`);
+  }
+  const cert = await fs.readFile(values.cert!).catch((e: NodeJS.ErrnoException) => {
     throw new Error(e.code === "ENOENT" ? `--cert ${values.cert} does not exist: pass the certificate file (PEM or DER) that goes with the signing key` : `--cert ${values.cert}: ${e.message}`);
   });
   readCertificate(cert, `--cert ${values.cert}`);
-  if (values.owner !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(values.owner)) throw new Error(`--owner ${values.owner} is not a GUID: give one as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, or leave it out (a GUID named by the certificate)`);
   const files = await writeEnrollmentFiles(cert, values.output, { owner: values.owner });
   console.log(enrollmentSteps(files));
 }

@@ -266,6 +266,32 @@ export async function writeEnrollmentFiles(cert: string | Buffer, dir: string, o
   return { dir, ...files, owner, subject: oneLine(c.subject), fingerprint256: c.fingerprint256, notAfter: c.validTo };
 }
 
+/**
+ * A new signing key and its self-signed certificate in `dir`: db.key (RSA-3072, PEM, unencrypted,
+ * mode 0600 from the moment it exists: openssl runs under umask 077) and db.pem. Refuses to
+ * replace a db.key that is there: the machines that enrolled its certificate boot only its
+ * signatures.
+ */
+export async function makeSigningKey(dir: string, name: string, opts: { days?: number } = {}): Promise<{ key: string; cert: string }> {
+  // openssl's -subj splits at "/" and "+" and takes a backslash as an escape: none of them in a name.
+  if (!name.trim() || /[\/+\\\x00-\x1f]/.test(name)) throw new Error(`--new ${JSON.stringify(name)}: give a name for the certificate (its CN) without "/", "+", "\\" or control characters, e.g. "ramroot db 2026"`);
+  await fs.mkdir(dir, { recursive: true });
+  const key = path.join(dir, "db.key"), cert = path.join(dir, "db.pem");
+  for (const f of [key, cert]) {
+    if (await fs.stat(f).then(() => true, () => false)) throw new Error(`${f} exists: a new key there would replace the one machines may have enrolled; choose another -o folder, or remove it first if you mean to`);
+  }
+  // 10 years: UEFI firmware does not check certificate dates (there is no trusted clock at boot).
+  const r = await run("sh", ["-c", 'umask 077 && exec openssl req -new -x509 -newkey rsa:3072 -sha256 -nodes -days "$1" -subj "/CN=$2" -keyout "$3" -out "$4"', "sh", String(opts.days ?? 3650), name, key, cert]);
+  if (r.code !== 0) {
+    await fs.rm(key, { force: true });
+    await fs.rm(cert, { force: true });
+    if (r.code === 127) throw new Error("openssl is not installed: apt-get install openssl (npm run setup does)");
+    throw new Error(`openssl could not make the key: ${lastLines(r.stderr + r.stdout)}`);
+  }
+  await fs.chmod(cert, 0o644);
+  return { key, cert };
+}
+
 /** The steps to enroll the files in a firmware setup screen, for a person at the machine. */
 export function enrollmentSteps(e: EnrollmentFiles): string {
   return `Enrollment files for ${e.subject} (SHA-256 fingerprint ${e.fingerprint256}, valid until ${e.notAfter}; firmware does not check dates):

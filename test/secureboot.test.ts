@@ -147,7 +147,7 @@ test("the qemu stack signs its UKI as its own step and boots it under enforcing 
     const r = await run(["up", "--yes", "--stack", "qemu"]);
     t.diagnostic(`first up (build, sign, boot): ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     assert.match(r.stdout, /with Secure Boot enforced/);
-    assert.match(r.stdout, /\[signeduki signed\] signed [0-9a-f]{64}\.efi .*Authenticode SHA-256 [0-9a-f]{16}, by CN=Debian/);
+    assert.match(r.stdout, /\[signeduki\] signed [0-9a-f]{64}\.efi \(UKI [0-9a-f]{64}\.efi\): Authenticode SHA-256 [0-9a-f]{16}, by C=US, .*O=SnakeOil, sha256 [0-9a-f]{16}/);
     const o = await outputs();
     assert.notEqual(o.signedUkiSha256, o.ukiSha256);
     assert.ok((await verifyUki(o.signedUkiPath, fs.readFileSync(SNAKEOIL.cert))).ok);
@@ -178,10 +178,28 @@ test("the qemu stack signs its UKI as its own step and boots it under enforcing 
     assert.equal(after_.initramfsHash, before.initramfsHash);
   });
 
+  await t.test("bad Secure Boot config stops the preview, naming the key to set", async () => {
+    // The other key with the snakeoil certificate: not that certificate's key.
+    await run(["config", "set", "ramroot:secureBootCert", "--stack", "qemu", "--", fs.readFileSync(SNAKEOIL.cert, "utf8")]);
+    let r = await run(["preview", "--stack", "qemu"], true);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stdout + r.stderr, /ramroot:secureBootKey: the signing key does not belong to the certificate/);
+    await run(["config", "rm", "ramroot:secureBootCert", "--stack", "qemu"]);
+    r = await run(["preview", "--stack", "qemu"], true);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stdout + r.stderr, /ramroot:secureBootKey is set in stack qemu, ramroot:secureBootCert is not/);
+    await run(["config", "set", "ramroot:secureBootCert", "--stack", "qemu", "--", "db.pem"]);
+    r = await run(["preview", "--stack", "qemu"], true);
+    assert.match(r.stdout + r.stderr, /ramroot:secureBootCert is neither a PEM certificate .* nor a file that can be read/);
+  });
+
   await t.test("the keys are in no state, log or store file", async () => {
     const exported = await run(["stack", "export", "--stack", "qemu"]);
     const secrets = [...secretsOf(SNAKEOIL.key, SNAKEOIL.passphrase), ...secretsOf(other().key), Buffer.from(`"${SNAKEOIL.passphrase}"`)];
     holdsNone(Buffer.from(exported.stdout), secrets, "pulumi stack export");
+    // The key is there, as the engine's ciphertext, in the signing step's inputs and outputs.
+    const signedRes = JSON.parse(exported.stdout).deployment.resources.find((r: any) => r.type === "pulumi-nodejs:dynamic/ramroot:SignedUki");
+    assert.ok(signedRes?.inputs?.key?.ciphertext && signedRes?.outputs?.key?.ciphertext, `the key is not kept as a secret: ${JSON.stringify(signedRes?.inputs?.key)?.slice(0, 80)}`);
     holdsNone(Buffer.from(logs.join("\n")), secrets, "the CLI's output");
     let n = 0;
     for (const f of filesUnder(path.join(p.dir, ".ramroot"))) {

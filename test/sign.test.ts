@@ -286,6 +286,33 @@ describe("ramroot inspect --cert and ramroot secureboot keys", () => {
     assert.ok(!fs.existsSync(path.join(tmp, "keys-bad")));
     bad = ramroot("secureboot", "keys", "--cert", path.join(tmp, "cert.pem"));
     assert.equal(bad.status, 2);
-    assert.match(bad.stderr, /secureboot keys takes --cert FILE and -o DIR[\s\S]*usage:/);
+    assert.match(bad.stderr, /secureboot keys takes --cert FILE \(or --new NAME\) and -o DIR[\s\S]*usage:/);
+  });
+
+  test("secureboot keys --new makes a key (0600) and its certificate, which sign a UKI that verifies", async () => {
+    const dir = path.join(tmp, "keys-new");
+    const r = ramroot("secureboot", "keys", "--new", "ramroot db test 2026", "-o", dir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ["db.key", "db.pem", "ramroot-db.der", "ramroot-db.esl", "ramroot-db.pem"]);
+    assert.equal(fs.statSync(path.join(dir, "db.key")).mode & 0o777, 0o600);
+    const made = new X509Certificate(fs.readFileSync(path.join(dir, "db.pem")));
+    assert.equal(made.subject, "CN=ramroot db test 2026");
+    assert.equal(made.publicKey.asymmetricKeyDetails?.modulusLength, 3072);
+    assert.ok(made.checkPrivateKey(createPrivateKey(fs.readFileSync(path.join(dir, "db.key")))));
+    assert.ok(fs.readFileSync(path.join(dir, "ramroot-db.der")).equals(made.raw));
+    assert.match(r.stdout, /config set --secret ramroot:secureBootKey --stack STACK -- "\$\(cat .*db\.key\)"/);
+    assert.match(r.stdout, /Enrollment files for CN=ramroot db test 2026/);
+    holdsNone(r.stdout + r.stderr, secretsOf(fs.readFileSync(path.join(dir, "db.key"))), "secureboot keys --new's output");
+    const out = path.join(tmp, "new-signed.efi");
+    await signUki(unsigned, out, { key: fs.readFileSync(path.join(dir, "db.key")), cert: fs.readFileSync(path.join(dir, "db.pem")) });
+    assert.ok((await verifyUki(out, made.raw)).ok);
+    fs.rmSync(out);
+    // A second run would replace a key that machines may have enrolled: refused, nothing touched.
+    const before = fs.readFileSync(path.join(dir, "db.key"));
+    const again = ramroot("secureboot", "keys", "--new", "another", "-o", dir);
+    assert.equal(again.status, 1);
+    assert.match(again.stderr, /db\.key exists: a new key there would replace the one machines may have enrolled/);
+    assert.ok(fs.readFileSync(path.join(dir, "db.key")).equals(before));
+    assert.equal(ramroot("secureboot", "keys", "--new", "x", "--cert", path.join(tmp, "cert.pem"), "-o", dir).status, 2);
   });
 });

@@ -160,53 +160,84 @@ function* withTrailer(records: Iterable<NewcRecord>): Generator<NewcRecord> {
   yield trailerRecord;
 }
 
-/** A header as read back (content is skipped). */
-export type NewcEntry = Pick<NewcRecord, "name" | "mode" | "uid" | "gid" | "nlink" | "mtime" | "ino" | "size" | "rdevMajor" | "rdevMinor">;
+/** A member as read back: its header, and its content when the reader was asked for it. */
+export interface NewcEntry extends Pick<NewcRecord, "name" | "mode" | "uid" | "gid" | "nlink" | "mtime" | "ino" | "size" | "devMajor" | "devMinor" | "rdevMajor" | "rdevMinor"> {
+  data?: Buffer;
+}
+
+const HEX8 = /^[0-9A-Fa-f]{8}$/;
 
 /**
- * Incremental newc reader, for inspecting archives: push decompressed bytes in any split,
- * get one callback per entry. `done` turns true at the trailer; bytes after it are ignored.
+ * Incremental newc reader: push bytes in any split, get one callback per member once its
+ * content has gone by (with the content itself under `content: true`). `done` turns true at
+ * the trailer, and `consumed` is then the archive's length (the trailer's padding included);
+ * bytes after it are ignored. A header that is not newc (magic, a field that is not 8 hex
+ * digits, a name without its NUL) throws, naming its offset.
  */
 export class NewcReader {
   done = false;
+  /** Bytes of the archive taken so far. */
+  consumed = 0;
   private pending: Buffer = Buffer.alloc(0);
-  private skip = 0;
+  /** The member whose content (then padding) is going by. */
+  private body?: { entry: NewcEntry; content: number; pad: number };
 
-  constructor(private readonly onEntry: (e: NewcEntry) => void) {}
+  constructor(
+    private readonly onEntry: (e: NewcEntry) => void,
+    private readonly opts: { content?: boolean } = {},
+  ) {}
 
   push(chunk: Buffer): void {
     while (!this.done && chunk.length > 0) {
-      if (this.skip > 0) {
-        const n = Math.min(this.skip, chunk.length);
-        this.skip -= n;
+      const b = this.body;
+      if (b) {
+        const n = Math.min(b.content > 0 ? b.content : b.pad, chunk.length);
+        if (b.content > 0) {
+          b.entry.data?.set(chunk.subarray(0, n), b.entry.size - b.content);
+          b.content -= n;
+        } else b.pad -= n;
+        this.consumed += n;
         chunk = chunk.subarray(n);
+        this.complete();
         continue;
       }
       this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
       chunk = Buffer.alloc(0);
-      while (!this.done && this.skip === 0 && this.pending.length >= HEADER_SIZE) {
-        const h = this.pending;
-        if (h.toString("latin1", 0, 6) !== "070701") throw new Error(`newc: bad magic ${JSON.stringify(h.toString("latin1", 0, 6))}`);
-        const field = (i: number) => parseInt(h.toString("latin1", 6 + 8 * i, 14 + 8 * i), 16);
-        const nameSize = field(11);
-        const headLen = HEADER_SIZE + nameSize + pad4(HEADER_SIZE + nameSize);
-        if (h.length < headLen) break;
-        const e: NewcEntry = {
-          ino: field(0), mode: field(1), uid: field(2), gid: field(3), nlink: field(4), mtime: field(5), size: field(6),
-          rdevMajor: field(9), rdevMinor: field(10),
-          name: h.toString("utf8", HEADER_SIZE, HEADER_SIZE + nameSize - 1),
-        };
-        this.pending = h.subarray(headLen);
-        if (e.name === TRAILER) {
-          this.done = true;
-          break;
-        }
-        this.onEntry(e);
-        const body = e.size + pad4(e.size);
-        const n = Math.min(body, this.pending.length);
-        this.pending = this.pending.subarray(n);
-        this.skip = body - n;
-      }
+      const h = this.pending;
+      if (h.length < HEADER_SIZE) break;
+      const at = this.consumed;
+      if (h.toString("latin1", 0, 6) !== "070701") throw new Error(`newc: bad magic ${JSON.stringify(h.toString("latin1", 0, 6))} at offset ${at}`);
+      const field = (i: number) => {
+        const text = h.toString("latin1", 6 + 8 * i, 14 + 8 * i);
+        if (!HEX8.test(text)) throw new Error(`newc: header field ${i} at offset ${at} is ${JSON.stringify(text)}, not 8 hex digits`);
+        return parseInt(text, 16);
+      };
+      const f = Array.from({ length: 13 }, (_, i) => field(i));
+      const nameSize = f[11];
+      if (nameSize === 0) throw new Error(`newc: the member at offset ${at} has an empty name (not even its NUL)`);
+      const headLen = HEADER_SIZE + nameSize + pad4(HEADER_SIZE + nameSize);
+      if (h.length < headLen) break;
+      if (h[HEADER_SIZE + nameSize - 1] !== 0) throw new Error(`newc: the name of the member at offset ${at} does not end with NUL`);
+      const entry: NewcEntry = {
+        ino: f[0], mode: f[1], uid: f[2], gid: f[3], nlink: f[4], mtime: f[5], size: f[6],
+        devMajor: f[7], devMinor: f[8], rdevMajor: f[9], rdevMinor: f[10],
+        name: h.toString("utf8", HEADER_SIZE, HEADER_SIZE + nameSize - 1),
+      };
+      if (this.opts.content && entry.name !== TRAILER) entry.data = Buffer.alloc(entry.size);
+      this.consumed += headLen;
+      this.pending = Buffer.alloc(0);
+      chunk = h.subarray(headLen);
+      this.body = { entry, content: entry.size, pad: pad4(entry.size) };
+      this.complete();
     }
+  }
+
+  /** Ends the member whose content and padding have gone by. */
+  private complete(): void {
+    const b = this.body;
+    if (!b || b.content > 0 || b.pad > 0) return;
+    this.body = undefined;
+    if (b.entry.name === TRAILER) this.done = true;
+    else this.onEntry(b.entry);
   }
 }

@@ -8,7 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as zlib from "node:zlib";
-import { buildInitramfs, inspectInitramfs, inspectProblem, levelProblem, planInitramfs, splitSegments, treeProblem, writeInitramfs, type Compression } from "../src/initramfs";
+import { buildInitramfs, inspectInitramfs, inspectProblem, levelProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../src/initramfs";
 import { encodeNewc, NewcReader, type NewcEntry, type NewcRecord } from "../src/newc";
 import { hashTree } from "../src/treehash";
 import { Store } from "../src/store";
@@ -339,51 +339,6 @@ test("errors name the problem and leave nothing behind", async () => {
   assert.ok(left.every((n) => !n.includes(".tmp")), `no temporary files: ${left}`);
   assert.ok(!left.some((n) => n.startsWith(plan.segments.find((s) => s.name === "etc")!.key)), "the mismatching segment was not stored");
   assert.ok(!(await store.has(`initramfs/${plan.hash}.img`)));
-});
-
-describe("splitSegments", () => {
-  const dir = (name: string): NewcRecord => ({ name, mode: 0o40755, uid: 0, gid: 0, nlink: 2, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });
-  const file = (name: string, size: number): NewcRecord => ({ ...dir(name), mode: 0o100644, nlink: 1, size });
-  const sample = (bump = 0) => {
-    const r = [dir("."), dir("etc"), file("etc/a", 10), dir("usr"), dir("usr/lib")];
-    for (let i = 0; i < 200; i++) r.push(file(`usr/lib/lib${String(i).padStart(3, "0")}.so`, 100_000 + (i === 50 ? bump : 0)));
-    r.push(dir("var"), file("var/x", 5));
-    return r;
-  };
-
-  test("segments are contiguous, cover every record, and keep directories before contents", () => {
-    const recs = sample();
-    const segs = splitSegments(recs, SPLIT);
-    assert.ok(segs.length > 3, `split usr/lib, got ${segs.map((s) => s.name)}`);
-    assert.equal(segs[0].start, 0);
-    assert.equal(segs[segs.length - 1].end, recs.length);
-    for (let i = 1; i < segs.length; i++) assert.equal(segs[i].start, segs[i - 1].end);
-    assert.ok(segs.every((s) => s.end > s.start));
-    assert.deepEqual(segs.slice(0, 1).map((s) => s.name), ["etc"]);
-    assert.equal(segs[segs.length - 1].name, "var");
-  });
-
-  test("a size change moves no boundary", () => {
-    const a = splitSegments(sample(), SPLIT);
-    const b = splitSegments(sample(30_000), SPLIT);
-    assert.deepEqual(b, a);
-  });
-
-  test("a new file changes only the segment it lands in (and at most splits it)", () => {
-    const recs = sample();
-    const a = splitSegments(recs, SPLIT);
-    const withNew = [...recs];
-    withNew.splice(recs.findIndex((r) => r.name === "usr/lib/lib100.so") + 1, 0, file("usr/lib/lib100.so.1", 100_000));
-    const b = splitSegments(withNew, SPLIT);
-    const names = (s: typeof a, rs: NewcRecord[]) => s.map((x) => rs.slice(x.start, x.end).map((r) => r.name).join(","));
-    const before = new Set(names(a, recs));
-    // The segment that gets the file changes; if the new name is itself a cut point, the
-    // rest of that old segment becomes a segment of its own. Nothing else moves.
-    const differ = names(b, withNew).filter((n) => !before.has(n));
-    assert.ok(differ.length >= 1 && differ.length <= 2, `segments that differ: ${differ.length}`);
-    assert.ok(differ[0].includes("lib100.so.1"));
-    assert.equal(names(b, withNew).length - differ.length, a.length - 1);
-  });
 });
 
 describe("hard links across segments", () => {

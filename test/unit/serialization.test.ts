@@ -1,7 +1,6 @@
-// Issue 2, acceptance 3: the provider text Pulumi stores in state (`__provider`) must load and
-// run in a fresh Node process, exactly as the dynamic-provider plugin loads it. Mocks capture
-// the text; a child process in the project's dist/ folder compiles it and calls check and
-// create on real inputs.
+// The provider text Pulumi stores in state (`__provider`) must load and run in a fresh Node
+// process, exactly as the dynamic-provider plugin loads it. Mocks capture the text; a child
+// process in the project's dist/ folder compiles it and calls check and create on real inputs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -9,7 +8,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
-import { repo } from "./project";
+import { repo } from "../project";
 
 test("the serialized provider loads and runs in a fresh node process", { timeout: 120_000 }, async (t) => {
   const captured: Record<string, any> = {};
@@ -26,7 +25,7 @@ test("the serialized provider loads and runs in a fresh node process", { timeout
     false,
   );
   // Loaded after setMocks, as a program would be.
-  const { Rootfs } = require("../components/rootfs") as typeof import("../components/rootfs");
+  const { Rootfs } = require("../../components/rootfs") as typeof import("../../components/rootfs");
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-ser-"));
   t.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
   const base = path.join(tmp, "base");
@@ -36,7 +35,8 @@ test("the serialized provider loads and runs in a fresh node process", { timeout
   await new Promise((resolve) => r.urn.apply(resolve));
   const text = captured.rootfs?.__provider;
   assert.equal(typeof text, "string", "no __provider was serialized");
-  // Rule 1: only builtins may be required by the serialized text itself.
+  // Only builtins may be required by the serialized text itself: the plugin process resolves
+  // nothing else from the provider text (packages are required inside the methods).
   for (const m of text.matchAll(/require\("([^"]+)"\)/g)) assert.ok(["path", "fs"].includes(m[1]), `the provider text requires ${m[1]}`);
 
   const textFile = path.join(tmp, "provider.js");

@@ -3,15 +3,17 @@
 // ramroot adds it to every image beside the health report (src/health.ts's healthFiles).
 //
 // A trial (src/deploy/trial.ts) is a boot entry the deployer made for the new image, booted once
-// through BootNext, and the UEFI variable RamrootTrial-<RAMROOT_GUID> holding "ENTRY SECONDS
-// BUILD" (ENTRY: the entry's four hex digits). At the end of boot (OpenRC's local service, before
-// the health report: local.d runs its scripts in name order), when the firmware booted that
+// through BootNext: its description is "ramroot trial BUILD", its optional data
+// "ramroot-trial-seconds=SECONDS". (The entry itself is the mark: a variable of ramroot's own
+// GUID would do, but efivarfs makes such a variable immutable after a reboot, and a system
+// without chattr could not remove it.) At the end of boot (OpenRC's local service, before
+// the health report: local.d runs its scripts in name order), when the firmware booted such an
 // entry (BootCurrent), the timer starts: unless /run/ramroot/trial-confirmed exists SECONDS later
 // (the deployer makes it once it saw the build healthy), the system reboots, and the firmware
 // boots its default, the untouched image. Any other boot, and an image booted without UEFI, is
 // left alone. A kernel panic is the cmdline's business (panic=N), a hang before the local
 // service a hardware watchdog's.
-import { GLOBAL_GUID, RAMROOT_GUID } from "./deploy/load-option";
+import { GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY } from "./deploy/load-option";
 
 export const TRIAL_TIMER_PATH = "etc/local.d/00-ramroot-trial.start";
 export const TRIAL_CONFIRMED = "/run/ramroot/trial-confirmed";
@@ -22,17 +24,20 @@ export const TRIAL_TIMER = `#!/bin/sh
 vars=/sys/firmware/efi/efivars
 [ -d "$vars" ] || exit 0
 grep -q " $vars efivarfs " /proc/mounts || mount -t efivarfs efivarfs "$vars" 2>/dev/null
-trial="$vars/RamrootTrial-${RAMROOT_GUID}"
 current="$vars/BootCurrent-${GLOBAL_GUID}"
-[ -f "$trial" ] && [ -f "$current" ] || exit 0
-# shellcheck disable=SC2046 # three words: ENTRY SECONDS BUILD
-set -- $(tail -c +5 "$trial" 2>/dev/null)
-entry=\${1-} seconds=\${2-} build=\${3-}
+[ -f "$current" ] || exit 0
 cur=$(od -An -tx1 -j4 -N2 "$current" | tr -d ' \\n' | tr a-f A-F)
 cur=\${cur#??}\${cur%??}
-[ -n "$entry" ] && [ "$cur" = "$entry" ] || exit 0
+entry="$vars/Boot$cur-${GLOBAL_GUID}"
+[ -f "$entry" ] || exit 0
+# The entry's description (UCS-2) and optional data as words: NULs dropped, the rest of the
+# binary made spaces.
+words=$(tail -c +5 "$entry" | tr -d '\\000' | tr -c 'A-Za-z0-9=._-' ' ')
+case $words in *"${TRIAL_DESCRIPTION} "*"${TRIAL_SECONDS_KEY}="*) ;; *) exit 0 ;; esac
+build=\${words#*${TRIAL_DESCRIPTION} } build=\${build%% *}
+seconds=\${words##*${TRIAL_SECONDS_KEY}=} seconds=\${seconds%% *}
 case $seconds in '' | *[!0-9]*) seconds=300 ;; esac
-echo "ramroot: trial boot of build $build (Boot$entry): rebooting to the default entry in $seconds s unless the deployer confirms it" >/dev/console
+echo "ramroot: trial boot of build $build (Boot$cur): rebooting to the default entry in $seconds s unless the deployer confirms it" >/dev/console
 (
 	sleep "$seconds"
 	[ -e ${TRIAL_CONFIRMED} ] && exit 0

@@ -7,8 +7,9 @@
 // Variables travel as efivarfs files: 4 bytes of attributes, then the payload.
 
 export const GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-/** ramroot's own vendor GUID, for the variable that marks a trial (RamrootTrial). */
-export const RAMROOT_GUID = "3f8a4c5e-6b1d-4f0a-9e2c-72616d726f6f";
+/** A trial entry: its description starts so (then the build id), its optional data holds the timer. */
+export const TRIAL_DESCRIPTION = "ramroot trial";
+export const TRIAL_SECONDS_KEY = "ramroot-trial-seconds";
 /** NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS: what boot entries and BootNext carry. */
 export const NV_BS_RT = 7;
 const LOAD_OPTION_ACTIVE = 1;
@@ -111,7 +112,7 @@ export function gptPartition(header: Buffer, entries: Buffer, number: number): G
  * came from: its device path up to and including its HD() node, else (an entry the firmware made
  * for a whole removable disk, as OVMF does) its whole path followed by a HD() node of `part`.
  */
-export function trialLoadOption(booted: LoadOption, part: GptPartition | undefined, file: string, description: string): LoadOption {
+export function trialLoadOption(booted: LoadOption, part: GptPartition | undefined, file: string, description: string, optional = Buffer.alloc(0)): LoadOption {
   const hd = booted.path.findIndex((n) => n.type === MEDIA && n.subtype === HARD_DRIVE);
   let prefix: DevicePathNode[];
   if (hd >= 0) prefix = booted.path.slice(0, hd + 1);
@@ -122,7 +123,7 @@ export function trialLoadOption(booted: LoadOption, part: GptPartition | undefin
     attributes: LOAD_OPTION_ACTIVE,
     description,
     path: [...prefix, { type: MEDIA, subtype: FILE_PATH, data: Buffer.from(`${file}\0`, "utf16le") }],
-    optional: Buffer.alloc(0),
+    optional,
   };
 }
 

@@ -230,7 +230,7 @@ efi-state)
 	case $d in /?*) ;; *) die "efi-state needs an absolute folder, got '$d'" ;; esac
 	if [ -d "$efivars" ] && [ -w "$efivars" ] && [ -f "$efivars/BootCurrent-8be4df61-93ca-11d2-aa0d-00e098032b8c" ]; then echo 'efivarfs yes'; else echo 'efivarfs no'; fi
 	if command -v efibootmgr >/dev/null 2>&1; then echo 'efibootmgr yes'; else echo 'efibootmgr no'; fi
-	for f in "$efivars"/Boot*-8be4df61-93ca-11d2-aa0d-00e098032b8c "$efivars"/RamrootTrial-*; do
+	for f in "$efivars"/Boot*-8be4df61-93ca-11d2-aa0d-00e098032b8c; do
 		[ -f "$f" ] || continue
 		printf 'var %s %s\n' "${f##*/}" "$(hex_of "$f")"
 	done

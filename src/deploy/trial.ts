@@ -6,17 +6,18 @@
 //
 // A trial deploy never touches P until the new build has come up healthy:
 //   1. what an interrupted trial left is finished (the host runs it, confirmed or healthy: it is
-//      promoted) or cleaned up (its boot entry, BootNext, the RamrootTrial mark, the image);
+//      promoted) or cleaned up (its boot entry, BootNext, the image);
 //   2. the new image goes to EFI/ramroot/trial.efi on the stick's filesystem (the deploy's own
 //      copy-verify-rename);
-//   3. RamrootTrial ("ENTRY SECONDS BUILD"), a Boot#### entry for trial.efi made from the entry
-//      the firmware booted (src/deploy/load-option.ts), and BootNext = that entry;
+//   3. a Boot#### entry "ramroot trial BUILD" for trial.efi made from the entry the firmware
+//      booted (src/deploy/load-option.ts), its optional data the trial timer's seconds, and
+//      BootNext = that entry;
 //   4. reboot: the firmware boots the trial once and forgets BootNext;
 //   5. the host answers on the new build, healthy: confirmed (its trial timer stands down, see
 //      src/trial-timer.ts), then promoted: trial.efi renamed to P.ramroot-new and committed by
-//      the deploy (P.prev keeps the old image), the entry and the mark removed;
+//      the deploy (P.prev keeps the old image), the entry removed;
 //      it answers on another build (a panic rebooted it: panic=N; the trial timer did): the
-//      entry, mark and trial image are removed and the deploy fails, naming both builds.
+//      entry and the trial image are removed and the deploy fails, naming both builds.
 // P is only ever replaced by the deploy's rename of a verified file: the stick always has a
 // bootable default.
 import * as fs from "node:fs";
@@ -25,14 +26,12 @@ import { parseHealth, type HealthReport } from "../health";
 import { HostProtocol, hostFiles } from "./host-protocol";
 import { runOnHost } from "./host-commands";
 import {
-  GLOBAL_GUID, RAMROOT_GUID, bootName, encodeLoadOption, gptPartition, loadOptionFile, parseLoadOption, parseU16, trialLoadOption, u16, varFile, varPayload,
+  GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY, bootName, encodeLoadOption, gptPartition, loadOptionFile, parseLoadOption, parseU16, trialLoadOption, u16, varFile, varPayload,
   type GptPartition,
 } from "./load-option";
 import { DEFAULT_TIMEOUT_MS, withSession, type Log, type SshTarget } from "./ssh-session";
 
-const TRIAL_VAR = `RamrootTrial-${RAMROOT_GUID}`;
 const globalVar = (name: string) => `${name}-${GLOBAL_GUID}`;
-const hex4 = (n: number) => n.toString(16).toUpperCase().padStart(4, "0");
 
 export interface HostStatus {
   build: string;
@@ -151,14 +150,18 @@ function parseEfiState(text: string): EfiState {
   return st;
 }
 
-/** The mark of a trial: "ENTRY SECONDS BUILD". */
-interface TrialMark { entry: number; seconds: number; build: string }
-function trialMark(st: EfiState): TrialMark | undefined {
-  const v = st.vars.get(TRIAL_VAR);
-  if (!v) return undefined;
-  const [entry, seconds, build] = varPayload(v).toString("latin1").trim().split(/\s+/);
-  if (!/^[0-9A-F]{4}$/.test(entry ?? "")) return undefined;
-  return { entry: parseInt(entry, 16), seconds: Number(seconds), build: build ?? "" };
+/** The trial entries on the host (normally none or one): their numbers and builds. */
+interface TrialEntry { entry: number; name: string; build: string }
+function trialEntries(st: EfiState): TrialEntry[] {
+  const found: TrialEntry[] = [];
+  for (const [name, v] of st.vars) {
+    if (!/^Boot[0-9A-F]{4}-/.test(name)) continue;
+    try {
+      const opt = parseLoadOption(varPayload(v));
+      if (opt.description.startsWith(`${TRIAL_DESCRIPTION} `)) found.push({ entry: parseInt(name.slice(4, 8), 16), name, build: opt.description.slice(TRIAL_DESCRIPTION.length + 1) });
+    } catch { /* not a load option this can read: not ours */ }
+  }
+  return found;
 }
 
 /** How a deploy with ramroot:reboot goes: probed when ramroot:trialBoot is not set. */
@@ -196,25 +199,17 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   const efi = () => withSession(t, log, async (s) => parseEfiState(await new HostProtocol(s, files).efiState(trialDir)));
   const host = <T>(fn: (h: HostProtocol) => Promise<T>) => withSession(t, log, (s) => fn(new HostProtocol(s, files)));
 
-  /** Removes the trial's entry, BootNext (when it names it), its mark and its image. */
+  /** Removes the trial entries, BootNext (when it names one) and the trial image. */
   const cleanUp = async (st: EfiState) => {
-    const mark = trialMark(st);
-    const ours = [...st.vars.entries()].filter(([name, v]) => {
-      if (!/^Boot[0-9A-F]{4}-/.test(name)) return false;
-      try {
-        const opt = parseLoadOption(varPayload(v));
-        return opt.description.startsWith("ramroot trial") || (mark && name === globalVar(bootName(mark.entry)));
-      } catch { return false; }
-    }).map(([name]) => name);
+    const ours = trialEntries(st);
     const next = st.vars.get(globalVar("BootNext"));
     const nextEntry = next && varPayload(next).length >= 2 ? parseU16(varPayload(next)) : undefined;
     await host(async (h) => {
-      if (nextEntry !== undefined && ours.includes(globalVar(bootName(nextEntry)))) await h.efiDelete(globalVar("BootNext"));
-      for (const name of ours) await h.efiDelete(name);
-      if (mark) await h.efiDelete(TRIAL_VAR);
+      if (ours.some((e) => e.entry === nextEntry)) await h.efiDelete(globalVar("BootNext"));
+      for (const e of ours) await h.efiDelete(e.name);
       await h.trialRemove(trial);
     });
-    if (mark || ours.length) log(`removed what a trial boot left: ${[...ours.map((n) => n.split("-")[0]), ...(mark ? ["RamrootTrial"] : [])].join(", ")}, ${trial}`);
+    if (ours.length) log(`removed what a trial boot left: ${ours.map((e) => `${bootName(e.entry)} (build ${e.build})`).join(", ")}, ${trial}`);
   };
 
   /** Confirms the running trial, promotes its image to P, removes the entry and the mark. */
@@ -232,7 +227,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   // 1. What an earlier, interrupted trial left.
   let st = await efi();
   if (!st.efivarfs) throw new Error(`${t.host}: a trial boot needs efivarfs (the host was not booted through UEFI, or efivarfs is not mounted): set ramroot:trialBoot false`);
-  const left = trialMark(st);
+  const left = trialEntries(st)[0];
   if (left) {
     const now = await hostStatus(t);
     const running = now.bootCurrent === left.entry;
@@ -264,13 +259,12 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   if (!booted) throw new Error(`${t.host}: BootCurrent is ${bootName(current.bootCurrent)}, which is not in the UEFI variables`);
   const rel = path.posix.relative(st.mount, trial);
   if (rel.startsWith("..")) throw new Error(`${trial} is not on the filesystem mounted at ${st.mount}`);
-  const option = trialLoadOption(parseLoadOption(varPayload(booted)), st.partition, `\\${rel.split("/").join("\\")}`, `ramroot trial ${buildId}`);
+  const option = trialLoadOption(parseLoadOption(varPayload(booted)), st.partition, `\\${rel.split("/").join("\\")}`, `${TRIAL_DESCRIPTION} ${buildId}`,
+    Buffer.from(` ${TRIAL_SECONDS_KEY}=${o.timerSeconds} `, "latin1"));
   const used = new Set([...st.vars.keys()].filter((n) => /^Boot[0-9A-F]{4}-/.test(n)).map((n) => parseInt(n.slice(4, 8), 16)));
   let entry = 0;
   while (used.has(entry)) entry++;
   await host(async (h) => {
-    // The mark first: a cleanup finds an entry by it (or by its description).
-    await h.efiWrite(TRIAL_VAR, varFile(Buffer.from(`${hex4(entry)} ${o.timerSeconds} ${buildId}\n`, "latin1")));
     await h.efiWrite(globalVar(bootName(entry)), varFile(encodeLoadOption(option)));
     await h.efiWrite(globalVar("BootNext"), varFile(u16(entry)));
   });

@@ -5,6 +5,9 @@
 // bytes the qemu stack booted.
 import * as pulumi from "@pulumi/pulumi";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { Rootfs } from "./components/rootfs";
 import { Initramfs } from "./components/initramfs";
@@ -39,8 +42,35 @@ const base = cfg.get("base") ?? "testsys";
 function baseTree(): string | undefined {
   if (base === "alpine") return undefined;
   if (base !== "testsys") return path.resolve(project, base);
-  const out = execFileSync("bash", [path.join(project, "scripts", "testsys.sh"), arch], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
-  return out.trim().split("\n").pop()!;
+  return testsysTree();
+}
+
+/**
+ * The test system's folder, without running scripts/testsys.sh when it was made before: the
+ * script names its folder by the package versions apt offers, and asking apt (debs.sh) costs
+ * 0.2 s to seconds on every preview. So the folder the script printed is remembered under a key
+ * of what can change its output here (the arch, testsys.sh, debs.sh), and the script runs only
+ * when that pointer is missing or its folder is incomplete. `npm run setup` runs the script
+ * and writes the same pointer (scripts/setup.sh: the same key), picking up newer packages.
+ */
+function testsysTree(): string {
+  const cache = process.env.RAMROOT_CACHE || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "ramroot");
+  const script = path.join(project, "scripts", "testsys.sh");
+  const key = createHash("sha256").update(`${arch}\n`).update(fs.readFileSync(script)).update(fs.readFileSync(path.join(project, "scripts", "debs.sh"))).digest("hex").slice(0, 16);
+  const pointer = path.join(cache, "testsys", `${arch}.${key}.path`);
+  const complete = (dir: string) => dir !== "" && fs.existsSync(path.join(dir, "etc", "ramroot-testsys"));
+  try {
+    const dir = fs.readFileSync(pointer, "utf8").trim();
+    if (complete(dir)) return dir;
+  } catch {}
+  const out = execFileSync("bash", [script, arch], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  const dir = out.trim().split("\n").pop()!;
+  if (complete(dir)) {
+    const tmp = `${pointer}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, dir + "\n");
+    fs.renameSync(tmp, pointer);
+  }
+  return dir;
 }
 
 const rootfs = new Rootfs("rootfs", {

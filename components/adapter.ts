@@ -1,9 +1,9 @@
 // The one dynamic provider all ramroot resources share, parameterised by kind.
 //
-// Pulumi serialises a dynamic provider by capturing its closure, and stores that text in every
-// resource's state; refresh and delete later run the stored text (shared/notes/pulumi.md).
-// So the serialised part is kept to a few lines that capture only a string, and at run time
-// load the current compiled handlers of that kind from the project. Old state then never runs old code, and nothing unserialisable (npm
+// Pulumi stores a dynamic provider's text in every resource's state; refresh and delete later
+// run the stored text (shared/notes/pulumi.md). So that text is kept to a few lines that know
+// only a string, and at run time load the current compiled handlers of that kind from the
+// project (and it is written directly, not found by Pulumi's closure serialiser: see fastSerialization). Old state then never runs old code, and nothing unserialisable (npm
 // packages, native handles) is ever captured.
 import type * as pulumi from "@pulumi/pulumi";
 
@@ -17,7 +17,12 @@ export interface Handlers {
   delete?(id: string, props: Record<string, any>): Promise<void>;
 }
 
-export function dynamicProvider(kind: string): pulumi.dynamic.ResourceProvider {
+/**
+ * The provider of one kind. Self-contained (it captures nothing but its argument): its own
+ * source text is what Pulumi stores as `__provider` (providerText), so it may use only Node's
+ * builtins.
+ */
+function providerOf(kind: string): pulumi.dynamic.ResourceProvider {
   const load = (): Handlers => {
     // The plugin runs in the program's folder (dist/); the project is where Pulumi.yaml is.
     const path = require("path"), fs = require("fs");
@@ -46,4 +51,47 @@ export function dynamicProvider(kind: string): pulumi.dynamic.ResourceProvider {
       if (h.delete) await h.delete(id, props);
     },
   };
+}
+
+/**
+ * The `__provider` text of a kind: a module whose `handler()` returns providerOf(kind), as the
+ * dynamic-provider plugin loads it (require-from-string, then `.handler()`).
+ */
+export function providerText(kind: string): string {
+  return `exports.handler = () => (${providerOf.toString()})(${JSON.stringify(kind)});\n`;
+}
+
+const KIND = Symbol.for("ramroot.providerKind");
+
+export function dynamicProvider(kind: string): pulumi.dynamic.ResourceProvider {
+  fastSerialization();
+  return Object.assign(providerOf(kind), { [KIND]: kind });
+}
+
+/**
+ * Pulumi serialises a dynamic provider by inspecting its closure (runtime/closure), which costs
+ * the program 0.3-0.4 s for the first resource and 20-40 ms for each next one, on every preview
+ * and on both passes of `up`, before the resource can even be registered (the engine starts the
+ * provider plugin only then). Ours is a known function of a string, so its text is written
+ * directly (providerText). Any other function still goes to Pulumi's serialiser: only the
+ * SDK's own wrapper around a provider of ours (`() => provider`) is recognised, by its source.
+ */
+function fastSerialization(): void {
+  let sc: any;
+  try {
+    sc = require("@pulumi/pulumi/runtime/closure/serializeClosure");
+  } catch {
+    return;
+  }
+  if (sc.serializeFunction?.[KIND]) return;
+  const real = sc.serializeFunction;
+  const fast = function (this: unknown, func: any, args?: any) {
+    if (typeof func === "function" && func.length === 0 && String(func) === "() => provider") {
+      const kind = func()?.[KIND];
+      if (typeof kind === "string") return Promise.resolve({ text: providerText(kind), exportName: "handler", containsSecrets: false });
+    }
+    return real.call(this, func, args);
+  };
+  (fast as any)[KIND] = true;
+  sc.serializeFunction = fast;
 }

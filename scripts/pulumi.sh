@@ -7,6 +7,15 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 . "$(dirname "$0")/env.sh"
 cd "$here"
 command -v pulumi >/dev/null || { echo "pulumi: not provisioned; run npm run setup" >&2; exit 1; }
+# --build (npm run preview / up): compile first, unless nothing tsc reads is newer than its last
+# build (tsc -b decides the same from the same stamps, but only after Node and the compiler
+# have loaded: 0.2-0.5 s on every command).
+if [ "${1:-}" = --build ]; then
+	shift
+	if [ ! -f dist/.tsbuildinfo ] || [ -n "$(find index.ts tsconfig.json package.json components src test bench -newer dist/.tsbuildinfo -print -quit 2>/dev/null)" ]; then
+		node node_modules/typescript/bin/tsc -b
+	fi
+fi
 stack=""
 args=("$@")
 words=()
@@ -41,7 +50,19 @@ if [ -n "$stack" ] && [ "${PULUMI_BACKEND_URL#file://}" != "$PULUMI_BACKEND_URL"
 		rm -f "$lock" "$lock.attrs"
 	done
 fi
-if [ -n "$stack" ] && [ "${words[0]:-}" != stack ] && ! pulumi stack ls --json 2>/dev/null | grep -q "\"name\": *\"$stack\""; then
+# Whether the stack exists: on a file backend, its checkpoint (project-scoped or the older
+# layout) says so without starting the CLI once more (0.15-0.3 s); anywhere else, ask.
+stack_exists() {
+	local dir=${PULUMI_BACKEND_URL#file://} project f
+	if [ "$dir" != "$PULUMI_BACKEND_URL" ]; then
+		project=$(sed -n 's/^name: *\([^ #]*\).*/\1/p' Pulumi.yaml | head -n1)
+		for f in "$dir/.pulumi/stacks/$project/$1.json" "$dir/.pulumi/stacks/$project/$1.json.gz" "$dir/.pulumi/stacks/$1.json" "$dir/.pulumi/stacks/$1.json.gz"; do
+			[ -f "$f" ] && return 0
+		done
+	fi
+	pulumi stack ls --json 2>/dev/null | grep -q "\"name\": *\"$1\""
+}
+if [ -n "$stack" ] && [ "${words[0]:-}" != stack ] && ! stack_exists "$stack"; then
 	pulumi stack init "$stack" --secrets-provider passphrase >&2
 	salt "$stack"
 fi

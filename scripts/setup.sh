@@ -63,4 +63,16 @@ mkdir -p "$RAMROOT_CACHE"
 echo "$bin" > "$RAMROOT_CACHE/pulumi-bin-$PULUMI_VERSION"
 PATH="$here/node_modules/.bin:$bin:$PATH" pulumi version
 npx tsc -b
+# The test system the stacks boot (ramroot:base testsys, the default): made here, where apt may
+# be asked, so that preview and up find it by a pointer and never run apt (index.ts testsysTree
+# reads the pointer by the same key: the arch, testsys.sh, debs.sh). A stack that sets
+# ramroot:base to something else does not need it.
+for arch in $(sed -n 's/^ *ramroot:arch: *\([a-z0-9_]*\).*/\1/p' stacks/Pulumi.*.yaml 2>/dev/null | sort -u || true) aarch64; do
+	case " ${made:-} " in *" $arch "*) continue ;; esac
+	made="${made:-} $arch"
+	tree=$(bash scripts/testsys.sh "$arch" | tail -n1)
+	key=$( { printf '%s\n' "$arch"; cat scripts/testsys.sh scripts/debs.sh; } | sha256sum | cut -c1-16)
+	echo "$tree" > "$RAMROOT_CACHE/testsys/$arch.$key.path.tmp-$$" && mv "$RAMROOT_CACHE/testsys/$arch.$key.path.tmp-$$" "$RAMROOT_CACHE/testsys/$arch.$key.path"
+	echo "setup: the $arch test system: $tree"
+done
 echo "setup: done (Pulumi CLI in $bin)"

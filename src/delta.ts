@@ -8,7 +8,7 @@
 // either copied out of the base or sent as literal bytes of the new file; copies that are
 // contiguous in the base are merged into one.
 //
-// Files are read in 8 MiB blocks (bounded memory); a chunk list is ~1 entry per 64 KiB. Chunk
+// Files are read in 2 MiB blocks (bounded memory); a chunk list is ~1 entry per 64 KiB. Chunk
 // lists can be cached in a folder by the file's sha256 (<sha256>.json, written temp-then-rename).
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -77,7 +77,7 @@ const BLOCK = 2 << 20;
 
 /**
  * Cuts a file into content-defined chunks and hashes each one. Streams the file (one buffer of
- * 8 MiB + max). With wholeSha256, also the sha256 of the whole file in the same pass.
+ * 2 MiB + max). With wholeSha256, also the sha256 of the whole file in the same pass.
  *
  * With `like` (the chunk list of another file, e.g. the image the new one replaces), the result
  * is the same, only faster where the files share content: a chunker that starts at the same

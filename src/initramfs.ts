@@ -29,8 +29,6 @@ export interface InitramfsOptions {
   epoch?: number;
   /** Paths relative to the tree left out with their subtrees, e.g. ["boot"]. */
   exclude?: string[];
-  /** Force every entry to this owner. */
-  owner?: { uid: number; gid: number };
   /**
    * A directory holding more than this many newc bytes is split; see splitSegments. Default 32
    * MiB. Infinity: one archive, for tools that read only the first (GNU cpio stops at the first
@@ -75,7 +73,6 @@ export interface InitramfsPlan {
   /** What build needs to walk and split the tree the same way again. */
   epoch: number;
   exclude: string[];
-  owner?: { uid: number; gid: number };
   splitBytes: number;
   listing?: string;
 }
@@ -117,7 +114,6 @@ function settle(tree: string, opts: InitramfsOptions) {
     level,
     epoch,
     exclude: opts.exclude ?? [],
-    owner: opts.owner,
     splitBytes: opts.splitBytes ?? DEFAULT_SPLIT_BYTES,
     listing: opts.listing,
   };
@@ -168,7 +164,7 @@ async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; trustBefore: n
   const bad = archiveProblem(s.tree, records);
   if (bad) throw new Error(`initramfs: ${bad}`);
   const ranges = splitSegments(records, s.splitBytes);
-  const segs = segmentRecords(records, ranges).map((recs, i) => ({ ...ranges[i], records: reproducible(recs, { epoch: s.epoch, owner: s.owner }) }));
+  const segs = segmentRecords(records, ranges).map((recs, i) => ({ ...ranges[i], records: reproducible(recs, { epoch: s.epoch }) }));
   return { segs, trustBefore };
 }
 

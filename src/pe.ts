@@ -80,9 +80,6 @@ export function peMachine(head: Buffer): { arch: string } | { why: string } {
   return { arch: MACHINES[machine] ?? `machine 0x${machine.toString(16)}` };
 }
 
-/** How many header bytes to read before calling parsePe: enough for any stub we expect. */
-export const PE_HEADER_PROBE = 4096;
-
 /**
  * Parses the headers in `buf` (the start of `file`, at least up to the end of the section
  * table). Throws an error naming `file` when it is not a PE/COFF image.

@@ -4,7 +4,7 @@
 // same thing finds it already built: this is how production deploys the very bytes that qemu
 // booted. Every artifact is written under a temporary name and renamed into place, so a name
 // that exists was complete when it was made. Artifacts are never deleted by a resource: two
-// stacks may hold the same one (pulumi.md rule 10); `ramroot store gc` is the place for pruning.
+// stacks may hold the same one; `ramroot store gc` is the place for pruning.
 //
 // The store proves its contents. When an artifact is made, Store.put writes a record of its
 // bytes first (sums/<name>.json: sha256 and size for a file; for a folder, every entry's type,

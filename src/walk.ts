@@ -20,9 +20,6 @@ export interface WalkOptions {
   linkedFrom?: Map<string, NewcRecord>;
 }
 
-/** A regular file's stamp, as NewcRecord.stamp. */
-export type Stamp = [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
-
 /**
  * A listing: a tree's walk (every record, stamps included), taken once when the tree is made
  * and kept beside it, so that later plans read one file instead of lstat-ing thousands. It

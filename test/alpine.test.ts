@@ -1,4 +1,4 @@
-// Issue 12: the real Alpine path, offline. The pinned alpine-make-rootfs runs Alpine's own apk,
+// The real Alpine path, offline. The pinned alpine-make-rootfs runs Alpine's own apk,
 // which installs the example system/packages from a local signed mirror of genuine Alpine
 // packages (test/alpine-mirror.ts); the image then boots in QEMU with its persistence stick.
 import { test } from "node:test";

@@ -1,4 +1,4 @@
-// Bad input reaching the resources (issue 13, part 4): what preview can see is refused there,
+// Bad input reaching the resources: what preview can see is refused there,
 // as a failure on the property to fix; what only the build can see (the kernel in the built
 // rootfs) is refused before anything is written. The checks are the CLI's and the library's:
 // test/initramfs.test.ts, test/uki.test.ts and test/cli.test.ts test those on their own.

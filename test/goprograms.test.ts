@@ -1,4 +1,4 @@
-// Issue 16: the system's own Go programs (system/go.mod, system/cmd/NAME/), built for the image's
+// The system's own Go programs (system/go.mod, system/cmd/NAME/), built for the image's
 // architecture into a layer of their own, and the example's status service, srvmonitor, proved
 // in the booted image by the boot check's probes.
 import { test } from "node:test";

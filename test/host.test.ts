@@ -1,4 +1,4 @@
-// Issue 14, part 2: the rehearsal host. A stick made by `ramroot stick write` from a UKI of the
+// The rehearsal host. A stick made by `ramroot stick write` from a UKI of the
 // test system (scripts/testsys.sh: Debian's sshd and efibootmgr under the OpenRC stand-in) boots
 // under `ramroot host` as the NAS boots its stick: SSH on 127.0.0.1:PORT with the host key from
 // the image's secrets layer, a reboot in the guest reboots the machine, a UEFI variable written

@@ -1,4 +1,4 @@
-// Issue 13, part 1: the store proves its contents, under the real Pulumi CLI. Each kind of
+// The store proves its contents, under the real Pulumi CLI. Each kind of
 // artifact (an initramfs segment, its manifest, the UKI, the disk image, a file of the rootfs
 // tree) truncated, with one bit flipped, and deleted: preview names it and says the resource
 // changes, the next up makes it again (and nothing else), and nothing is built from it, booted

@@ -1,4 +1,4 @@
-// Issue 3: from a root filesystem tree to a UKI that UEFI boots from the ESP of a disk, each
+// From a root filesystem tree to a UKI that UEFI boots from the ESP of a disk, each
 // step a content-addressed resource, driven by the real pulumi CLI on the qemu stack.
 import { test } from "node:test";
 import assert from "node:assert/strict";

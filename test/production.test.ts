@@ -1,4 +1,4 @@
-// Issue 5: the production stack deploys to a real OpenSSH server (started here on 127.0.0.1
+// The production stack deploys to a real OpenSSH server (started here on 127.0.0.1
 // with throw-away keys) through a byte-counting proxy that can cut the connection. The "stick"
 // is a folder on the server.
 import { test } from "node:test";

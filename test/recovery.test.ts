@@ -1,4 +1,4 @@
-// Issue 13, part 4: after any kill of `pulumi up`, the next `npm run up` works and nothing it
+// After any kill of `pulumi up`, the next `npm run up` works and nothing it
 // started lives on; a lost passphrase is said to be lost, and it does not live beside the store.
 import { test } from "node:test";
 import assert from "node:assert/strict";

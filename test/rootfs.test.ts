@@ -1,4 +1,4 @@
-// Issue 4: the rootfs from a declared system (system/packages, system/root, system/setup.sh) in
+// The rootfs from a declared system (system/packages, system/root, system/setup.sh) in
 // two cached stages: packages (an offline base here; the real alpine-make-rootfs and apk run in
 // test/alpine.test.ts) and configure (skeleton + setup.sh in a chroot).
 import { test } from "node:test";

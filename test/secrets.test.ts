@@ -1,4 +1,4 @@
-// Issue 6: secrets from Pulumi's encrypted config, in their own initramfs layer.
+// Secrets from Pulumi's encrypted config, in their own initramfs layer.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";

@@ -1,4 +1,4 @@
-// Issue 14, part 1: the seed's stick, made by `ramroot stick write`: GPT, one FAT32 ESP with the
+// The seed's stick, made by `ramroot stick write`: GPT, one FAT32 ESP with the
 // persistence volume id, the UKI at the removable path, persist/; and the refusals that keep it
 // from writing over anything it should not.
 import { test } from "node:test";

@@ -1,4 +1,4 @@
-// Issue 13, part 1, engine-free: the store's record of each artifact's bytes, the check that
+// Engine-free: the store's record of each artifact's bytes, the check that
 // finds a missing, truncated or changed artifact (file or folder) and names it, the stamp cache
 // that keeps a check from reading unchanged files, dead temporaries, and gc's references.
 import { test } from "node:test";

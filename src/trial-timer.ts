@@ -3,8 +3,8 @@
 // ramroot adds it to every image beside the health report (src/health.ts's healthFiles).
 //
 // A trial (src/deploy/trial.ts) is a boot entry the deployer made for the new image, booted once
-// through BootNext: its description is "ramroot trial BUILD", its optional data
-// "ramroot-trial-seconds=SECONDS". (The entry itself is the mark: a variable of ramroot's own
+// through BootNext: its description is "ramroot trial BUILD ramroot-trial-seconds=SECONDS" (not
+// in its optional data: systemd-stub would take that as the kernel command line). (The entry itself is the mark: a variable of ramroot's own
 // GUID would do, but efivarfs makes such a variable immutable after a reboot, and a system
 // without chattr could not remove it.) At the end of boot (OpenRC's local service, before
 // the health report: local.d runs its scripts in name order), when the firmware booted such an
@@ -30,8 +30,7 @@ cur=$(od -An -tx1 -j4 -N2 "$current" | tr -d ' \\n' | tr a-f A-F)
 cur=\${cur#??}\${cur%??}
 entry="$vars/Boot$cur-${GLOBAL_GUID}"
 [ -f "$entry" ] || exit 0
-# The entry's description (UCS-2) and optional data as words: NULs dropped, the rest of the
-# binary made spaces.
+# The entry's description (UCS-2) as words: NULs dropped, the rest of the binary made spaces.
 words=$(tail -c +5 "$entry" | tr -d '\\000' | tr -c 'A-Za-z0-9=._-' ' ')
 case $words in *"${TRIAL_DESCRIPTION} "*"${TRIAL_SECONDS_KEY}="*) ;; *) exit 0 ;; esac
 build=\${words#*${TRIAL_DESCRIPTION} } build=\${build%% *}

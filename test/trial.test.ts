@@ -123,7 +123,7 @@ test("production on the rehearsal host: reboot deploys, trial boots promoted or 
     const r = await up();
     lap("trial deploy, promoted", t1);
     c = await out();
-    assert.match(r.stdout, /Boot[0-9A-F]{4} "ramroot trial [0-9a-f]+" -> \\EFI\\ramroot\\trial\.efi; BootNext=Boot[0-9A-F]{4}/);
+    assert.match(r.stdout, /Boot[0-9A-F]{4} "ramroot trial [0-9a-f]+ ramroot-trial-seconds=75" -> \\EFI\\ramroot\\trial\.efi; BootNext=Boot[0-9A-F]{4}/);
     assert.match(r.stdout, new RegExp(`runs build ${c.buildId} from its trial entry, healthy: promoting it`));
     assert.equal(await buildOnHost(), c.buildId);
     assert.equal(await sha(STICK), c.ukiSha256);

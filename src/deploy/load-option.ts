@@ -7,7 +7,7 @@
 // Variables travel as efivarfs files: 4 bytes of attributes, then the payload.
 
 export const GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-/** A trial entry: its description starts so (then the build id), its optional data holds the timer. */
+/** A trial entry's description: "ramroot trial BUILD ramroot-trial-seconds=N". */
 export const TRIAL_DESCRIPTION = "ramroot trial";
 export const TRIAL_SECONDS_KEY = "ramroot-trial-seconds";
 /** NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS: what boot entries and BootNext carry. */

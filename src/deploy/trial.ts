@@ -9,9 +9,8 @@
 //      promoted) or cleaned up (its boot entry, BootNext, the image);
 //   2. the new image goes to EFI/ramroot/trial.efi on the stick's filesystem (the deploy's own
 //      copy-verify-rename);
-//   3. a Boot#### entry "ramroot trial BUILD" for trial.efi made from the entry the firmware
-//      booted (src/deploy/load-option.ts), its optional data the trial timer's seconds, and
-//      BootNext = that entry;
+//   3. a Boot#### entry "ramroot trial BUILD ramroot-trial-seconds=N" for trial.efi, made from
+//      the entry the firmware booted (src/deploy/load-option.ts), and BootNext = that entry;
 //   4. reboot: the firmware boots the trial once and forgets BootNext;
 //   5. the host answers on the new build, healthy: confirmed (its trial timer stands down, see
 //      src/trial-timer.ts), then promoted: trial.efi renamed to P.ramroot-new and committed by
@@ -158,7 +157,7 @@ function trialEntries(st: EfiState): TrialEntry[] {
     if (!/^Boot[0-9A-F]{4}-/.test(name)) continue;
     try {
       const opt = parseLoadOption(varPayload(v));
-      if (opt.description.startsWith(`${TRIAL_DESCRIPTION} `)) found.push({ entry: parseInt(name.slice(4, 8), 16), name, build: opt.description.slice(TRIAL_DESCRIPTION.length + 1) });
+      if (opt.description.startsWith(`${TRIAL_DESCRIPTION} `)) found.push({ entry: parseInt(name.slice(4, 8), 16), name, build: opt.description.split(" ")[2] ?? "" });
     } catch { /* not a load option this can read: not ours */ }
   }
   return found;
@@ -259,8 +258,10 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   if (!booted) throw new Error(`${t.host}: BootCurrent is ${bootName(current.bootCurrent)}, which is not in the UEFI variables`);
   const rel = path.posix.relative(st.mount, trial);
   if (rel.startsWith("..")) throw new Error(`${trial} is not on the filesystem mounted at ${st.mount}`);
-  const option = trialLoadOption(parseLoadOption(varPayload(booted)), st.partition, `\\${rel.split("/").join("\\")}`, `${TRIAL_DESCRIPTION} ${buildId}`,
-    Buffer.from(` ${TRIAL_SECONDS_KEY}=${o.timerSeconds} `, "latin1"));
+  // The timer's seconds go into the description: optional data would be the image's load
+  // options, which systemd-stub takes as the kernel command line instead of its own.
+  const option = trialLoadOption(parseLoadOption(varPayload(booted)), st.partition, `\\${rel.split("/").join("\\")}`,
+    `${TRIAL_DESCRIPTION} ${buildId} ${TRIAL_SECONDS_KEY}=${o.timerSeconds}`);
   const used = new Set([...st.vars.keys()].filter((n) => /^Boot[0-9A-F]{4}-/.test(n)).map((n) => parseInt(n.slice(4, 8), 16)));
   let entry = 0;
   while (used.has(entry)) entry++;
@@ -274,7 +275,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
     await cleanUp(check);
     throw new Error(`${t.host}: the firmware did not keep the trial entry ${bootName(entry)} or BootNext: no trial boot (set ramroot:trialBoot false to deploy without one)`);
   }
-  log(`${bootName(entry)} "ramroot trial ${buildId}" -> ${loadOptionFile(option)}; BootNext=${bootName(entry)}; trial timer ${o.timerSeconds} s`);
+  log(`${bootName(entry)} "${option.description}" -> ${loadOptionFile(option)}; BootNext=${bootName(entry)}; trial timer ${o.timerSeconds} s`);
 
   // 4. The trial boot.
   const consoleFrom = o.consoleLog && fs.existsSync(o.consoleLog) ? fs.statSync(o.consoleLog).size : 0;

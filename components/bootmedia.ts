@@ -49,7 +49,7 @@ export const handlers = artifactHandlers<Inputs, { disk: string; persist: string
     const rec = await ctx.store.record(ctx.store.relOf(i.uki) ?? "-");
     if (rec && (rec.type !== "file" || rec.sha256 !== i.ukiSha256))
       throw new Error(`bootmedia: ${i.uki} is not the UKI with sha256 ${i.ukiSha256}: run \`pulumi up\` again`);
-    const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp }), { mode: i.containsSecrets ? 0o600 : 0o644 });
+    const disk = await ctx.store.put(`disk/${i.hash}.img`, (tmp) => makeEspImage({ efi: i.uki, arch: i.arch as Arch, out: tmp, efiSha256: i.ukiSha256 }), { mode: i.containsSecrets ? 0o600 : 0o644 });
     ctx.log(`${disk.built ? (disk.repaired ? "wrote again" : "wrote") : "reused"} boot disk ${path.basename(disk.path)} with ${removableBootPath(i.arch as Arch)}`);
     const persist = persistPath(ctx.projectDir, i.persistName);
     const p = await makePersistImage({ out: persist, volumeId: i.volumeId });

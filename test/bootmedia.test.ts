@@ -58,6 +58,9 @@ test("makeEspImage is deterministic: same UKI, same bytes; another UKI, other GU
   const a = await fs.readFile(path.join(dir, "a.img"));
   const b = await fs.readFile(path.join(dir, "b.img"));
   assert.equal(sha256(a), sha256(b));
+  // The UKI's sha256 given by the caller (components/bootmedia.ts) makes the same image.
+  await makeEspImage({ efi, arch: "x86_64", out: path.join(dir, "k.img"), efiSha256: sha256(await fs.readFile(efi)) });
+  assert.equal(sha256(await fs.readFile(path.join(dir, "k.img"))), sha256(a));
 
   await fs.writeFile(efi, randomBytes(1024 * 1024));
   await makeEspImage({ efi, arch: "x86_64", out: path.join(dir, "c.img") });

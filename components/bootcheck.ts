@@ -50,7 +50,7 @@ export interface BootCheckArgs {
 
 interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string; probes?: Probe[]; secureBoot?: boolean; secureBootVars?: string }
 
-export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[] }
+export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[]; /** Booted under enforcing Secure Boot firmware. */ secureBoot?: boolean }
 
 export const handlers = artifactHandlers<Inputs, { seconds: number; console: string; health: string; shutdownSeconds: number }>({
   kind: "bootcheck",
@@ -92,7 +92,7 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
         if (/^ramroot(-health)?:/.test(line)) ctx.log(`console: ${line}`);
       },
     });
-    const record: BootRecord = { ukiSha256: i.ukiSha256, buildId: i.buildId, stack: i.stack, arch: i.arch, seconds: res.seconds, time: new Date().toISOString(), health: res.health!.lines };
+    const record: BootRecord = { ukiSha256: i.ukiSha256, buildId: i.buildId, stack: i.stack, arch: i.arch, seconds: res.seconds, time: new Date().toISOString(), health: res.health!.lines, ...(i.secureBoot ? { secureBoot: true } : {}) };
     // By the exact bytes, and by build id: a production UKI that differs only in its secrets
     // layer is the same build (components/uki.ts).
     await ctx.store.writeRecord(`booted/${i.ukiSha256}.json`, record);

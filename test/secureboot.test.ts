@@ -154,7 +154,24 @@ test("the qemu stack signs its UKI as its own step and boots it under enforcing 
     assert.ok(!(await verifyUki(o.ukiPath, fs.readFileSync(SNAKEOIL.cert))).ok, "the unsigned UKI stays unsigned");
     assert.match(o.bootHealth, /ramroot-health: result ok/);
     // The boot record is for the bytes that booted: the signed ones.
-    assert.ok(fs.existsSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.signedUkiSha256}.json`)));
+    const record = JSON.parse(fs.readFileSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.signedUkiSha256}.json`), "utf8"));
+    assert.equal(record.secureBoot, true);
+  });
+
+  await t.test("production, signing with the same key, takes the very signed bytes the qemu stack booted", async () => {
+    await run(["stack", "init", "production"]);
+    await run(["config", "set", "ramroot:target", "production", "--stack", "production"]);
+    await run(["config", "set", "ramroot:secureBootCert", "--stack", "production", "--", fs.readFileSync(SNAKEOIL.cert, "utf8")]);
+    await run(["config", "set", "--secret", "ramroot:secureBootKey", "--stack", "production", "--", fs.readFileSync(SNAKEOIL.key, "utf8")]);
+    await run(["config", "set", "--secret", "ramroot:secureBootKeyPassphrase", "--stack", "production", "--", SNAKEOIL.passphrase]);
+    assert.deepEqual(await p.previewSteps("production"), ["create goprograms", "create initramfs", "create rootfs", "create signed", "create uki"]);
+    const mark = p.journal().length;
+    await run(["up", "--yes", "--stack", "production"]);
+    assert.deepEqual(builtSince(mark), [], "production built what the qemu stack had built");
+    const prod = JSON.parse((await run(["stack", "output", "--json", "--stack", "production"])).stdout);
+    const q = await outputs();
+    assert.equal(prod.signedUkiSha256, q.signedUkiSha256);
+    assert.equal(prod.signedUkiPath, q.signedUkiPath);
   });
 
   await t.test("a new key: preview and up change only the signing step and what follows; the firmware refuses that key", async () => {

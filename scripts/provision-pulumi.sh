@@ -57,6 +57,8 @@ else
 	log "building Pulumi CLI v$PULUMI_VERSION from Go modules into $dest; the first build takes minutes"
 	work="$RAMROOT_CACHE/pulumi/build-$PULUMI_VERSION"
 	mkdir -p "$work"
+	# A subshell: its folder and GOFLAGS stay in it.
+	(
 	cd "$work"
 	# The language host had a folder here before it had a module of its own.
 	rm -rf cmd
@@ -82,13 +84,14 @@ GO
 		done
 	go mod tidy >&2
 	go build -trimpath -tags osusergo,grpcnotrace -ldflags "$ldflags" -o "$tmp/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi >&2
-	unset GOFLAGS
+	)
 fi
 sdk=$(cd "$langdir" && go list -mod=readonly -m -f '{{.Version}}' github.com/pulumi/pulumi/sdk/v3)
 [ "$sdk" = "v$PULUMI_VERSION" ] ||
 	log "note: the language host is pinned to SDK $sdk (tools/pulumi-language-nodejs/go.mod), the CLI is v$PULUMI_VERSION"
 # -mod=readonly: exactly the versions go.sum records, and a go.mod that needs an edit is an error.
-(cd "$langdir" && go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$tmp/pulumi-language-nodejs" .) >&2
+# -buildvcs=false: the host is built inside the repository, whose git state is not its version.
+(cd "$langdir" && go build -mod=readonly -buildvcs=false -trimpath -ldflags "$ldflags" -o "$tmp/pulumi-language-nodejs" .) >&2
 echo "$langsum" > "$tmp/.langhost"
 # The dynamic-provider plugin is the small launcher @pulumi/pulumi ships; the engine finds it
 # next to the CLI, and it resolves @pulumi/pulumi from the project it runs in.

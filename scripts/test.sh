@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite, in two tiers. `npm test` runs both, the unit tier first (a broken core fails
-# in seconds, before any boot); `npm run test:unit` runs the unit tier alone. Both build first.
+# The test suite, in two tiers. `npm test` runs both, the unit tier first (a broken core shows
+# in seconds, before any boot), and fails when either does; `npm run test:unit` runs the unit
+# tier alone. Both build first.
 #   unit         test/unit/, and the pure files of test/ listed below: the engine-free core on
 #                made-up input. Node alone: no network, no root, no QEMU, no Debian packages, no
 #                Pulumi CLI; seconds.
@@ -48,7 +49,7 @@ run_unit() {
 }
 run_integration() {
 	# shellcheck source=scripts/env.sh
-	. scripts/env.sh
+	. scripts/env.sh || exit 1
 	command -v pulumi >/dev/null || { echo "test: the Pulumi CLI is not provisioned; run npm run setup" >&2; exit 1; }
 	# One file at a time: QEMU under TCG and the Pulumi engine each want both cores.
 	node --test --test-concurrency=1 --test-reporter=spec "$@"
@@ -58,5 +59,10 @@ if [ $# -gt 0 ]; then run_integration "$@"; exit; fi
 case $tier in
 unit) run_unit ;;
 integration) run_integration "${integration[@]}" ;;
-all) run_unit && run_integration "${integration[@]}" ;;
+all)
+	status=0
+	run_unit || status=$?
+	run_integration "${integration[@]}" || status=$?
+	exit "$status"
+	;;
 esac

@@ -32,7 +32,11 @@ compiled() {
 	done
 }
 unit=(dist/test/unit/*.test.js)
-for n in "${unit_top[@]}"; do unit+=("dist/test/$n.test.js"); done
+for n in "${unit_top[@]}"; do
+	# A renamed file would otherwise leave the unit tier unseen.
+	[ -f "test/$n.test.ts" ] || { echo "test: scripts/test.sh lists test/$n.test.ts in the unit tier, and there is no such file" >&2; exit 1; }
+	unit+=("dist/test/$n.test.js")
+done
 mapfile -t unit < <(compiled "${unit[@]}")
 integration=()
 for f in dist/test/*.test.js; do

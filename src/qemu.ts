@@ -280,6 +280,9 @@ export async function bootCheck(opts: BootOptions): Promise<BootResult> {
       await fs.copyFile(template, firmwareVars).catch((e: any) => {
         throw e.code === "ENOENT" ? new Error(opts.secureBoot!.vars ? `qemu: the Secure Boot variable store ${template} does not exist (ramroot:secureBootVars): give a copy of the firmware's variable store with your certificate in db` : `qemu: firmware ${template} not found: install the Debian package ${spec.firmwarePackage}`) : e;
       });
+      // A store that does not enforce would let the check pass anything: refused before booting.
+      const notEnforcing = await secureBootVarsProblem(firmwareVars);
+      if (notEnforcing) throw new BootCheckError(`Secure Boot: ${notEnforcing}`);
     } else if (spec?.vars) {
       firmwareVars = path.join(tmp, path.basename(spec.vars));
       await fs.copyFile(spec.vars, firmwareVars).catch((e: any) => {
@@ -562,6 +565,36 @@ function qemuPackageOf(binary: string): string {
 
 function findInPath(binary: string): boolean {
   return (process.env.PATH ?? "").split(path.delimiter).some((d) => d && existsSync(path.join(d, binary)));
+}
+
+/** EFI_GLOBAL_VARIABLE (8be4df61-93ca-11d2-aa0d-00e098032b8c) as stored: PK, KEK, BootOrder... */
+const EFI_GLOBAL_VARIABLE = Buffer.from("61dfe48bca93d211aa0d00e098032b8c", "hex");
+
+/**
+ * Why the UEFI variable store `file` would not make the firmware enforce Secure Boot, or
+ * undefined when it would. A store without a Platform Key is in Setup Mode, where the firmware
+ * runs any image: a boot check on it would pass an unsigned UKI and prove nothing. Reads EDK2's
+ * authenticated variable store (the format of OVMF_VARS and AAVMF_VARS): each variable is a
+ * 60-byte header (StartId 0x55AA, State, Attributes, MonotonicCount, TimeStamp, PubKeyIndex,
+ * NameSize, DataSize, VendorGuid), its UTF-16 name and its data; only State 0x3F (added, not
+ * deleted) counts, and the last one of a name is the current one.
+ */
+export async function secureBootVarsProblem(file: string): Promise<string | undefined> {
+  const b = await fs.readFile(file);
+  const current = new Map<string, Buffer>();
+  const start = Buffer.from([0xaa, 0x55]);
+  for (let i = b.indexOf(start); i >= 0 && i + 60 <= b.length; i = b.indexOf(start, i + 2)) {
+    const nameSize = b.readUInt32LE(i + 36), dataSize = b.readUInt32LE(i + 40);
+    if (nameSize < 4 || nameSize > 256 || nameSize % 2 || dataSize > 1 << 20 || i + 60 + nameSize + dataSize > b.length) continue;
+    const name = b.subarray(i + 60, i + 60 + nameSize).toString("utf16le");
+    if (!/^[\x20-\x7e]+\0$/.test(name)) continue;
+    const key = `${name.slice(0, -1)}${b.subarray(i + 44, i + 60).equals(EFI_GLOBAL_VARIABLE) ? "" : " (vendor)"}`;
+    if (b[i + 2] === 0x3f) current.set(key, b.subarray(i + 60 + nameSize, i + 60 + nameSize + dataSize));
+  }
+  if (!current.get("PK")?.length) return `the UEFI variable store ${file} holds no Platform Key (PK), so the firmware is in Setup Mode and runs any image, signed or not: give a variable store with PK, KEK and your certificate in db enrolled (ramroot:secureBootVars), or leave it unset for Debian's snakeoil store`;
+  const enable = current.get("SecureBootEnable (vendor)");
+  if (enable && enable.length >= 1 && enable[0] === 0) return `the UEFI variable store ${file} has Secure Boot disabled (SecureBootEnable is 0), so the firmware runs any image: enable Secure Boot in its setup screen and keep the store, or give another one (ramroot:secureBootVars)`;
+  return undefined;
 }
 
 /** QEMU's -drive option list uses commas as separators: a comma in a path is doubled. */

@@ -17,7 +17,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildUki, inspectUki, kernelRelease } from "../src/uki";
 import { makeEspImage, type Arch } from "../src/bootmedia";
-import { bootCheck, BootCheckError } from "../src/qemu";
+import { bootCheck, BootCheckError, secureBootVarsProblem } from "../src/qemu";
 import { assertSignedBy, signUki, verifyUki } from "../src/sign";
 import { Project, repo } from "./project";
 
@@ -123,6 +123,25 @@ for (const arch of ["x86_64", "aarch64"] as Arch[]) {
     });
   });
 }
+
+test("a variable store that would not enforce (no Platform Key: Setup Mode) is refused before booting", async () => {
+  assert.equal(await secureBootVarsProblem("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"), undefined);
+  assert.equal(await secureBootVarsProblem("/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd"), undefined);
+  for (const [arch, vars] of [["x86_64", "/usr/share/OVMF/OVMF_VARS_4M.fd"], ["aarch64", "/usr/share/AAVMF/AAVMF_VARS.fd"]] as const) {
+    assert.match((await secureBootVarsProblem(vars))!, /holds no Platform Key \(PK\), so the firmware is in Setup Mode and runs any image/);
+    const t0 = Date.now();
+    await assert.rejects(bootCheck({ arch, disk: path.join(tmp, arch, "unsigned.img"), marker: "never", secureBoot: { vars } }), /^Error: Secure Boot: the UEFI variable store .* holds no Platform Key/);
+    assert.ok(Date.now() - t0 < 5000, "qemu was started");
+  }
+  // The snakeoil store with its SecureBootEnable byte turned off (the last one of the name).
+  const off = path.join(tmp, "vars-disabled.fd");
+  const b = fs.readFileSync("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd");
+  const name = Buffer.from("SecureBootEnable\0", "utf16le");
+  const at = b.lastIndexOf(name);
+  b[at + name.length] = 0;
+  fs.writeFileSync(off, b);
+  assert.match((await secureBootVarsProblem(off))!, /has Secure Boot disabled \(SecureBootEnable is 0\)/);
+});
 
 // The qemu stack (the example system, aarch64) under the real CLI: a throw-away project copy.
 test("the qemu stack signs its UKI as its own step and boots it under enforcing firmware", { timeout: 30 * 60_000 }, async (t) => {

@@ -17,7 +17,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildUki, inspectUki, kernelRelease } from "../src/uki";
 import { makeEspImage, type Arch } from "../src/bootmedia";
-import { bootCheck, BootCheckError, secureBootVarsProblem } from "../src/qemu";
+import { bootCheck, BootCheckError, qemuCommand, secureBootVarsProblem } from "../src/qemu";
 import { assertSignedBy, signUki, verifyUki } from "../src/sign";
 import { Project, repo } from "./project";
 
@@ -123,6 +123,19 @@ for (const arch of ["x86_64", "aarch64"] as Arch[]) {
     });
   });
 }
+
+test("qemuCommand with secureBoot: Secure Boot code, SMM on x86_64, the given variable store as pflash unit 1", () => {
+  const x = qemuCommand({ arch: "x86_64", disk: "d.img", secureBoot: true, firmwareVars: "/tmp/v.fd" }).args.join(" ");
+  assert.match(x, /-M q35,smm=on -global driver=cfi\.pflash01,property=secure,value=on /);
+  assert.match(x, /if=pflash,format=raw,unit=0,readonly=on,file=\/usr\/share\/OVMF\/OVMF_CODE_4M\.secboot\.fd -drive if=pflash,format=raw,unit=1,file=\/tmp\/v\.fd /);
+  assert.doesNotMatch(x, /OVMF_CODE_4M\.fd|snapshot=on/);
+  const a = qemuCommand({ arch: "aarch64", disk: "d.img", secureBoot: true, firmwareVars: "/tmp/v.fd" }).args.join(" ");
+  assert.match(a, /unit=0,readonly=on,file=\/usr\/share\/AAVMF\/AAVMF_CODE\.snakeoil\.fd -drive if=pflash,format=raw,unit=1,file=\/tmp\/v\.fd /);
+  assert.doesNotMatch(a, /-bios/);
+  assert.throws(() => qemuCommand({ arch: "x86_64", disk: "d.img", secureBoot: true }), /Secure Boot needs a writable copy of a variable store/);
+  // Without it, nothing of the above.
+  assert.doesNotMatch(qemuCommand({ arch: "x86_64", disk: "d.img" }).args.join(" "), /smm=on|secboot/);
+});
 
 test("a variable store that would not enforce (no Platform Key: Setup Mode) is refused before booting", async () => {
   assert.equal(await secureBootVarsProblem("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"), undefined);

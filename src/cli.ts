@@ -20,7 +20,7 @@ import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Co
 import { buildUki, inspectUki } from "./uki";
 import { outsideSections, readSignatures } from "./authenticode";
 import { algName, enrollmentSteps, makeSigningKey, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
-import { qemuCommand, type Arch } from "./qemu";
+import { ARCH_SPECS, qemuCommand, secureBootVarsProblem, type Arch } from "./qemu";
 import { rollback as rollbackHost } from "./deploy";
 import { Store, summary } from "./store";
 import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
@@ -42,7 +42,8 @@ const usage = `usage:
   ramroot inspect FILE [--json] [--cert FILE]  a UKI: sections, cmdline, os-release, segments, signature
                                          (and whether it verifies against the certificate FILE)
   ramroot qemu [--stack NAME]            boot a stack's current image (default stack: qemu)
-  ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE]
+  ramroot qemu --disk FILE --arch aarch64|x86_64 [--persist FILE] [--secure-boot [--vars FILE]]
+                                         (--secure-boot: enforcing firmware, the default for a stack that signs)
   ramroot rollback [--stack NAME]        swap the host's boot image and its .prev (default stack: production)
   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE
@@ -191,8 +192,9 @@ async function store(args: string[]): Promise<void> {
 }
 
 async function qemu(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { stack: { type: "string" }, disk: { type: "string" }, arch: { type: "string" }, persist: { type: "string" } } });
+  const { values } = parseArgs({ args, options: { stack: { type: "string" }, disk: { type: "string" }, arch: { type: "string" }, persist: { type: "string" }, "secure-boot": { type: "boolean" }, vars: { type: "string" } } });
   let { disk, arch, persist } = values;
+  let secureBoot = !!values["secure-boot"] || values.vars !== undefined;
   if (!disk) {
     // The stack's outputs say what it last built and booted.
     const stack = values.stack ?? "qemu";
@@ -201,15 +203,27 @@ async function qemu(args: string[]): Promise<void> {
     disk = o.disk;
     arch = o.targetArch;
     persist = persist ?? o.persist;
+    // A stack that signs was checked under enforcing firmware: boot it so again.
+    secureBoot ||= !!o.signedUkiPath;
   }
   if (arch !== "aarch64" && arch !== "x86_64") throw new UsageError("--arch must be aarch64 or x86_64");
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-qemu-"));
   let firmwareVars: string | undefined;
-  if (arch === "x86_64") {
+  if (secureBoot) {
+    // As the boot check does: a copy of a store that enforces (Debian's snakeoil one by default).
+    const template = values.vars ?? ARCH_SPECS[arch as Arch].secureBoot.vars;
+    firmwareVars = path.join(tmp, "secure-boot-vars.fd");
+    await fs.copyFile(template, firmwareVars).catch((e: NodeJS.ErrnoException) => {
+      throw new Error(e.code === "ENOENT" ? `--vars ${template} does not exist: give a UEFI variable store with your certificate in db` : `${template}: ${e.message}`);
+    });
+    const problem = await secureBootVarsProblem(firmwareVars);
+    if (problem) throw new Error(`Secure Boot: ${problem.replace(firmwareVars, template)}`);
+  } else if (arch === "x86_64") {
     firmwareVars = path.join(tmp, "OVMF_VARS.fd");
     await fs.copyFile("/usr/share/OVMF/OVMF_VARS_4M.fd", firmwareVars);
   }
-  const { cmd, args: qargs } = qemuCommand({ arch: arch as Arch, disk: disk!, persist, interactive: true, firmwareVars });
+  const { cmd, args: qargs } = qemuCommand({ arch: arch as Arch, disk: disk!, persist, interactive: true, firmwareVars, secureBoot });
+  if (secureBoot) console.error(`ramroot: Secure Boot enforced (db: ${values.vars ?? "Debian's snakeoil certificate"}); the firmware says "Access Denied" to an image it refuses`);
   console.error(`ramroot: ${cmd} ${qargs.join(" ")}\nramroot: Ctrl-A X quits`);
   const child = spawn(cmd, qargs, { stdio: "inherit" });
   const code = await new Promise<number>((resolve) => child.on("exit", (c) => resolve(c ?? 1)));

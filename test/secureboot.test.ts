@@ -10,7 +10,7 @@
 // Debian's snakeoil key is in the db of OVMF_VARS_4M.snakeoil.fd and AAVMF_VARS.snakeoil.fd.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createPrivateKey } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -109,6 +109,18 @@ for (const arch of ["x86_64", "aarch64"] as Arch[]) {
         assert.ok(Date.now() - t0 < 120_000, "the check waited for its timeout instead of failing at the refusal");
       });
     }
+
+    test("ramroot qemu --secure-boot boots the signed disk under the same firmware; a store in Setup Mode is refused", () => {
+      const r = spawnSync(path.join(repo, "bin", "ramroot"), ["qemu", "--disk", file("signed.img"), "--arch", arch, "--secure-boot"], { encoding: "utf8", input: "", timeout: 240_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`${MARKER}-${arch}`));
+      assert.match(r.stderr, arch === "x86_64" ? /smm=on .*OVMF_CODE_4M\.secboot\.fd/ : /AAVMF_CODE\.snakeoil\.fd/);
+      assert.match(r.stderr, /Secure Boot enforced/);
+      const plain = arch === "x86_64" ? "/usr/share/OVMF/OVMF_VARS_4M.fd" : "/usr/share/AAVMF/AAVMF_VARS.fd";
+      const bad = spawnSync(path.join(repo, "bin", "ramroot"), ["qemu", "--disk", file("signed.img"), "--arch", arch, "--vars", plain], { encoding: "utf8", input: "", timeout: 60_000 });
+      assert.equal(bad.status, 1);
+      assert.match(bad.stderr, new RegExp(`Secure Boot: the UEFI variable store ${plain} holds no Platform Key`));
+    });
 
     test("the production check (assertSignedBy) agrees with the firmware", async () => {
       const snake = fs.readFileSync(SNAKEOIL.cert, "utf8");

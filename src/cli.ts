@@ -1,6 +1,6 @@
 // The `ramroot` command: the engine-free core, for users and scripts, without Pulumi.
 //   ramroot inspect FILE [--json] [--cert FILE]
-//   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE]
+//   ramroot qemu [--stack NAME] | --disk FILE --arch ARCH [--persist FILE] [--secure-boot [--vars FILE]]
 //   ramroot rollback [--stack NAME]
 //   ramroot initramfs DIR -o FILE [--compression zstd|gzip|none] [--level N] [--exclude PATH]... [--single]
 //   ramroot uki --stub FILE --linux FILE --initrd FILE [--initrd FILE]... --cmdline TEXT [--os-release FILE] -o FILE

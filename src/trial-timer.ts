@@ -26,8 +26,9 @@ vars=/sys/firmware/efi/efivars
 grep -q " $vars efivarfs " /proc/mounts || mount -t efivarfs efivarfs "$vars" 2>/dev/null
 current="$vars/BootCurrent-${GLOBAL_GUID}"
 [ -f "$current" ] || exit 0
-cur=$(od -An -tx1 -j4 -N2 "$current" | tr -d ' \\n' | tr a-f A-F)
-cur=\${cur#??}\${cur%??}
+# Attributes (4 bytes), then the entry's number, little-endian. (od -j does not skip on efivarfs.)
+cur=$(od -An -tx1 "$current" | tr -d ' \\n' | tr a-f A-F)
+cur=\${cur#????????} cur=\${cur#??}\${cur%??}
 entry="$vars/Boot$cur-${GLOBAL_GUID}"
 [ -f "$entry" ] || exit 0
 # The entry's description (UCS-2) as words: NULs dropped, the rest of the binary made spaces.

@@ -26,7 +26,7 @@ import { HostProtocol, hostFiles } from "./host-protocol";
 import { runOnHost } from "./host-commands";
 import {
   GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY, bootName, encodeLoadOption, gptPartition, loadOptionFile, parseLoadOption, parseU16, trialLoadOption, u16, varFile, varPayload,
-  type GptPartition,
+  type GptPartition, type LoadOption,
 } from "./load-option";
 import { DEFAULT_TIMEOUT_MS, withSession, type Log, type SshTarget } from "./ssh-session";
 
@@ -163,6 +163,27 @@ function trialEntries(st: EfiState): TrialEntry[] {
   return found;
 }
 
+/**
+ * The entry the firmware booted, for its device path. After a promotion the host runs from the
+ * trial entry, which is gone: then the one entry that names the stick's partition, or else the
+ * firmware's one entry for a whole disk (no file: it boots the removable path), stands in.
+ */
+function bootedEntry(st: EfiState, current: number, host: string): LoadOption {
+  const own = st.vars.get(globalVar(bootName(current)));
+  if (own) return parseLoadOption(varPayload(own));
+  const entries: LoadOption[] = [];
+  for (const [name, v] of st.vars) {
+    if (!/^Boot[0-9A-F]{4}-/.test(name)) continue;
+    try { entries.push(parseLoadOption(varPayload(v))); } catch { /* not readable: not a candidate */ }
+  }
+  const guid = st.partition?.guid;
+  const onPartition = entries.filter((o) => o.path.some((n) => n.type === 4 && n.subtype === 1 && guid && n.data.subarray(20, 36).equals(guid)));
+  const wholeDisk = entries.filter((o) => o.path.length > 0 && (o.path[0].type === 1 || o.path[0].type === 2) && !o.path.some((n) => n.type === 4));
+  const pick = onPartition.length === 1 ? onPartition : wholeDisk.length === 1 ? wholeDisk : [];
+  if (pick.length) return pick[0];
+  throw new Error(`${host}: BootCurrent is ${bootName(current)}, which is gone (a promoted trial's), and no single other entry names the stick: reboot the host once (it then runs from its default entry) and deploy again, or set ramroot:trialBoot false`);
+}
+
 /** How a deploy with ramroot:reboot goes: probed when ramroot:trialBoot is not set. */
 export async function trialSupport(t: SshTarget): Promise<{ ok: boolean; why: string }> {
   const dir = path.posix.dirname(trialPath(hostFiles(t.path).path));
@@ -254,13 +275,12 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   // 3. The boot entry, its mark, BootNext.
   const current = await hostStatus(t);
   if (current.bootCurrent === undefined) throw new Error(`${t.host}: no BootCurrent variable: the firmware does not say which entry it booted, so no trial entry can be made (set ramroot:trialBoot false)`);
-  const booted = st.vars.get(globalVar(bootName(current.bootCurrent)));
-  if (!booted) throw new Error(`${t.host}: BootCurrent is ${bootName(current.bootCurrent)}, which is not in the UEFI variables`);
+  const booted = bootedEntry(st, current.bootCurrent, t.host);
   const rel = path.posix.relative(st.mount, trial);
   if (rel.startsWith("..")) throw new Error(`${trial} is not on the filesystem mounted at ${st.mount}`);
   // The timer's seconds go into the description: optional data would be the image's load
   // options, which systemd-stub takes as the kernel command line instead of its own.
-  const option = trialLoadOption(parseLoadOption(varPayload(booted)), st.partition, `\\${rel.split("/").join("\\")}`,
+  const option = trialLoadOption(booted, st.partition, `\\${rel.split("/").join("\\")}`,
     `${TRIAL_DESCRIPTION} ${buildId} ${TRIAL_SECONDS_KEY}=${o.timerSeconds}`);
   const used = new Set([...st.vars.keys()].filter((n) => /^Boot[0-9A-F]{4}-/.test(n)).map((n) => parseInt(n.slice(4, 8), 16)));
   let entry = 0;

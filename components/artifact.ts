@@ -1,9 +1,9 @@
 // The shape every ramroot resource shares: a build step whose result is named by a hash of its
 // inputs. The hash is computed in check(), which runs during preview, so `pulumi preview` shows
-// the hash before and after for exactly the layers that change (pulumi.md rule 4); diff is
-// keyed on it (rule 2); create and update are the same idempotent build (rule 7); a change of
-// provider version alone is an update, not a replacement (rule 3); delete leaves the store
-// alone because another stack may hold the same artifact (rule 10).
+// the hash before and after for exactly the layers that change; diff is keyed on it; create and
+// update are the same idempotent build (an update may meet its result already in the store); a
+// change of provider version alone is an update, not a replacement (a replacement would delete
+// first); delete leaves the store alone because another stack may hold the same artifact.
 import type * as pulumi from "@pulumi/pulumi";
 import type { Handlers } from "./adapter";
 import * as fs from "node:fs";
@@ -74,7 +74,7 @@ export function projectDir(from = process.cwd()): string {
 
 export function context(name: string): BuildContext {
   const projectDir_ = projectDir();
-  // Console lines are what reaches the CLI from inside a provider (rule 6).
+  // Console lines are what reaches the CLI from inside a dynamic provider (it has no log API).
   const log = (line: string) => console.log(`[${name}] ${line}`);
   const store = Store.forProject(projectDir_);
   store.log = log;

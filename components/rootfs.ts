@@ -14,6 +14,8 @@ import { hostProblem } from "../src/configure";
 import { apkProblem } from "../src/alpine";
 import { Store } from "../src/store";
 import { treeProblem } from "../src/initramfs";
+import { hashTree } from "../src/treehash";
+import { goOwned } from "../src/golayer";
 
 export interface RootfsArgs {
   arch: pulumi.Input<string>;
@@ -138,6 +140,25 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
     const stage2 = await buildConfigured(ctx.store, spec, stage1.path, hash2, ctx.log);
     ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
+  },
+  // Beside the hash, what `pulumi preview --diff` shows of a change: each entry of the system
+  // folder that stage 2 takes (mode, owner, content; digests shortened), so an edit is named by
+  // its file, and the declared packages, so a package list change shows what was added or removed.
+  derived: {
+    keys: ["systemFiles", "packages"],
+    async compute(i) {
+      const spec = await specOf(i);
+      const fingerprints = new Map<string, string>();
+      const folder = spec.system ?? spec.skeleton;
+      const exclude = spec.system ? ["packages", "secrets", ...goOwned(spec.system)] : [];
+      if (folder) await hashTree(folder, { rootOwned: true, exclude, cacheDir: spec.hashCache, fingerprints });
+      const short = (v: string) => v.replace(/[0-9a-f]{64}/g, (d) => d.slice(0, 16));
+      // (No undefined values: the engine's protocol cannot carry them.)
+      return {
+        systemFiles: Object.fromEntries([...fingerprints].map(([k, v]) => [k, short(v)])),
+        ...(spec.source.kind === "alpine" ? { packages: spec.source.packages } : {}),
+      };
+    },
   },
   // The configured tree, and its listing where it has one (a listing only saves the initramfs a
   // walk). The packages tree is checked when it is used, to configure a tree (Store.put); a file

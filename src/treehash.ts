@@ -3,10 +3,9 @@
 // device), and reused while all five are unchanged. A 450 MB base tree then hashes in tens of
 // milliseconds instead of seconds, which is what keeps a no-op `pulumi preview` cheap.
 //
-// The contract is rootfs.ts's hashTree: names, types, permission bits, owners, link targets,
-// device numbers and file contents, in sorted byte order of names; timestamps are left out (they
-// do not reach the image). The digest differs from rootfs.ts's (a file enters as its sha256,
-// not as its bytes), so switching changes the Rootfs hash once.
+// What counts: names, types, permission bits, owners, link targets, device numbers and file
+// contents (each file as its sha256), in sorted byte order of names; timestamps are left out
+// (they do not reach the image).
 //
 // "Racily clean" files (git's term) are never trusted: an entry is recorded only when the
 // file's ctime (which every write moves, and utimes cannot set back) is older than racyMs
@@ -30,6 +29,12 @@ export interface TreeHashOptions {
   exclude?: string[];
   /** A file changed (ctime) less than this long before the hash started is not cached. Default 2000. */
   racyMs?: number;
+  /**
+   * Filled with what the hash took of each entry below the root (mode, owner, and the content's
+   * sha256, the link's target or the device number), by relative path: two of these name the
+   * entries that made two hashes differ.
+   */
+  fingerprints?: Map<string, string>;
 }
 
 export interface TreeHashStats {
@@ -66,8 +71,12 @@ export async function hashTree(dir: string, opts: TreeHashOptions = {}, stats?: 
     const abs = rel ? path.join(root, rel) : root;
     const owner = opts.rootOwned ? "0:0" : `${s0.uid}:${s0.gid}`;
     const head = `${rel}\0${s0.mode.toString(8)}\0${owner}\0`;
+    const took = (what: string) => {
+      h.update(head + what + "\n");
+      if (rel) opts.fingerprints?.set(rel, `${s0.mode.toString(8)} ${owner} ${what.replace(/\0/g, " ")}`);
+    };
     if (s0.isDirectory()) {
-      h.update(head + "d\n");
+      took("d");
       const names = fs.readdirSync(abs, { encoding: "buffer" }).sort(Buffer.compare);
       for (const raw of names) {
         // Read back as text, a name that is not UTF-8 names no file (U+FFFD replaces its bytes).
@@ -78,7 +87,7 @@ export async function hashTree(dir: string, opts: TreeHashOptions = {}, stats?: 
         visit(r, fs.lstatSync(path.join(root, r), { bigint: true }));
       }
     } else if (s0.isSymbolicLink()) {
-      h.update(head + "l" + fs.readlinkSync(abs) + "\n");
+      took("l" + fs.readlinkSync(abs));
     } else if (s0.isFile()) {
       s.files++;
       const key: Entry = [Number(s0.size), String(s0.mtimeNs), String(s0.ctimeNs), String(s0.ino), String(s0.dev), ""];
@@ -95,9 +104,9 @@ export async function hashTree(dir: string, opts: TreeHashOptions = {}, stats?: 
       key[5] = digest;
       if (s0.ctimeNs < trustBefore) fresh.set(rel, key);
       else dirty = true;
-      h.update(head + `f${s0.size}\0${digest}\n`);
+      took(`f${s0.size}\0${digest}`);
     } else {
-      h.update(head + `r${s0.rdev}\n`);
+      took(`r${s0.rdev}`);
     }
   };
   visit("", st);

@@ -142,6 +142,9 @@ test("real Alpine path, aarch64: builder + apk from the local mirror, boot, and 
     await p.pulumi(["config", "set", "--path", "ramroot:repositories[1]", repos[1]!, "--stack", "qemu"]);
     const packages = path.join(sys, "packages");
     fs.writeFileSync(packages, fs.readFileSync(packages, "utf8").replace(/^dosfstools$/m, "dosfstools@local"));
+    // The diff shows the package list's change, not only a new hash.
+    const diff = await p.pulumi(["preview", "--diff", "--stack", "qemu"]);
+    assert.match(diff.stdout, /"dosfstools"\s*=>\s*"dosfstools@local"/, `the diff does not show the package change:\n${diff.stdout}`);
     const mark = p.journal().length;
     await p.pulumi(["up", "--yes", "--stack", "qemu"]);
     const b = built(p, mark);

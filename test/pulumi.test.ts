@@ -1,9 +1,10 @@
-// Issue 2: the real Pulumi CLI against a throw-away copy of the project with a file backend:
+// The real Pulumi CLI against a throw-away copy of the project with a file backend:
 // the qemu stack's lifecycle, the production stack reusing the same store, and what a config
 // change makes preview name.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { Project } from "./project";
 
 const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact).split("/")[0]);
@@ -60,6 +61,22 @@ test("qemu and production stacks under the real pulumi CLI", { timeout: 40 * 60_
     const after = JSON.parse((await p.pulumi(["stack", "output", "--json", "--stack", "qemu"])).stdout);
     assert.equal(after.initramfsHash, before.initramfsHash);
     assert.notEqual(after.ukiSha256, before.ukiSha256);
+  });
+
+  await t.test("preview --diff names the system file that changed, and nothing once it is back", async () => {
+    const hosts = path.join(p.dir, "system", "root", "etc", "hosts");
+    const before = fs.readFileSync(hosts);
+    fs.appendFileSync(hosts, "10.0.0.9 nas-backup\n");
+    try {
+      const res = await p.pulumi(["preview", "--diff", "--stack", "qemu"]);
+      // Pulumi lists the map's entries and marks the changed ones with ~.
+      assert.match(res.stdout, /~ root\/etc\/hosts\s*:/, `the diff does not name root/etc/hosts:\n${res.stdout}`);
+      assert.match(res.stdout, /^\s+root\/etc\/hostname\s*:/m, "the unchanged files are not listed");
+      assert.equal(res.stdout.match(/~ root\//g)?.length, 1, "an unchanged file is shown as changed");
+    } finally {
+      fs.writeFileSync(hosts, before);
+    }
+    assert.deepEqual(await p.previewSteps("qemu"), []);
   });
 
   await t.test("destroy removes the stacks' resources and keeps the store and the persistence disk", async () => {

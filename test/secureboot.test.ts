@@ -1,4 +1,4 @@
-// Secure Boot end to end (issue 17): the boot check's enforcing firmware (src/qemu.ts) on both
+// Secure Boot end to end: the boot check's enforcing firmware (src/qemu.ts) on both
 // architectures with a small UKI (the test system's kernel and stub, a busybox /init that prints
 // a marker and powers off): signed with the key in db it boots; unsigned, signed by another
 // key, or with one byte of .cmdline changed after signing, the firmware refuses it and the

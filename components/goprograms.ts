@@ -12,6 +12,7 @@ import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/golayer";
 import { levelProblem, type Compression } from "../src/initramfs";
+import { archProblem } from "../src/arch";
 
 export interface GoProgramsArgs {
   /** The declared system folder (its go.mod and cmd/), relative to the project or absolute. */
@@ -53,7 +54,8 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   version: 1,
   hashKeys: ["system", "arch", "compression", "level"],
   async validate(i) {
-    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
+    const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
+    if (archWrong) throw new InputError("arch", archWrong);
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
       throw new InputError("compression", `compression ${i.compression} is not supported: use zstd, gzip or none`);
     const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;

@@ -16,6 +16,7 @@ import { Store } from "../src/store";
 import { treeProblem } from "../src/initramfs";
 import { hashTree } from "../src/treehash";
 import { goOwned } from "../src/golayer";
+import { archProblem } from "../src/arch";
 
 export interface RootfsArgs {
   arch: pulumi.Input<string>;
@@ -83,7 +84,8 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
   version: 2,
   hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
   async validate(i) {
-    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch} is not supported: use aarch64 or x86_64`);
+    const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
+    if (archWrong) throw new InputError("arch", archWrong);
     if (isKnown(i.base) && i.base) {
       const st = await fs.stat(i.base).catch(() => undefined);
       const src = baseSource(i.base);

@@ -30,6 +30,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { removeTree } from "./store";
 import { goOwned } from "./golayer";
+import { hostArch } from "./arch";
 
 export interface ConfigureOptions {
   /** The stage-1 tree (read only: it is linked, never written). */
@@ -366,9 +367,7 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .filter((m) => m === real || m.startsWith(real + "/"));
 }
 
-const HOST_ARCH: Record<string, string> = { x64: "x86_64", arm64: "aarch64" };
-/** This machine's architecture, in Alpine's words. */
-export const hostArch = () => HOST_ARCH[process.arch] ?? process.arch;
+export { hostArch } from "./arch";
 
 /**
  * Why this host cannot run `arch` programs in a chroot as root, or undefined when it can. A

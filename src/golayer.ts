@@ -24,9 +24,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { NewcRecord } from "./newc";
 import type { Compression } from "./compress-worker";
+import { ARCHES, archProblem, type Arch } from "./arch";
 
-/** GOARCH for ramroot:arch. */
-export const GOARCH: Record<string, string> = { aarch64: "arm64", x86_64: "amd64" };
 
 /** Where the programs go in the image. */
 export const BIN_DIR = "usr/local/bin";
@@ -207,8 +206,9 @@ export function findGo(env: NodeJS.ProcessEnv = process.env): { go: string; vers
 
 /** The environment of every go command ramroot runs: what makes the bytes (see the top of this file). */
 export function goEnv(arch: string, cache: string, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const goarch = GOARCH[arch];
-  if (!goarch) throw new GoError("", `no Go architecture for ${arch}: use aarch64 or x86_64`);
+  const problem = archProblem(arch, "ramroot:arch");
+  if (problem) throw new GoError("", problem);
+  const goarch = ARCHES[arch as Arch].goarch;
   return {
     ...env,
     GOOS: "linux",

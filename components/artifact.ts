@@ -32,10 +32,12 @@ export interface ArtifactSpec<I extends Record<string, any>, O extends Record<st
   kind: string;
   version: number;
   /**
-   * Throws InputError for bad input. Runs in every check, also in preview where inputs that
-   * come from other resources may still be unknown: test each with isKnown before using it.
+   * Reports bad input: each problem through `fail`, so that preview names every one at once
+   * (throwing an InputError reports that one and stops). Runs in every check, also in preview
+   * where inputs that come from other resources may still be unknown: test each with isKnown
+   * before using it.
    */
-  validate?(inputs: I): Promise<void>;
+  validate?(inputs: I, fail: (property: string, reason: string) => void): Promise<void>;
   /** The inputs the hash depends on: it is computed in check as soon as these are known. */
   hashKeys: Array<keyof I & string>;
   /** The content hash of what create would build. */
@@ -164,8 +166,15 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
       delete inputs.hash;
       for (const k of spec.derived?.keys ?? []) delete inputs[k];
+      const failures: Array<{ property: string; reason: string }> = [];
       try {
-        await spec.validate?.(inputs as I);
+        await spec.validate?.(inputs as I, (property, reason) => failures.push({ property, reason }));
+      } catch (e: any) {
+        if (!(e instanceof InputError)) throw e;
+        failures.push({ property: e.property, reason: e.message });
+      }
+      if (failures.length > 0) return { inputs, failures };
+      try {
         if (spec.hashKeys.every((k) => isKnown(inputs[k]))) {
           const hash = await spec.hash(inputs as I);
           if (hash) Object.assign(inputs, { hash }, await spec.derived?.compute({ ...inputs, hash } as I & { hash: string }));

@@ -57,15 +57,15 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
   // 2: the health report, the clean power-off and the fsck are part of the check.
   version: 2,
   hashKeys: ["arch", "diskHash", "marker", "probes", "secureBoot", "secureBootVars"],
-  async validate(i) {
-    if (isKnown(i.marker) && !i.marker) throw new InputError("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
-    if (i.timeoutSeconds !== undefined && isKnown(i.timeoutSeconds) && !(i.timeoutSeconds > 0)) throw new InputError("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
-    if (i.secureBootVars !== undefined && isKnown(i.secureBootVars) && !i.secureBoot) throw new InputError("secureBootVars", "a Secure Boot variable store is given, but the boot check does not boot with Secure Boot (the stack signs nothing): set ramroot:secureBootKey and ramroot:secureBootCert, or unset ramroot:secureBootVars");
+  async validate(i, fail) {
+    if (isKnown(i.marker) && !i.marker) fail("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
+    if (i.timeoutSeconds !== undefined && isKnown(i.timeoutSeconds) && !(i.timeoutSeconds > 0)) fail("timeoutSeconds", `boot timeout ${i.timeoutSeconds}: give a number of seconds > 0`);
+    if (i.secureBootVars !== undefined && isKnown(i.secureBootVars) && !i.secureBoot) fail("secureBootVars", "a Secure Boot variable store is given, but the boot check does not boot with Secure Boot (the stack signs nothing): set ramroot:secureBootKey and ramroot:secureBootCert, or unset ramroot:secureBootVars");
     if (isKnown(i.probes)) {
       try {
         parseProbes(i.probes);
       } catch (e: any) {
-        throw new InputError("probes", e.message);
+        fail("probes", e.message);
       }
     }
   },

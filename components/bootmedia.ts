@@ -6,9 +6,10 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown } from "./artifact";
+import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/bootmedia";
+import { archProblem } from "../src/arch";
 
 export interface BootMediaArgs {
   kind: pulumi.Input<"qemu">;
@@ -33,12 +34,13 @@ export const handlers = artifactHandlers<Inputs, { disk: string; persist: string
   // 2: keyed by the bytes of the UKI inside (its sha256), not by the UKI's inputs.
   version: 2,
   hashKeys: ["kind", "arch", "ukiSha256"],
-  async validate(i) {
-    if (isKnown(i.kind) && i.kind !== "qemu") throw new InputError("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
-    if (isKnown(i.arch) && i.arch !== "aarch64" && i.arch !== "x86_64") throw new InputError("arch", `arch ${i.arch}: use aarch64 or x86_64`);
+  async validate(i, fail) {
+    if (isKnown(i.kind) && i.kind !== "qemu") fail("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
+    const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
+    if (archWrong) fail("arch", archWrong);
     if (i.volumeId !== undefined && isKnown(i.volumeId) && !/^[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}$/.test(i.volumeId))
-      throw new InputError("volumeId", `volume id ${i.volumeId} is not 8 hex digits (like B61B19E7 or B61B-19E7)`);
-    if (isKnown(i.persistName) && !/^[A-Za-z0-9._-]+$/.test(i.persistName)) throw new InputError("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
+      fail("volumeId", `volume id ${i.volumeId} is not 8 hex digits (like B61B19E7 or B61B-19E7)`);
+    if (isKnown(i.persistName) && !/^[A-Za-z0-9._-]+$/.test(i.persistName)) fail("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
   },
   async hash(i) {
     return sha256(JSON.stringify(["bootmedia/2", i.kind, i.arch, i.ukiSha256]));

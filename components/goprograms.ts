@@ -53,13 +53,13 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "goprograms",
   version: 1,
   hashKeys: ["system", "arch", "compression", "level"],
-  async validate(i) {
+  async validate(i, fail) {
     const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
-    if (archWrong) throw new InputError("arch", archWrong);
+    if (archWrong) fail("arch", archWrong);
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
-      throw new InputError("compression", `compression ${i.compression} is not supported: use zstd, gzip or none`);
+      fail("compression", `compression ${i.compression} is not supported: use zstd, gzip or none`);
     const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;
-    if (bad) throw new InputError("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
+    if (bad) fail("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
   },
   async hash(i) {
     const s = await spec(i);

@@ -4,7 +4,7 @@
 // the hash of its own bytes, and only the segments that differ are compressed again.
 import * as pulumi from "@pulumi/pulumi";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown } from "./artifact";
+import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, summary } from "../src/store";
 import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/initramfs";
 import { listingFile } from "../src/rootfs";
@@ -41,11 +41,11 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   // 2: files instead of one concatenated image (path is the manifest).
   version: 2,
   hashKeys: ["rootfsHash", "compression", "level", "exclude", "epoch"],
-  async validate(i) {
+  async validate(i, fail) {
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
-      throw new InputError("compression", `compression ${i.compression} is not supported: use zstd (kernels >= 5.9), gzip or none`);
+      fail("compression", `compression ${i.compression} is not supported: use zstd (kernels >= 5.9), gzip or none`);
     const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;
-    if (bad) throw new InputError("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
+    if (bad) fail("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
   },
   async hash(i) {
     return sha256(JSON.stringify(["initramfs/1", i.rootfsHash, options(i)]));

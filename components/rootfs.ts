@@ -83,25 +83,25 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
   kind: "rootfs",
   version: 2,
   hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
-  async validate(i) {
+  async validate(i, fail) {
     const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
-    if (archWrong) throw new InputError("arch", archWrong);
+    if (archWrong) fail("arch", archWrong);
     if (isKnown(i.base) && i.base) {
       const st = await fs.stat(i.base).catch(() => undefined);
       const src = baseSource(i.base);
-      if (src.kind === "folder" && !st?.isDirectory()) throw new InputError("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
-      if (src.kind === "tarball" && !st?.isFile()) throw new InputError("base", `the base tarball ${i.base} does not exist: download it (an Alpine minirootfs) or set ramroot:base`);
+      if (src.kind === "folder" && !st?.isDirectory()) fail("base", `the base tree ${i.base} is not a folder: build it (scripts/testsys.sh ${i.arch}) or set ramroot:base`);
+      if (src.kind === "tarball" && !st?.isFile()) fail("base", `the base tarball ${i.base} does not exist: download it (an Alpine minirootfs) or set ramroot:base`);
     }
     if (isKnown(i.builderSha256) && i.builderSha256 !== undefined && !/^[0-9a-f]{64}$/.test(i.builderSha256))
-      throw new InputError("builderSha256", `ramroot:builderSha256 ${i.builderSha256} is not a sha256 (64 lowercase hex digits)`);
+      fail("builderSha256", `ramroot:builderSha256 ${i.builderSha256} is not a sha256 (64 lowercase hex digits)`);
     if (isKnown(i.keysDir) && i.keysDir && !(await fs.stat(i.keysDir).catch(() => undefined))?.isDirectory())
-      throw new InputError("keysDir", `the apk keys folder ${i.keysDir} does not exist: point ramroot:keysDir at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${i.arch})`);
+      fail("keysDir", `the apk keys folder ${i.keysDir} does not exist: point ramroot:keysDir at Alpine's public keys (the alpine-keys package's /usr/share/apk/keys/${i.arch})`);
     if (isKnown(i.repositories) && i.repositories && (i.branch !== undefined || i.mirror !== undefined))
-      throw new InputError("repositories", "ramroot:repositories replaces ramroot:mirror and ramroot:branch: set the one or the others, not both");
+      fail("repositories", "ramroot:repositories replaces ramroot:mirror and ramroot:branch: set the one or the others, not both");
     if (isKnown(i.setupTimeout) && i.setupTimeout !== undefined && !(Number.isFinite(i.setupTimeout) && i.setupTimeout > 0))
-      throw new InputError("setupTimeout", `ramroot:setupTimeout ${i.setupTimeout}: give a number of seconds > 0`);
+      fail("setupTimeout", `ramroot:setupTimeout ${i.setupTimeout}: give a number of seconds > 0`);
     if (isKnown(i.apk) && i.apk !== undefined && !path.isAbsolute(i.apk))
-      throw new InputError("apk", `ramroot:apk ${i.apk} is not an absolute path: give the full path of an apk program`);
+      fail("apk", `ramroot:apk ${i.apk} is not an absolute path: give the full path of an apk program`);
   },
   async hash(i) {
     const spec = await specOf(i);

@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
+import { artifactHandlers, isKnown, projectDir } from "./artifact";
 import { Store } from "../src/store";
 import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/secrets";
 
@@ -34,19 +34,19 @@ export const handlers = artifactHandlers<Inputs, { path: string }>({
   kind: "secrets",
   version: 2,
   hashKeys: ["system", "rootfsHash", "compression", "values", "salt"],
-  async validate(i) {
+  async validate(i, fail) {
     if (isKnown(i.salt) && !(typeof i.salt === "string" && i.salt.length >= SALT_MIN))
-      throw new InputError("salt", `ramroot:secretsSalt must be a random string of at least ${SALT_MIN} characters: ${saltCommand("STACK")}`);
+      fail("salt", `ramroot:secretsSalt must be a random string of at least ${SALT_MIN} characters: ${saltCommand("STACK")}`);
     if (!isKnown(i.system) || !isKnown(i.values)) return;
     const { file, text } = await declarations(i.system);
     let decls;
     try {
       decls = parseSecrets(text, path.relative(projectDir(), file));
     } catch (e: any) {
-      throw new InputError("system", e.message);
+      return fail("system", e.message);
     }
     for (const d of decls)
-      if (typeof i.values[d.key] !== "string") throw new InputError("values", `${path.relative(projectDir(), file)}:${d.line} declares ramroot:${d.key}, which is not set: pulumi config set --secret ramroot:${d.key} VALUE`);
+      if (typeof i.values[d.key] !== "string") fail("values", `${path.relative(projectDir(), file)}:${d.line} declares ramroot:${d.key}, which is not set: pulumi config set --secret ramroot:${d.key} VALUE`);
   },
   async hash(i) {
     const { text } = await declarations(i.system);

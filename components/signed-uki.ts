@@ -10,7 +10,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown } from "./artifact";
+import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { checkSigningKey, readCertificate, signUki, verifyUki } from "../src/sign";
 
@@ -46,10 +46,10 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
   kind: "signeduki",
   version: 1,
   hashKeys: ["ukiHash", "cert"],
-  async validate(i) {
+  async validate(i, fail) {
     if (isKnown(i.cert)) {
       const bad = certProblem(i.cert);
-      if (bad) throw new InputError("cert", `${bad} (pulumi config set ramroot:secureBootCert -- "$(cat db.pem)")`);
+      if (bad) return fail("cert", `${bad} (pulumi config set ramroot:secureBootCert -- "$(cat db.pem)")`);
     }
     // The key is checked in preview too: a wrong passphrase or another certificate's key stops
     // the preview, not the build. The messages never hold the key (src/sign.ts).
@@ -57,7 +57,7 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
       try {
         checkSigningKey({ key: i.key, cert: i.cert, passphrase: i.passphrase });
       } catch (e: any) {
-        throw new InputError("key", `ramroot:secureBootKey: ${e.message}`);
+        fail("key", `ramroot:secureBootKey: ${e.message}`);
       }
     }
   },

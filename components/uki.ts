@@ -6,7 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { dynamicProvider } from "./adapter";
-import { artifactHandlers, InputError, isKnown } from "./artifact";
+import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, sha256File } from "../src/store";
 import { buildUki, kernelProblem, kernelRelease, validateCmdline } from "../src/uki";
 import { resolveInRoot } from "../src/rootfs";
@@ -55,14 +55,14 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
   kind: "uki",
   version: 1,
   hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash", "programsHash"],
-  async validate(i) {
+  async validate(i, fail) {
     try {
       if (isKnown(i.cmdline)) validateCmdline(i.cmdline);
     } catch (e: any) {
-      throw new InputError("cmdline", e.message);
+      fail("cmdline", e.message);
     }
     if (isKnown(i.stub) && path.isAbsolute(i.stub) && !(await fs.stat(i.stub).catch(() => undefined))?.isFile())
-      throw new InputError("stub", `the systemd-stub ${i.stub} does not exist: install systemd-boot-efi (Debian) or systemd-efistub (Alpine), or set ramroot:stub`);
+      fail("stub", `the systemd-stub ${i.stub} does not exist: install systemd-boot-efi (Debian) or systemd-efistub (Alpine), or set ramroot:stub`);
   },
   async hash(i) {
     const base = await buildInputs(i);

@@ -110,3 +110,9 @@ test("build: a rootfs kernel that is not a kernel for ramroot:arch is refused, n
   fs.writeFileSync(kernel, Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, ...Buffer.alloc(100)]));
   await refused(/in the rootfs is not a Linux kernel image for x86_64 \(gzip-compressed data/);
 });
+
+test("preview names every bad input of a resource at once, not one per run", async () => {
+  const res = await rootfs.check({}, { arch: "arm64", base: "/nonexistent-base", builderSha256: "xyz", setupTimeout: -1, apk: "apk" });
+  assert.deepEqual(res.failures?.map((f: any) => f.property), ["arch", "base", "builderSha256", "setupTimeout", "apk"]);
+  assert.match(res.failures![0]!.reason, /ramroot:arch arm64 .*use aarch64 or x86_64 \(arm64 is aarch64\)/);
+});

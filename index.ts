@@ -21,13 +21,13 @@ import { GoPrograms } from "./components/goprograms";
 import { hasGoModule } from "./src/golayer";
 import type { Probe } from "./src/probe";
 import { readSecretsDeclSync, saltCommand } from "./src/secrets";
+import { ARCHES, toArch } from "./src/arch";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
 const project = path.resolve(__dirname, "..");
 const stack = pulumi.getStack();
 const cfg = new pulumi.Config("ramroot");
-const arch = cfg.get("arch") ?? "aarch64";
-if (arch !== "aarch64" && arch !== "x86_64") throw new Error(`ramroot:arch is ${arch}: use aarch64 or x86_64`);
+const arch = toArch(cfg.get("arch") ?? "aarch64", "ramroot:arch");
 const target = cfg.get("target") ?? (stack === "production" ? "production" : "qemu");
 if (target !== "qemu" && target !== "production") throw new Error(`ramroot:target is ${target}: use qemu (boot the image under QEMU) or production (deploy it over SSH)`);
 // One resolved path everywhere: ramroot:system may be relative to the project or absolute.
@@ -125,16 +125,15 @@ const programs = hasGoModule(systemDir) ? new GoPrograms("goprograms", {
   level: cfg.getNumber("compressionLevel"),
 }) : undefined;
 
-const console_ = arch === "aarch64" ? "ttyAMA0" : "ttyS0";
 const uki = new Uki("uki", {
   rootfs: rootfs.path,
   rootfsHash: rootfs.hash,
   initramfs: initramfs.files,
   initramfsHash: initramfs.hash,
   arch,
-  cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${console_}`,
+  cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${ARCHES[arch].console}`,
   kernel: cfg.get("kernel") ?? (base === "testsys" ? "boot/vmlinuz" : "boot/vmlinuz-lts"),
-  stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/linux${arch === "aarch64" ? "aa64" : "x64"}.efi.stub`,
+  stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/${ARCHES[arch].stub}`,
   secrets: secrets?.path,
   secretsHash: secrets?.hash,
   programs: programs?.path,

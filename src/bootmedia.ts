@@ -16,8 +16,9 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { sha256File } from "./store";
+import { removablePath, type Arch } from "./arch";
 
-export type Arch = "aarch64" | "x86_64";
+export type { Arch } from "./arch";
 
 /** GPT partition type of an EFI System Partition. */
 export const ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
@@ -34,13 +35,7 @@ const FAT32_MIN_MIB = 36;
 const FAT_EPOCH = "315532800";
 
 /** The firmware's removable-media path for an architecture. */
-export function removableBootPath(arch: Arch): string {
-  switch (arch) {
-    case "aarch64": return "EFI/BOOT/BOOTAA64.EFI";
-    case "x86_64": return "EFI/BOOT/BOOTX64.EFI";
-    default: throw new Error(`bootmedia: unknown arch ${arch as string}`);
-  }
-}
+export const removableBootPath = (arch: Arch): string => removablePath(arch);
 
 /**
  * Writes a GPT disk image at `out` with one EFI System Partition holding `efi` at

@@ -26,6 +26,7 @@ import { Store, summary } from "./store";
 import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
 import { parseSize, writeStick } from "./stick";
 import { startHost } from "./rehearsal-host";
+import { archProblem, isArch } from "./arch";
 
 const project = path.resolve(__dirname, "..", "..");
 
@@ -206,7 +207,8 @@ async function qemu(args: string[]): Promise<void> {
     // A stack that signs was checked under enforcing firmware: boot it so again.
     secureBoot ||= !!o.signedUkiPath;
   }
-  if (arch !== "aarch64" && arch !== "x86_64") throw new UsageError("--arch must be aarch64 or x86_64");
+  const archWrong = archProblem(String(arch), "--arch");
+  if (archWrong) throw new UsageError(archWrong);
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-qemu-"));
   let firmwareVars: string | undefined;
   if (secureBoot) {
@@ -286,7 +288,7 @@ async function stick(args: string[]): Promise<void> {
     allowPositionals: true,
   });
   if (positionals[0] !== "write" || positionals.length !== 2 || !values.uki) throw new UsageError("stick write takes a TARGET and --uki FILE");
-  if (values.arch !== undefined && values.arch !== "aarch64" && values.arch !== "x86_64") throw new UsageError(`--arch ${values.arch}: use aarch64 or x86_64`);
+  if (values.arch !== undefined && !isArch(values.arch)) throw new UsageError(archProblem(values.arch, "--arch")!);
   const res = await writeStick({
     target: positionals[1], uki: values.uki, arch: values.arch as Arch | undefined, size: values.size === undefined ? undefined : parseSize(values.size),
     volumeId: values["volume-id"], force: values.force,
@@ -363,7 +365,7 @@ async function host(args: string[]): Promise<void> {
   });
   if (positionals.length) throw new UsageError(`host takes no ${positionals[0]}: give the stick with --stick`);
   if (!values.stick || !values["ssh-port"]) throw new UsageError("host needs --stick IMAGE and --ssh-port PORT");
-  if (values.arch !== undefined && values.arch !== "aarch64" && values.arch !== "x86_64") throw new UsageError(`--arch ${values.arch}: use aarch64 or x86_64`);
+  if (values.arch !== undefined && !isArch(values.arch)) throw new UsageError(archProblem(values.arch, "--arch")!);
   const int = (name: string, v: string | undefined, min: number, max: number) => {
     if (v === undefined) return undefined;
     if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${name} ${v}: a whole number from ${min} to ${max}`);

@@ -257,8 +257,6 @@ function normalise(p: string): string {
 export interface ReproducibleOptions {
   /** The one mtime of every entry (seconds since 1970). */
   epoch: number;
-  /** Force every entry to this owner (skeleton files of a distribution belong to root). */
-  owner?: { uid: number; gid: number };
 }
 
 /** First inode number of every archive; see `reproducible`. */
@@ -293,10 +291,6 @@ export function reproducible(records: NewcRecord[], opts: ReproducibleOptions): 
     r.devMajor = 0;
     r.devMinor = 0;
     r.nlink = isDir(r.mode) ? 2 : 1;
-    if (opts.owner) {
-      r.uid = opts.owner.uid;
-      r.gid = opts.owner.gid;
-    }
     const count = key ? names.get(key)! : 1;
     if (count < 2) {
       r.ino = ino++;

@@ -10,7 +10,13 @@ export PULUMI_VERSION=${PULUMI_VERSION:-3.274.1}
 if [ -x "$here/node_modules/.bin/node" ]; then PATH="$here/node_modules/.bin:$PATH"; fi
 pulumi_bin=$(cat "$RAMROOT_CACHE/pulumi-bin-$PULUMI_VERSION" 2>/dev/null || true)
 if [ -n "$pulumi_bin" ] && [ -x "$pulumi_bin/pulumi" ]; then PATH="$pulumi_bin:$PATH"; fi
+# The dynamic-provider plugin's launcher without its extra Node start (scripts/plugins/).
+PATH="$here/scripts/plugins:$PATH"
 export PATH
+# Node's on-disk cache of compiled code (Node >= 22.1; keyed by each file's content): the program
+# and the provider plugin each load all of @pulumi/pulumi on every pass of every preview and up,
+# 0.55-0.95 s of it compiling, 40% less from the cache (measured loading the SDK, load 5).
+export NODE_COMPILE_CACHE=${NODE_COMPILE_CACHE:-$RAMROOT_CACHE/node-compile-cache}
 
 # A local file backend in the project: no Pulumi Cloud account needed.
 if [ -z "${PULUMI_BACKEND_URL:-}" ]; then

@@ -420,13 +420,14 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
 
   // --- One skeleton file edited, then `pulumi up` to a verified boot, each part timed.
   const editRuns = (p: { dir: string; env: NodeJS.ProcessEnv }, label: string, n: number): Row => {
-    const row: Row = { name: `one skeleton file edited: \`pulumi up\` to a verified boot${label}`, runs: [] };
+    const row: Row = { name: `one skeleton file edited: \`npm run up\` to a verified boot${label}`, runs: [] };
     const parts: Record<string, number[]> = {};
     for (let i = 0; i < n; i++) {
       fs.mkdirSync(path.join(p.dir, "system", "root", "etc"), { recursive: true });
       fs.writeFileSync(path.join(p.dir, "system", "root", "etc", "ramroot-bench-edit"), `edit ${i} ${Date.now()}\n`);
       fs.writeFileSync(timing, "");
-      const r = timeSh("pulumi up --yes --stack qemu --non-interactive", p.dir, { ...p.env, RAMROOT_TIMING: timing });
+      // The README's command (npm run up: the wrapper, the build check, the CLI).
+      const r = timeSh("npm run --silent up", p.dir, { ...p.env, RAMROOT_TIMING: timing });
       const h = handlerTimes(timing);
       const upd = (kind: string) => h.lines.filter((l) => l.kind === kind && (l.op === "update" || l.op === "create")).reduce((t, l) => t + l.ms, 0) / 1000;
       const part = { configure: upd("rootfs"), initramfs: upd("initramfs"), uki: upd("uki"), bootDisk: upd("bootmedia"), boot: upd("bootcheck") };
@@ -438,7 +439,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
       log(`  ${row.name} #${i + 1}: ${s2(r.wall)} s wall (${Object.entries({ ...part, engine }).map(([k, v]) => `${k} ${s2(v)}`).join(", ")}), load ${r.load.toFixed(2)}`);
     }
     const m = (k: string) => median(parts[k]!);
-    row.note = `median parts: engine (the CLI, both passes' program and provider starts, checks and diffs) ${s2(m("engine"))} s, configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
+    row.note = `median parts: engine (npm, the wrapper, the CLI, both passes' program and provider starts, checks and diffs) ${s2(m("engine"))} s, configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
       `initramfs ${s2(m("initramfs"))} s, UKI ${s2(m("uki"))} s, boot disk ${s2(m("bootDisk"))} s, boot (BootCheck: QEMU from start to power-off, the probes, fsck) ${s2(m("boot"))} s`;
     return row;
   };
@@ -447,7 +448,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
   rows.push(edit, ...(editBefore ? [editBefore] : []));
   const over = (row: Row) => median(row.runs.map((r) => r.wall - r.extra!.boot));
   targets.push({
-    what: "One skeleton file edited: `pulumi up` to a verified boot <= the QEMU boot + 3 s (issue 18)",
+    what: "One skeleton file edited: `npm run up` (`pulumi up`) to a verified boot <= the QEMU boot + 3 s (issue 18)",
     met: over(edit) <= 3,
     why: "the configure stage runs the system's setup.sh again in an aarch64 chroot (qemu-user) on every skeleton change, and the engine's two passes each start the program and the provider plugin; see the row's parts.",
     detail: `${s2(med(edit).wall)} s, of which the boot ${s2(median(edit.runs.map((r) => r.extra!.boot)))} s: ${s2(over(edit))} s beyond it` +

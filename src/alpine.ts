@@ -20,6 +20,7 @@ import * as path from "node:path";
 import type { Store } from "./store";
 import { sha256 } from "./store";
 import { checkHost, hostArch, KEPT_CAPS } from "./configure";
+import { run } from "./run";
 
 export const BUILDER = {
   name: "alpine-make-rootfs",
@@ -273,7 +274,6 @@ export function sandboxArgs(scratch: string, mounts: Array<["tree" | "rw" | "ro"
 }
 
 async function runBuilder(builder: string, o: AlpineOptions & { reposFile?: string }, cache: string): Promise<void> {
-  const { execa } = await import("execa");
   o.log?.(`${BUILDER.name}: ${o.arch}, ${o.repositories ? `${o.repositories.length} repositories` : `branch ${o.branch ?? DEFAULT_BRANCH}`}, ${o.packages.length} packages`);
   const ro = (p: string | undefined): Array<["ro", string]> => (p && existsSync(p) ? [["ro", path.resolve(p)]] : []);
   const mounts: Array<["tree" | "rw" | "ro", string]> = [
@@ -288,20 +288,21 @@ async function runBuilder(builder: string, o: AlpineOptions & { reposFile?: stri
   ];
   const scratch = await fs.mkdtemp(`${o.out}.sandbox-`);
   try {
-    const res = await execa("unshare", sandboxArgs(scratch, mounts, ["/bin/sh", builder, path.resolve(o.out)]), {
+    const res = await run("unshare", sandboxArgs(scratch, mounts, ["/bin/sh", builder, path.resolve(o.out)]), {
       // CLEANUP=no: its cleanup would unmount the tree's /proc and /dev, which it cannot (no
       // CAP_SYS_ADMIN) and need not: the sandbox's mounts and its /tmp end with its namespaces.
       env: { ...builderEnv(o, cache), CLEANUP: "no" },
-      extendEnv: false,
-      all: true,
-      reject: false,
-      stdin: "ignore",
-      timeout: (o.timeoutSeconds ?? 3600) * 1000,
+      timeoutMs: (o.timeoutSeconds ?? 3600) * 1000,
+      allowFail: true,
+      shown: `${BUILDER.name} ${o.out}`,
+    }).catch((e: Error) => {
+      throw new Error(`alpine: ${stripColour(e.message)}`);
     });
-    const output = stripColour(String(res.all ?? "")).trimEnd();
-    if (res.exitCode !== 0 || res.failed) {
+    // It writes its steps and apk's to stderr, its own errors too.
+    const output = stripColour(res.stderr + res.stdout).trimEnd();
+    if (res.exitCode !== 0) {
       const lines = output.split("\n");
-      throw new Error(`alpine: ${BUILDER.name} failed (${res.timedOut ? "timed out" : `exit ${res.exitCode ?? res.signal}`}); its output:\n${lines.slice(-60).join("\n")}`);
+      throw new Error(`alpine: ${BUILDER.name} failed (exit ${res.exitCode}); its output:\n${lines.slice(-60).join("\n")}`);
     }
     for (const line of output.split("\n").filter(Boolean).slice(-5)) o.log?.(`${BUILDER.name}: ${line}`);
   } finally {

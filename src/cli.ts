@@ -10,7 +10,7 @@
 //   ramroot secureboot keys --new NAME -o DIR [--owner GUID]
 //   ramroot stick write TARGET --uki FILE [--arch ARCH] [--size SIZE] [--volume-id ID] [--force]
 //   ramroot host --stick IMAGE --ssh-port PORT [--arch ARCH] [--vars FILE] [--console FILE] [--memory MIB] [--cpus N] [--stop-timeout S]
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
@@ -27,16 +27,15 @@ import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
 import { parseSize, writeStick } from "./stick";
 import { startHost } from "./rehearsal-host";
 import { archProblem, isArch } from "./arch";
+import { run } from "./run";
 
 const project = path.resolve(__dirname, "..", "..");
 
-/** Runs the project's pulumi (scripts/pulumi.sh) and parses its JSON answer. */
-function pulumiJson(args: string[], what: string): any {
-  try {
-    return JSON.parse(execFileSync("bash", [path.join(project, "scripts", "pulumi.sh"), ...args, "--json"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }));
-  } catch (e: any) {
-    throw new Error(`cannot read ${what}: ${String(e.stderr || e.message).trim()}`);
-  }
+/** Runs the project's pulumi (scripts/pulumi.sh, with the user's environment: it finds the passphrase) and parses its JSON answer. */
+async function pulumiJson(args: string[], what: string): Promise<any> {
+  const r = await run("bash", [path.join(project, "scripts", "pulumi.sh"), ...args, "--json"], { env: process.env, allowFail: true, timeoutMs: 5 * 60_000 });
+  if (r.exitCode !== 0) throw new Error(`cannot read ${what}: ${(r.stderr || r.stdout).trim()}`);
+  return JSON.parse(r.stdout);
 }
 
 const usage = `usage:
@@ -199,7 +198,7 @@ async function qemu(args: string[]): Promise<void> {
   if (!disk) {
     // The stack's outputs say what it last built and booted.
     const stack = values.stack ?? "qemu";
-    const o = pulumiJson(["stack", "output", "--stack", stack], `the outputs of stack ${stack} (run \`npm run up\` first, or pass --disk and --arch)`);
+    const o = await pulumiJson(["stack", "output", "--stack", stack], `the outputs of stack ${stack} (run \`npm run up\` first, or pass --disk and --arch)`);
     if (!o.disk) throw new Error(`stack ${stack} has no boot disk: it is not a qemu stack, or \`pulumi up\` has not finished on it`);
     disk = o.disk;
     arch = o.targetArch;
@@ -241,7 +240,7 @@ async function qemu(args: string[]): Promise<void> {
 async function rollback(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { stack: { type: "string" } } });
   const stack = values.stack ?? "production";
-  const config = pulumiJson(["config", "--show-secrets", "--stack", stack], `the config of stack ${stack}`);
+  const config = await pulumiJson(["config", "--show-secrets", "--stack", stack], `the config of stack ${stack}`);
   const get = (k: string) => config[`ramroot:${k}`]?.value as string | undefined;
   const host = get("host"), hostKey = get("hostKey"), privateKey = get("sshPrivateKey");
   if (!host || !hostKey || !privateKey) throw new Error(`stack ${stack} has no deploy target: set ramroot:host, ramroot:hostKey and ramroot:sshPrivateKey`);

@@ -31,6 +31,7 @@ import * as path from "node:path";
 import { removeTree } from "./store";
 import { goOwned } from "./golayer";
 import { hostArch } from "./arch";
+import { run as runProgram } from "./run";
 
 export interface ConfigureOptions {
   /** The stage-1 tree (read only: it is linked, never written). */
@@ -72,16 +73,14 @@ export async function configureRootfs(o: ConfigureOptions): Promise<boolean> {
  * filesystem, one without links).
  */
 export async function linkTree(from: string, to: string): Promise<boolean> {
-  const { execa } = await import("execa");
-  if ((await execa("cp", ["-al", `${from}/.`, to], { reject: false })).exitCode === 0) return true;
+  if ((await runProgram("cp", ["-al", `${from}/.`, to], { allowFail: true, timeoutMs: 3600_000 })).exitCode === 0) return true;
   return copyTree(from, to);
 }
 
 /** `to` emptied (of a failed or unwanted link), then cp -a, sharing blocks (reflink) where the filesystem can. */
 async function copyTree(from: string, to: string): Promise<false> {
-  const { execa } = await import("execa");
   for (const e of await fs.readdir(to)) await removeTree(path.join(to, e));
-  await execa("cp", ["-a", "--reflink=auto", `${from}/.`, to]);
+  await runProgram("cp", ["-a", "--reflink=auto", `${from}/.`, to], { timeoutMs: 3600_000 });
   return false;
 }
 
@@ -91,8 +90,7 @@ async function copyTree(from: string, to: string): Promise<false> {
  * never written through.
  */
 export async function overlaySkeleton(skeleton: string, out: string): Promise<void> {
-  const { execa } = await import("execa");
-  await execa("cp", ["-a", "--remove-destination", `${skeleton}/.`, out]);
+  await runProgram("cp", ["-a", "--remove-destination", `${skeleton}/.`, out], { timeoutMs: 3600_000 });
   if (process.getuid?.() !== 0) return;
   for (const rel of await listTree(skeleton)) {
     const to = path.join(out, rel);

@@ -16,7 +16,7 @@
 // GOARM64=v8.0 (the baselines, whatever the environment says), GOWORK=off. The toolchain it
 // selects (`go env GOVERSION` in the module, with that environment) is part of the hash. The
 // build cache (GOCACHE) is ramroot's own, outside the project: ~/.cache/ramroot/go-build.
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
@@ -25,6 +25,7 @@ import * as path from "node:path";
 import type { NewcRecord } from "./newc";
 import type { Compression } from "./compress-worker";
 import { ARCHES, archProblem, type Arch } from "./arch";
+import { run } from "./run";
 
 
 /** Where the programs go in the image. */
@@ -223,27 +224,16 @@ export function goEnv(arch: string, cache: string, env: NodeJS.ProcessEnv = proc
   };
 }
 
-interface Run { code: number; stdout: string; stderr: string }
-
-function run(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { cwd: opts.cwd, env: opts.env, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 30 * 60_000, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as any).code === "number" ? (err as any).code : 1) : 0;
-      resolve({ code, stdout, stderr: stderr || (err && code !== 0 && !stderr ? String(err.message) : "") });
-    });
-  });
-}
-
 /**
  * The toolchain go.mod selects (`go env GOVERSION` in the module with GOTOOLCHAIN=auto): the
  * local go, or the newer one go.mod's toolchain (or go) line asks for, which the go command
  * downloads from the module proxy the first time (checked against the checksum database).
  */
 export async function selectedToolchain(go: string, moduleDir: string, env: NodeJS.ProcessEnv, shown = "system"): Promise<string> {
-  const r = await run(go, ["env", "GOVERSION"], { cwd: moduleDir, env, timeoutMs: 15 * 60_000 });
+  const r = await run(go, ["env", "GOVERSION"], { cwd: moduleDir, env, timeoutMs: 15 * 60_000, allowFail: true });
   const v = r.stdout.trim();
-  if (r.code !== 0 || !/^go\d/.test(v))
-    throw new GoError("go.mod", `${shown}/go.mod: the Go toolchain it selects cannot be had (GOTOOLCHAIN=auto, ${go} env GOVERSION): ${(r.stderr || r.stdout).trim() || `exit ${r.code}`}`);
+  if (r.exitCode !== 0 || !/^go\d/.test(v))
+    throw new GoError("go.mod", `${shown}/go.mod: the Go toolchain it selects cannot be had (GOTOOLCHAIN=auto, ${go} env GOVERSION): ${(r.stderr || r.stdout).trim() || `exit ${r.exitCode}`}`);
   return v;
 }
 
@@ -266,8 +256,8 @@ export async function buildGoPrograms(o: { module: string; arch: string; out: st
   const t0 = performance.now();
   const toolchain = await selectedToolchain(go, o.module, env, shown);
   // What go itself says the packages are, for this GOOS/GOARCH.
-  const list = await run(go, ["list", "-e", "-f", "{{.Dir}}\t{{.Name}}\t{{if .Error}}{{.Error}}{{end}}", "./cmd/..."], { cwd: o.module, env });
-  if (list.code !== 0) throw new GoError("cmd", `go list ./cmd/... in ${shown}/ failed:\n${(list.stderr || list.stdout).trim()}`);
+  const list = await run(go, ["list", "-e", "-f", "{{.Dir}}\t{{.Name}}\t{{if .Error}}{{.Error}}{{end}}", "./cmd/..."], { cwd: o.module, env, timeoutMs: 30 * 60_000, allowFail: true });
+  if (list.exitCode !== 0) throw new GoError("cmd", `go list ./cmd/... in ${shown}/ failed:\n${(list.stderr || list.stdout).trim()}`);
   const mains: string[] = [];
   const errors: string[] = [];
   for (const line of list.stdout.split("\n").filter(Boolean)) {
@@ -288,8 +278,8 @@ export async function buildGoPrograms(o: { module: string; arch: string; out: st
   const bin = path.join(o.out, BIN_DIR);
   await fs.mkdir(bin, { recursive: true });
   o.log?.(`building ${mains.map((m) => `./${m}`).join(" ")} with ${toolchain} for linux/${env.GOARCH}`);
-  const build = await run(go, ["build", "-trimpath", "-buildvcs=false", "-o", bin + path.sep, ...mains.map((m) => `./${m}`)], { cwd: o.module, env });
-  if (build.code !== 0) throw new GoError("cmd", `go build in ${shown}/ failed (${toolchain}, linux/${env.GOARCH}):\n${(build.stderr || build.stdout).trim()}`);
+  const build = await run(go, ["build", "-trimpath", "-buildvcs=false", "-o", bin + path.sep, ...mains.map((m) => `./${m}`)], { cwd: o.module, env, timeoutMs: 30 * 60_000, allowFail: true });
+  if (build.exitCode !== 0) throw new GoError("cmd", `go build in ${shown}/ failed (${toolchain}, linux/${env.GOARCH}):\n${(build.stderr || build.stdout).trim()}`);
   for (const n of names.keys()) {
     const f = path.join(bin, n);
     if (!fsSync.statSync(f, { throwIfNoEntry: false })?.isFile()) throw new GoError(names.get(n)!, `go build wrote no ${f}`);

@@ -18,6 +18,7 @@ import { readListing, walk, writeListing } from "./walk";
 import { hashTree } from "./treehash";
 import { mountEntries, parseFstab } from "./fstab";
 import { goOwned } from "./golayer";
+import { run } from "./run";
 
 /** Where stage 1 comes from. */
 export type Source =
@@ -85,13 +86,12 @@ export interface Built { path: string; built: boolean }
 export async function buildPackages(store: Store, spec: RootfsSpec, hash1: string, log?: (l: string) => void): Promise<Built> {
   const s = spec.source;
   const res = await store.put(`rootfs-packages/${hash1}`, async (out) => {
-    const { execa } = await import("execa");
     if (s.kind === "folder") {
       log?.(`copying ${s.path}`);
-      await execa("cp", ["-a", `${s.path}/.`, out]);
+      await run("cp", ["-a", `${s.path}/.`, out], { timeoutMs: 3600_000 });
     } else if (s.kind === "tarball") {
       log?.(`extracting ${s.path}`);
-      await execa("tar", ["-xpf", s.path, "-C", out, "--numeric-owner"]);
+      await run("tar", ["-xpf", s.path, "-C", out, "--numeric-owner"], { timeoutMs: 3600_000 });
     } else {
       await makeAlpineRootfs({ ...s, arch: spec.arch, out, store, log });
     }

@@ -18,12 +18,12 @@
 // prompts) and handed over on a pipe, `cat | sbsign --key /dev/stdin` (Node's child stdio are
 // sockets, which OpenSSL cannot open by name; cat turns the socket into a pipe). The key never
 // appears in an argument, a file, an error or a log line.
-import { spawn } from "node:child_process";
 import { createHash, createPrivateKey, KeyObject, randomBytes, X509Certificate } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { authenticodeDigest, AuthenticodeSignature, outsideSections, readPe, readSignatures } from "./authenticode";
+import { run } from "./run";
 
 export interface SigningKey {
   /** The private key, PEM or DER (PKCS#8, PKCS#1), RSA. */
@@ -82,9 +82,9 @@ export async function signUki(input: string, output: string, k: SigningKey): Pro
   try {
     const certFile = path.join(work, "cert.pem");
     await fs.writeFile(certFile, cert.toString());
-    const r = await run("sh", ["-c", 'cat | sbsign --key /dev/stdin --cert "$1" --output "$2" "$3"', "sh", certFile, tmp, input], pem);
-    if (r.code !== 0) {
-      if (r.code === 127) throw new Error(`sbsign is not installed: apt-get install sbsigntool (npm run setup does)`);
+    const r = await run("sh", ["-c", 'cat | sbsign --key /dev/stdin --cert "$1" --output "$2" "$3"', "sh", certFile, tmp, input], { input: pem, allowFail: true, shown: `sbsign --key (on a pipe) --cert ${certFile} ${input}` });
+    if (r.exitCode !== 0) {
+      if (r.exitCode === 127) throw new Error(`sbsign is not installed: apt-get install sbsigntool (npm run setup does)`);
       throw new Error(`sbsign could not sign ${input}: ${lastLines(redact(r.stderr + r.stdout, pem))}`);
     }
     // What was written covers what was read, and nothing else came with it.
@@ -161,9 +161,8 @@ export async function verifyUki(file: string, cert: string | Buffer): Promise<Ve
   try {
     const certFile = path.join(work, "cert.pem");
     await fs.writeFile(certFile, trusted.toString());
-    const r = await run("sbverify", ["-v", "--cert", certFile, file]);
-    if (r.code === 0) return { ok: true, digest, signatures };
-    if (r.code === -2) throw new Error(`sbverify is not installed: apt-get install sbsigntool (npm run setup does)`);
+    const r = await run("sbverify", ["-v", "--cert", certFile, file], { allowFail: true });
+    if (r.exitCode === 0) return { ok: true, digest, signatures };
     const out = r.stderr + r.stdout;
     const detail = /Verify error: (.*)/.exec(out)?.[1] ?? (/Hash doesn't match image/.test(out) ? "the image does not match its signature" : lastLines(out));
     const signer = signatures[0].signer;
@@ -281,11 +280,11 @@ export async function makeSigningKey(dir: string, name: string, opts: { days?: n
     if (await fs.stat(f).then(() => true, () => false)) throw new Error(`${f} exists: a new key there would replace the one machines may have enrolled; choose another -o folder, or remove it first if you mean to`);
   }
   // 10 years: UEFI firmware does not check certificate dates (there is no trusted clock at boot).
-  const r = await run("sh", ["-c", 'umask 077 && exec openssl req -new -x509 -newkey rsa:3072 -sha256 -nodes -days "$1" -subj "/CN=$2" -keyout "$3" -out "$4"', "sh", String(opts.days ?? 3650), name, key, cert]);
-  if (r.code !== 0) {
+  const r = await run("sh", ["-c", 'umask 077 && exec openssl req -new -x509 -newkey rsa:3072 -sha256 -nodes -days "$1" -subj "/CN=$2" -keyout "$3" -out "$4"', "sh", String(opts.days ?? 3650), name, key, cert], { allowFail: true });
+  if (r.exitCode !== 0) {
     await fs.rm(key, { force: true });
     await fs.rm(cert, { force: true });
-    if (r.code === 127) throw new Error("openssl is not installed: apt-get install openssl (npm run setup does)");
+    if (r.exitCode === 127) throw new Error("openssl is not installed: apt-get install openssl (npm run setup does)");
     throw new Error(`openssl could not make the key: ${lastLines(r.stderr + r.stdout)}`);
   }
   await fs.chmod(cert, 0o644);
@@ -340,22 +339,6 @@ function readKey(k: SigningKey): KeyObject {
     if (passphrase !== undefined && /bad decrypt|decrypt/i.test(msg)) throw new Error("the signing key's passphrase is wrong");
     throw new Error("the signing key is not a private key in PEM or DER (PKCS#8 or PKCS#1): pass the key file (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)");
   }
-}
-
-interface RunResult { code: number; stdout: string; stderr: string }
-
-/** Runs `cmd` with `input` on stdin (then closed), collecting its output; code -2: not found. */
-function run(cmd: string, args: string[], input?: Buffer): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "", stderr = "";
-    child.stdout.on("data", (d) => { stdout += d; });
-    child.stderr.on("data", (d) => { stderr += d; });
-    child.stdin.on("error", () => {}); // the tool may exit before reading it all
-    child.on("error", (e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? resolve({ code: -2, stdout, stderr }) : reject(e)));
-    child.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr }));
-    child.stdin.end(input ?? Buffer.alloc(0));
-  });
 }
 
 /** `text` without any line of `secret` (a PEM) in it. */

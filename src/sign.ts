@@ -24,6 +24,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { authenticodeDigest, AuthenticodeSignature, outsideSections, readPe, readSignatures } from "./authenticode";
 import { run } from "./run";
+import { writeFileAtomic } from "./store";
 
 export interface SigningKey {
   /** The private key, PEM or DER (PKCS#8, PKCS#1), RSA. */
@@ -257,11 +258,7 @@ export async function writeEnrollmentFiles(cert: string | Buffer, dir: string, o
   const esl = efiSignatureList(c.raw, owner);
   await fs.mkdir(dir, { recursive: true });
   const files = { der: path.join(dir, "ramroot-db.der"), esl: path.join(dir, "ramroot-db.esl"), pem: path.join(dir, "ramroot-db.pem") };
-  for (const [file, data] of [[files.der, c.raw], [files.esl, esl], [files.pem, Buffer.from(c.toString())]] as const) {
-    const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-    await fs.writeFile(tmp, data, { mode: 0o644 });
-    await fs.rename(tmp, file);
-  }
+  for (const [file, data] of [[files.der, c.raw], [files.esl, esl], [files.pem, Buffer.from(c.toString())]] as const) await writeFileAtomic(file, data, 0o644);
   return { dir, ...files, owner, subject: oneLine(c.subject), fingerprint256: c.fingerprint256, notAfter: c.validTo };
 }
 

@@ -566,16 +566,26 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
 }
 
-/** writeFileAtomic for a cache: synchronous, and a failure only costs a read next time. */
-function writeJsonSync(file: string, value: unknown): void {
+/** writeFileAtomic, synchronous. */
+export function writeFileAtomicSync(file: string, data: string | Uint8Array, mode?: number): void {
   const tmp = temporaryName(file);
   try {
     fsSync.mkdirSync(path.dirname(file), { recursive: true });
-    // Owner-only, as the records: those of a secrets layer and of the images that hold it too.
-    fsSync.writeFileSync(tmp, JSON.stringify(value), { mode: 0o600 });
+    fsSync.writeFileSync(tmp, data, mode === undefined ? undefined : { mode });
     fsSync.renameSync(tmp, file);
-  } catch {
+  } catch (e) {
     fsSync.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** For a cache: a failure only costs a read next time. */
+function writeJsonSync(file: string, value: unknown): void {
+  try {
+    // Owner-only, as the records: those of a secrets layer and of the images that hold it too.
+    writeFileAtomicSync(file, JSON.stringify(value), 0o600);
+  } catch {
+    // (the next check reads the file again)
   }
 }
 

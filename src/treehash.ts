@@ -12,10 +12,11 @@
 // before the hash started, so a file written in the same clock tick as it was hashed is
 // hashed again next time.
 import { isUtf8 } from "node:buffer";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { notUtf8 } from "./walk";
+import { writeFileAtomicSync } from "./store";
 
 export interface TreeHashOptions {
   /** Every entry counts as owned by 0:0 (skeleton files of a distribution belong to root). */
@@ -137,10 +138,7 @@ function readCache(file: string): Map<string, Entry> {
 
 function writeCache(file: string, entries: Map<string, Entry>): void {
   try {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-    fs.writeFileSync(tmp, JSON.stringify({ format: FORMAT, entries: Object.fromEntries(entries) }));
-    fs.renameSync(tmp, file);
+    writeFileAtomicSync(file, JSON.stringify({ format: FORMAT, entries: Object.fromEntries(entries) }));
   } catch {
     // A read-only store still hashes correctly, only slower.
   }

@@ -12,6 +12,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { artifactHandlers, context, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
+import { inspectUki } from "../src/uki";
 import { DEFAULT_PATH, deployImage, parseHostKeys, rebootInto, remoteState, runOnHost, trialDeploy, trialSupport, waitForBuild, type SshTarget } from "../src/deploy";
 
 interface Inputs {
@@ -54,6 +55,17 @@ const trialRecord = (i: Inputs) => `trial/${sha256(JSON.stringify([i.host, i.por
 const DEFAULT_WAIT_SECONDS = 300;
 const DEFAULT_TRIAL_SECONDS = 300;
 
+/**
+ * A trial build that panics falls back only when the kernel reboots by itself: without panic=N
+ * in the image's cmdline it waits for a power cycle (then the firmware boots the default). Said,
+ * not refused: the trial still guards against everything after the kernel.
+ */
+async function panicWarning(uki: string): Promise<string | undefined> {
+  const cmdline = (await inspectUki(uki).catch(() => undefined))?.cmdline;
+  if (cmdline === undefined || /(^|\s)panic=(-1|[1-9]\d*)(\s|$)/.test(cmdline)) return undefined;
+  return `warning: the image's cmdline has no panic=N ("${cmdline}"): a trial build whose kernel panics stays down until the host is power-cycled (the firmware then boots the default image); add panic=10 to ramroot:cmdline`;
+}
+
 /** How a deploy with these inputs goes, in words for preview, and whether it is a trial (undefined: ask the host). */
 async function mode(i: Inputs): Promise<{ trial: boolean; why: string }> {
   if (!i.reboot) return { trial: false, why: "replace the image, no reboot (ramroot:reboot is not true)" };
@@ -93,6 +105,10 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     if ([i.host, i.hostKey, i.privateKey, i.reboot, i.trialBoot].every(isKnown) && i.host && i.hostKey && i.privateKey) {
       const m = await mode(i).catch((e) => ({ why: `trial boot if the host has efivarfs and efibootmgr (not known now: ${e.message})` }));
       context("deploy").log(`deploy mode: ${m.why}`);
+      if ("trial" in m && m.trial && isKnown(i.uki) && i.uki && fs.existsSync(i.uki)) {
+        const w = await panicWarning(i.uki);
+        if (w) context("deploy").log(w);
+      }
     }
     if (isKnown(i.buildId) && isKnown(i.allowUntested) && !i.allowUntested) {
       const booted = await context("deploy").store.readRecord(`booted-build/${i.buildId}.json`);
@@ -121,12 +137,16 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     };
     const m = await mode(i);
     ctx.log(`deploy mode: ${m.why}`);
+    if (m.trial) {
+      const w = await panicWarning(i.uki);
+      if (w) ctx.log(w);
+    }
     const trialRec = trialRecord(i);
     const pending = fs.existsSync(ctx.store.path(trialRec));
     let res: { changed: boolean; bytesSent: number; previous?: string; delta?: { base: string; copied: number } };
     if (m.trial || pending) {
       if (!m.trial) ctx.log("an earlier trial boot did not finish: finishing or cleaning it up first");
-      await ctx.store.writeRecord(trialRec, { buildId: i.buildId, sha256: i.ukiSha256 });
+      if (m.trial) await ctx.store.writeRecord(trialRec, { buildId: i.buildId, sha256: i.ukiSha256 });
       try {
         const size = (await fs.promises.stat(i.uki)).size;
         res = await trialDeploy(target(i), i.buildId, i.ukiSha256, size, {
@@ -136,8 +156,11 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
           upload: (p) => deployImage({ ...target(i), path: p }, i.uki, i.ukiSha256, ctx.log, { chunkCache: opts.chunkCache }),
           commit: () => deployImage(target(i), i.uki, i.ukiSha256, ctx.log, opts),
           current: async () => (await remoteState(target(i))).sha256 === i.ukiSha256,
+          leftoversOnly: !m.trial,
         }, ctx.log);
         await fs.promises.rm(ctx.store.path(trialRec), { force: true });
+        // Leftovers dealt with, no trial wanted: the deploy itself.
+        if (!m.trial && !res.changed) res = await deployImage(target(i), i.uki, i.ukiSha256, ctx.log, opts);
       } catch (e: any) {
         // A trial that failed and was cleaned up is over; anything else is for the next up.
         if (/^trial boot of build \S+ failed/.test(e.message)) await fs.promises.rm(ctx.store.path(trialRec), { force: true });

@@ -207,6 +207,8 @@ export interface TrialOptions {
   commit(): Promise<{ previous?: string }>;
   /** Whether P already holds the image. */
   current(): Promise<boolean>;
+  /** Only finish or clean up what an earlier trial left (the deploy then goes on without a trial). */
+  leftoversOnly?: boolean;
 }
 
 export interface TrialResult { changed: boolean; bytesSent: number; previous?: string }
@@ -246,6 +248,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
 
   // 1. What an earlier, interrupted trial left.
   let st = await efi();
+  if (!st.efivarfs && o.leftoversOnly) return { changed: false, bytesSent: 0 };
   if (!st.efivarfs) throw new Error(`${t.host}: a trial boot needs efivarfs (the host was not booted through UEFI, or efivarfs is not mounted): set ramroot:trialBoot false`);
   const left = trialEntries(st)[0];
   if (left) {
@@ -265,7 +268,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
     }
     st = await efi();
   }
-  if (await o.current()) return { changed: false, bytesSent: 0 };
+  if (o.leftoversOnly || await o.current()) return { changed: false, bytesSent: 0 };
 
   // 2. The image beside the default one.
   const up = await o.upload(trial);

@@ -234,7 +234,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
     if (ours.length) log(`removed what a trial boot left: ${ours.map((e) => `${bootName(e.entry)} (build ${e.build})`).join(", ")}, ${trial}`);
   };
 
-  /** Confirms the running trial, promotes its image to P, removes the entry and the mark. */
+  /** Confirms the running trial, promotes its image to P, removes its entry. */
   const promote = async (): Promise<{ previous?: string }> => {
     await host(async (h) => {
       await h.trialConfirm();
@@ -275,7 +275,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   await host((h) => h.trialRemove(`${trial}.prev`)); // a leftover trial image kept by that deploy: not needed
   log(`${trial}: build ${buildId} written, flushed, verified`);
 
-  // 3. The boot entry, its mark, BootNext.
+  // 3. The boot entry (the trial's mark too: see src/trial-timer.ts) and BootNext.
   const current = await hostStatus(t);
   if (current.bootCurrent === undefined) throw new Error(`${t.host}: no BootCurrent variable: the firmware does not say which entry it booted, so no trial entry can be made (set ramroot:trialBoot false)`);
   const booted = bootedEntry(st, current.bootCurrent, t.host);

@@ -444,7 +444,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
     return row;
   };
   const edit = editRuns(ours, ` (${head})`, RUNS);
-  const editBefore = before ? editRuns(before, ` (before: ${beforeRev})`, Math.min(RUNS, 2)) : undefined;
+  const editBefore = before ? editRuns(before, ` (before: ${beforeRev})`, RUNS) : undefined;
   rows.push(edit, ...(editBefore ? [editBefore] : []));
   const over = (row: Row) => median(row.runs.map((r) => r.wall - r.extra!.boot));
   targets.push({

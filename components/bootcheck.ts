@@ -7,7 +7,7 @@
 // `pulumi up` fails naming what is wrong (a mount missing, a service failed, no report, no
 // power-off, a dirty persistence image) with the report and the last console lines.
 import * as pulumi from "@pulumi/pulumi";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { bootCheck } from "../src/qemu";
@@ -48,11 +48,13 @@ export interface BootCheckArgs {
   secureBootVars?: pulumi.Input<string>;
 }
 
-interface Inputs { arch: string; disk: string; diskHash: string; persist: string; ukiSha256: string; buildId: string; marker: string; timeoutSeconds?: number; memoryMiB?: number; stack: string; probes?: Probe[]; secureBoot?: boolean; secureBootVars?: string }
+type Inputs = pulumi.Unwrap<BootCheckArgs>;
 
 export interface BootRecord { ukiSha256: string; buildId: string; stack: string; arch: string; seconds: number; time: string; health?: string[]; /** Booted under enforcing Secure Boot firmware. */ secureBoot?: boolean }
 
-export const handlers = artifactHandlers<Inputs, { seconds: number; console: string; health: string; shutdownSeconds: number }>({
+interface Outputs { seconds: number; console: string; health: string; shutdownSeconds: number }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "bootcheck",
   // 2: the health report, the clean power-off and the fsck are part of the check.
   version: 2,
@@ -106,15 +108,5 @@ export const handlers = artifactHandlers<Inputs, { seconds: number; console: str
   artifacts: (p, store) => [store.path(`booted/${p.ukiSha256}.json`)],
 });
 
-export class BootCheck extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly seconds: pulumi.Output<number>;
-  declare readonly console: pulumi.Output<string>;
-  /** The guest's health report (ramroot-health: lines, src/health.ts). */
-  declare readonly health: pulumi.Output<string>;
-  /** Seconds from the report to qemu's exit (the guest's clean power-off). */
-  declare readonly shutdownSeconds: pulumi.Output<number>;
-  constructor(name: string, args: BootCheckArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("bootcheck"), name, { ...args, hash: undefined, seconds: undefined, console: undefined, health: undefined, shutdownSeconds: undefined }, opts, "ramroot", "BootCheck");
-  }
-}
+export const BootCheck = resourceClass<BootCheckArgs, Outputs>("bootcheck", "BootCheck", { seconds: true, console: true, health: true, shutdownSeconds: true });
+export type BootCheck = InstanceType<typeof BootCheck>;

@@ -7,7 +7,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/golayer";
@@ -23,7 +23,7 @@ export interface GoProgramsArgs {
   level?: pulumi.Input<number>;
 }
 
-interface Inputs { system: string; arch: string; compression?: string; level?: number; toolchain?: string }
+type Inputs = pulumi.Unwrap<GoProgramsArgs> & { toolchain?: string };
 interface Outputs { path: string; tree: string; programs: string[]; toolchain: string; size: number }
 
 const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
@@ -87,14 +87,5 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   artifacts: (p) => [p.path, p.tree],
 });
 
-export class GoPrograms extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  /** The layer's segment (goprograms/<hash>.cpio.zst), for the UKI. */
-  declare readonly path: pulumi.Output<string>;
-  declare readonly tree: pulumi.Output<string>;
-  declare readonly programs: pulumi.Output<string[]>;
-  declare readonly toolchain: pulumi.Output<string>;
-  constructor(name: string, args: GoProgramsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("goprograms"), name, { ...args, hash: undefined, path: undefined, tree: undefined, programs: undefined, toolchain: undefined, size: undefined }, opts, "ramroot", "GoPrograms");
-  }
-}
+export const GoPrograms = resourceClass<GoProgramsArgs, Outputs>("goprograms", "GoPrograms", { path: true, tree: true, programs: true, toolchain: true, size: true });
+export type GoPrograms = InstanceType<typeof GoPrograms>;

@@ -3,7 +3,7 @@
 // when the rootfs is about to change; at build time each segment is looked up in the store by
 // the hash of its own bytes, and only the segments that differ are compressed again.
 import * as pulumi from "@pulumi/pulumi";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, summary } from "../src/store";
 import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/initramfs";
@@ -20,7 +20,7 @@ export interface InitramfsArgs {
   epoch?: pulumi.Input<number>;
 }
 
-interface Inputs { rootfs: string; rootfsHash: string; compression?: string; level?: number; exclude?: string[]; epoch?: number }
+type Inputs = pulumi.Unwrap<InitramfsArgs>;
 
 const options = (i: Inputs) => ({
   compression: (i.compression ?? "zstd") as Compression,
@@ -69,12 +69,5 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   artifacts: (p) => [p.path, ...(p.files ?? [])],
 });
 
-export class Initramfs extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly path: pulumi.Output<string>;
-  declare readonly files: pulumi.Output<string[]>;
-  declare readonly size: pulumi.Output<number>;
-  constructor(name: string, args: InitramfsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("initramfs"), name, { ...args, hash: undefined, path: undefined, files: undefined, size: undefined, segments: undefined, compressed: undefined }, opts, "ramroot", "Initramfs");
-  }
-}
+export const Initramfs = resourceClass<InitramfsArgs, Outputs>("initramfs", "Initramfs", { path: true, files: true, size: true, segments: true, compressed: true });
+export type Initramfs = InstanceType<typeof Initramfs>;

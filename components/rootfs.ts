@@ -6,7 +6,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, context, InputError, isKnown, projectDir } from "./artifact";
 import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs";
 import { repositoryTags, SystemError, validateSystem } from "../src/system";
@@ -48,10 +48,7 @@ export interface RootfsArgs {
   execDirs?: pulumi.Input<pulumi.Input<string>[]>;
 }
 
-interface Inputs {
-  arch: string; system?: string; skeleton?: string; base?: string; branch?: string; mirror?: string; refresh?: string;
-  repositories?: string[]; apk?: string; builderUrl?: string; builderSha256?: string; keysDir?: string; execDirs?: string[]; setupNetwork?: boolean; setupTimeout?: number;
-}
+type Inputs = pulumi.Unwrap<RootfsArgs>;
 
 /** The inputs as a build spec, after validating the system folder (SystemError → InputError). */
 async function specOf(i: Inputs): Promise<RootfsSpec> {
@@ -79,7 +76,9 @@ async function specOf(i: Inputs): Promise<RootfsSpec> {
   return spec;
 }
 
-export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: string; packagesPath: string }>({
+interface Outputs { path: string; packagesHash: string; packagesPath: string }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "rootfs",
   version: 2,
   hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
@@ -168,12 +167,5 @@ export const handlers = artifactHandlers<Inputs, { path: string; packagesHash: s
   artifacts: (p) => [p.path, { path: listingFile(p.path), optional: true }],
 });
 
-export class Rootfs extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly path: pulumi.Output<string>;
-  declare readonly packagesHash: pulumi.Output<string>;
-  declare readonly packagesPath: pulumi.Output<string>;
-  constructor(name: string, args: RootfsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("rootfs"), name, { ...args, hash: undefined, path: undefined, packagesHash: undefined, packagesPath: undefined }, opts, "ramroot", "Rootfs");
-  }
-}
+export const Rootfs = resourceClass<RootfsArgs, Outputs>("rootfs", "Rootfs", { path: true, packagesHash: true, packagesPath: true });
+export type Rootfs = InstanceType<typeof Rootfs>;

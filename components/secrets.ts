@@ -4,7 +4,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown, projectDir } from "./artifact";
 import { Store } from "../src/store";
 import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/secrets";
@@ -21,7 +21,7 @@ export interface SecretsArgs {
   salt: pulumi.Input<string>;
 }
 
-interface Inputs { system: string; rootfs: string; rootfsHash: string; compression?: string; values: Record<string, string>; salt: string }
+type Inputs = pulumi.Unwrap<SecretsArgs>;
 
 const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
@@ -30,7 +30,9 @@ async function declarations(system: string) {
   return { file, text: await fs.readFile(file, "utf8").catch(() => "") };
 }
 
-export const handlers = artifactHandlers<Inputs, { path: string }>({
+interface Outputs { path: string }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "secrets",
   version: 2,
   hashKeys: ["system", "rootfsHash", "compression", "values", "salt"],
@@ -65,10 +67,5 @@ export const handlers = artifactHandlers<Inputs, { path: string }>({
   artifacts: (p) => [p.path],
 });
 
-export class Secrets extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly path: pulumi.Output<string>;
-  constructor(name: string, args: SecretsArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("secrets"), name, { ...args, hash: undefined, path: undefined }, { ...opts, additionalSecretOutputs: ["values", "salt"] }, "ramroot", "Secrets");
-  }
-}
+export const Secrets = resourceClass<SecretsArgs, Outputs>("secrets", "Secrets", { path: true }, { secretInputs: ["values", "salt"] });
+export type Secrets = InstanceType<typeof Secrets>;

@@ -9,7 +9,7 @@
 // name, and src/sign.ts hands it to sbsign on a pipe, never in a file, an argument or a log line.
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { checkSigningKey, readCertificate, signUki, verifyUki } from "../src/sign";
@@ -31,7 +31,7 @@ export interface SignedUkiArgs {
   containsSecrets?: pulumi.Input<boolean>;
 }
 
-interface Inputs { uki: string; ukiHash: string; ukiSha256: string; cert: string; key: string; passphrase?: string; containsSecrets?: boolean }
+type Inputs = pulumi.Unwrap<SignedUkiArgs>;
 
 const certProblem = (cert: string) => {
   try {
@@ -42,7 +42,9 @@ const certProblem = (cert: string) => {
   }
 };
 
-export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; digest: string; signer: string; certFingerprint: string }>({
+interface Outputs { path: string; sha256: string; size: number; digest: string; signer: string; certFingerprint: string }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "signeduki",
   version: 1,
   hashKeys: ["ukiHash", "cert"],
@@ -89,15 +91,5 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
   artifacts: (p) => [p.path],
 });
 
-export class SignedUki extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly path: pulumi.Output<string>;
-  declare readonly sha256: pulumi.Output<string>;
-  declare readonly size: pulumi.Output<number>;
-  /** The Authenticode SHA-256 digest the signature covers. */
-  declare readonly digest: pulumi.Output<string>;
-  declare readonly signer: pulumi.Output<string>;
-  constructor(name: string, args: SignedUkiArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("signed-uki"), name, { ...args, hash: undefined, path: undefined, sha256: undefined, size: undefined, digest: undefined, signer: undefined, certFingerprint: undefined }, { ...opts, additionalSecretOutputs: ["key", "passphrase"] }, "ramroot", "SignedUki");
-  }
-}
+export const SignedUki = resourceClass<SignedUkiArgs, Outputs>("signed-uki", "SignedUki", { path: true, sha256: true, size: true, digest: true, signer: true, certFingerprint: true }, { secretInputs: ["key", "passphrase"] });
+export type SignedUki = InstanceType<typeof SignedUki>;

@@ -5,7 +5,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, sha256File } from "../src/store";
 import { buildUki, kernelProblem, kernelRelease, validateCmdline } from "../src/uki";
@@ -36,7 +36,7 @@ export interface UkiArgs {
   programsHash?: pulumi.Input<string>;
 }
 
-interface Inputs { buildId?: string; rootfs: string; rootfsHash: string; initramfs: string[]; initramfsHash: string; cmdline: string; arch: string; kernel: string; stub: string; osRelease?: string; secrets?: string; secretsHash?: string; programs?: string; programsHash?: string }
+type Inputs = pulumi.Unwrap<UkiArgs> & { buildId?: string };
 
 /**
  * Everything that goes into the image except the secrets layer. Its hash is the build id, so a
@@ -51,7 +51,9 @@ const buildInputs = async (i: Inputs) => {
   return i.programsHash ? [...base, `goprograms:${i.programsHash}`] : base;
 };
 
-export const handlers = artifactHandlers<Inputs, { path: string; sha256: string; size: number; buildId: string; uname: string }>({
+interface Outputs { path: string; sha256: string; size: number; buildId: string; uname: string }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "uki",
   version: 1,
   hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash", "programsHash"],
@@ -105,13 +107,5 @@ export const handlers = artifactHandlers<Inputs, { path: string; sha256: string;
   artifacts: (p) => [p.path],
 });
 
-export class Uki extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly path: pulumi.Output<string>;
-  declare readonly sha256: pulumi.Output<string>;
-  declare readonly size: pulumi.Output<number>;
-  declare readonly buildId: pulumi.Output<string>;
-  constructor(name: string, args: UkiArgs, opts?: pulumi.CustomResourceOptions) {
-    super(dynamicProvider("uki"), name, { ...args, hash: undefined, path: undefined, sha256: undefined, size: undefined, buildId: undefined, uname: undefined }, opts, "ramroot", "Uki");
-  }
-}
+export const Uki = resourceClass<UkiArgs, Outputs>("uki", "Uki", { path: true, sha256: true, size: true, buildId: true, uname: true });
+export type Uki = InstanceType<typeof Uki>;

@@ -645,7 +645,7 @@ function report(r: {
     const walls = row.runs.length > 1 ? ` (${row.runs.map((q) => s2(q.wall)).join(", ")})` : "";
     out.push(`| ${cell(row.name)} | ${s2(x.wall)}${walls} | ${s2(x.user + x.sys)} | ${x.rssMB ? x.rssMB.toFixed(0) : ""} | ${row.out ? mb(row.out) : ""} | ${ratio ? s2(x.wall / pig) + "x" : ""} | ${ratio ? s2(x.wall / zs) + "x" : ""} | ${row.runs.map((q) => q.load.toFixed(1)).join(", ")} | ${row.note ?? ""} |`);
   }
-  out.push("", "## Targets (issue 7)", "");
+  out.push("", "## Targets (issues 7 and 18)", "");
   out.push("| target | | measured |", "|---|---|---|");
   for (const t of r.targets) out.push(`| ${cell(t.what)} | ${t.met === undefined ? "not measured" : t.met ? "met" : "**missed**"} | ${cell(t.detail)} |`);
   const misses = r.targets.filter((t) => t.why && t.met !== true);

@@ -37,17 +37,17 @@ export interface ArtifactSpec<I extends Record<string, any>, O extends Record<st
    * where inputs that come from other resources may still be unknown: test each with isKnown
    * before using it.
    */
-  validate?(inputs: I, fail: (property: string, reason: string) => void): Promise<void>;
+  validate?(inputs: I, fail: (property: string, reason: string) => void, ctx: BuildContext): Promise<void>;
   /** The inputs the hash depends on: it is computed in check as soon as these are known. */
   hashKeys: Array<keyof I & string>;
   /** The content hash of what create would build. */
-  hash(inputs: I): Promise<string | undefined>;
+  hash(inputs: I, ctx: BuildContext): Promise<string | undefined>;
   /** Further values known as soon as the hash is (so preview shows them), added to the inputs. */
-  derived?: { keys: string[]; compute(inputs: I & { hash: string }): Promise<Record<string, unknown>> };
+  derived?: { keys: string[]; compute(inputs: I & { hash: string }, ctx: BuildContext): Promise<Record<string, unknown>> };
   /** Builds (or finds in the store) the artifact named by inputs.hash. */
   build(inputs: I & { hash: string }, ctx: BuildContext): Promise<O>;
   /** After a refresh: whether what exists differs from what was built (drift), so up redoes it. */
-  drifted?(olds: I & O & { hash: string }): boolean;
+  drifted?(olds: I & O & { hash: string }, ctx: BuildContext): boolean;
   /** Refresh: the outputs as they are now (e.g. read back from a host), or undefined when gone. */
   read?(props: I & O & { hash: string }, ctx: BuildContext): Promise<Partial<O> | undefined>;
   /**
@@ -148,9 +148,9 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
   const build = async (inputs: Record<string, any>) => {
     const ctx = context(name(inputs));
     if (!inputs.hash || inputs.hash === UNKNOWN) {
-      const hash = await spec.hash(inputs as I);
+      const hash = await spec.hash(inputs as I, ctx);
       if (!hash) throw new Error(`${spec.kind}: inputs still unknown at build time`);
-      inputs = { ...inputs, hash, ...(await spec.derived?.compute({ ...inputs, hash } as I & { hash: string })) };
+      inputs = { ...inputs, hash, ...(await spec.derived?.compute({ ...inputs, hash } as I & { hash: string }, ctx)) };
     }
     // Nothing is built from an artifact that is not the bytes its record says (a damaged one is
     // made again by the resource that made it: its diff says so, in preview already).
@@ -166,9 +166,10 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
       delete inputs.hash;
       for (const k of spec.derived?.keys ?? []) delete inputs[k];
+      const ctx = context(name(inputs));
       const failures: Array<{ property: string; reason: string }> = [];
       try {
-        await spec.validate?.(inputs as I, (property, reason) => failures.push({ property, reason }));
+        await spec.validate?.(inputs as I, (property, reason) => failures.push({ property, reason }), ctx);
       } catch (e: any) {
         if (!(e instanceof InputError)) throw e;
         failures.push({ property: e.property, reason: e.message });
@@ -176,8 +177,8 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       if (failures.length > 0) return { inputs, failures };
       try {
         if (spec.hashKeys.every((k) => isKnown(inputs[k]))) {
-          const hash = await spec.hash(inputs as I);
-          if (hash) Object.assign(inputs, { hash }, await spec.derived?.compute({ ...inputs, hash } as I & { hash: string }));
+          const hash = await spec.hash(inputs as I, ctx);
+          if (hash) Object.assign(inputs, { hash }, await spec.derived?.compute({ ...inputs, hash } as I & { hash: string }, ctx));
         }
       } catch (e: any) {
         if (e instanceof InputError) return { inputs, failures: [{ property: e.property, reason: e.message }] };
@@ -186,12 +187,12 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
       return { inputs };
     },
     async diff(_id, olds, news) {
-      const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion || !!spec.drifted?.(olds as any);
+      const ctx = context(name(olds));
+      const changed = news.hash === undefined || news.hash === UNKNOWN || olds.hash !== news.hash || olds.providerVersion !== news.providerVersion || !!spec.drifted?.(olds as any, ctx);
       // An input outside the hash (a path, a timeout) still updates the resource when it changes.
       const other = Object.keys(news).some((k) => k !== "__provider" && JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
       if (changed || other) return { changes: true };
       // Unchanged inputs, but what was made is gone or damaged in the store: made again.
-      const ctx = context(name(olds));
       const bad = await damaged(spec, olds, ctx.store, news);
       for (const line of bad) ctx.log(`${line}: \`pulumi up\` makes it again`);
       return { changes: bad.length > 0 };

@@ -8,7 +8,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { readFileSync } from "node:fs";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
-import { artifactHandlers, InputError, isKnown, projectDir } from "./artifact";
+import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
 import { sha256 } from "../src/store";
 import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/golayer";
 import { levelProblem, type Compression } from "../src/initramfs";
@@ -33,8 +33,8 @@ const asInput = (e: unknown) => (e instanceof GoError ? new InputError("system",
 
 const toolchains = new Map<string, string>();
 
-async function spec(i: Inputs) {
-  const dir = path.resolve(projectDir(), i.system);
+async function spec(i: Inputs, ctx: BuildContext) {
+  const dir = path.resolve(ctx.projectDir, i.system);
   if (!hasGoModule(dir)) throw new InputError("system", `${i.system}/go.mod does not exist: the Go programs need a Go module there (go mod init), or leave GoPrograms out`);
   try {
     const programs = commands(dir, i.system);
@@ -61,14 +61,14 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     const bad = isKnown(i.level) && isKnown(i.compression) ? levelProblem((i.compression ?? "zstd") as Compression, i.level) : undefined;
     if (bad) fail("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
   },
-  async hash(i) {
-    const s = await spec(i);
+  async hash(i, ctx) {
+    const s = await spec(i, ctx);
     return sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
   },
   // The toolchain is shown in preview next to the hash.
-  derived: { keys: ["toolchain"], compute: async (i) => ({ toolchain: (await spec(i)).toolchain }) },
+  derived: { keys: ["toolchain"], compute: async (i, ctx) => ({ toolchain: (await spec(i, ctx)).toolchain }) },
   async build(i, ctx) {
-    const s = await spec(i);
+    const s = await spec(i, ctx);
     const hash = sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
     if (hash !== i.hash) throw new Error(`goprograms: ${i.system}'s Go module changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash.slice(0, 12)}): run again`);
     const compression = (i.compression ?? "zstd") as Compression;

@@ -7,12 +7,11 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
-import { artifactHandlers, context, InputError, isKnown, projectDir } from "./artifact";
+import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
 import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs";
 import { repositoryTags, SystemError, validateSystem } from "../src/system";
 import { hostProblem } from "../src/configure";
 import { apkProblem } from "../src/alpine";
-import { Store } from "../src/store";
 import { treeProblem } from "../src/initramfs";
 import { hashTree } from "../src/treehash";
 import { goOwned } from "../src/golayer";
@@ -51,10 +50,10 @@ export interface RootfsArgs {
 type Inputs = pulumi.Unwrap<RootfsArgs>;
 
 /** The inputs as a build spec, after validating the system folder (SystemError → InputError). */
-async function specOf(i: Inputs): Promise<RootfsSpec> {
-  const root = projectDir();
+async function specOf(i: Inputs, ctx: BuildContext): Promise<RootfsSpec> {
+  const root = ctx.projectDir;
   const source = i.base ? baseSource(i.base) : undefined;
-  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: context("rootfs").store.path("cache/treehash"), setupNetwork: i.setupNetwork, setupTimeout: i.setupTimeout };
+  let spec: RootfsSpec = { arch: i.arch, source: source ?? { kind: "alpine", packages: [] }, hashCache: ctx.store.path("cache/treehash"), setupNetwork: i.setupNetwork, setupTimeout: i.setupTimeout };
   if (i.system) {
     try {
       // Tags are checked only where the packages are installed; the default repositories have none.
@@ -102,8 +101,8 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     if (isKnown(i.apk) && i.apk !== undefined && !path.isAbsolute(i.apk))
       fail("apk", `ramroot:apk ${i.apk} is not an absolute path: give the full path of an apk program`);
   },
-  async hash(i) {
-    const spec = await specOf(i);
+  async hash(i, ctx) {
+    const spec = await specOf(i, ctx);
     // The skeleton reaches the initramfs as it is: what a newc archive cannot hold (names that
     // are not UTF-8, a top-level TRAILER!!!, files of 4 GiB or more) stops preview, not `up`.
     if (spec.skeleton) {
@@ -113,7 +112,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     const hash1 = await packagesHash(spec);
     const hash2 = await configureHash(spec, hash1);
     // Fail in preview, before anything is built, when this host cannot build what is missing.
-    const store = Store.forProject(projectDir());
+    const store = ctx.store;
     if (!(await store.exists(`rootfs/${hash2}`))) {
       const installs = spec.source.kind === "alpine" && !(await store.exists(`rootfs-packages/${hash1}`));
       if (installs && spec.source.kind === "alpine") {
@@ -130,7 +129,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     return hash2;
   },
   async build(i, ctx) {
-    const spec = await specOf(i);
+    const spec = await specOf(i, ctx);
     const hash1 = await packagesHash(spec);
     const hash2 = await configureHash(spec, hash1);
     if (hash2 !== i.hash) throw new Error(`rootfs: the inputs changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash2.slice(0, 12)}): run again`);
@@ -147,8 +146,8 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   // its file, and the declared packages, so a package list change shows what was added or removed.
   derived: {
     keys: ["systemFiles", "packages"],
-    async compute(i) {
-      const spec = await specOf(i);
+    async compute(i, ctx) {
+      const spec = await specOf(i, ctx);
       const fingerprints = new Map<string, string>();
       const folder = spec.system ?? spec.skeleton;
       const exclude = spec.system ? ["packages", "secrets", ...goOwned(spec.system)] : [];

@@ -5,8 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
-import { artifactHandlers, isKnown, projectDir } from "./artifact";
-import { Store } from "../src/store";
+import { artifactHandlers, isKnown, type BuildContext } from "./artifact";
 import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/secrets";
 
 export interface SecretsArgs {
@@ -25,8 +24,8 @@ type Inputs = pulumi.Unwrap<SecretsArgs>;
 
 const EXT: Record<string, string> = { zstd: "zst", gzip: "gz", none: "raw" };
 
-async function declarations(system: string) {
-  const file = path.resolve(projectDir(), system, "secrets");
+async function declarations(system: string, ctx: BuildContext) {
+  const file = path.resolve(ctx.projectDir, system, "secrets");
   return { file, text: await fs.readFile(file, "utf8").catch(() => "") };
 }
 
@@ -36,27 +35,27 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "secrets",
   version: 2,
   hashKeys: ["system", "rootfsHash", "compression", "values", "salt"],
-  async validate(i, fail) {
+  async validate(i, fail, ctx) {
     if (isKnown(i.salt) && !(typeof i.salt === "string" && i.salt.length >= SALT_MIN))
       fail("salt", `ramroot:secretsSalt must be a random string of at least ${SALT_MIN} characters: ${saltCommand("STACK")}`);
     if (!isKnown(i.system) || !isKnown(i.values)) return;
-    const { file, text } = await declarations(i.system);
+    const { file, text } = await declarations(i.system, ctx);
     let decls;
     try {
-      decls = parseSecrets(text, path.relative(projectDir(), file));
+      decls = parseSecrets(text, path.relative(ctx.projectDir, file));
     } catch (e: any) {
       return fail("system", e.message);
     }
     for (const d of decls)
-      if (typeof i.values[d.key] !== "string") fail("values", `${path.relative(projectDir(), file)}:${d.line} declares ramroot:${d.key}, which is not set: pulumi config set --secret ramroot:${d.key} VALUE`);
+      if (typeof i.values[d.key] !== "string") fail("values", `${path.relative(ctx.projectDir, file)}:${d.line} declares ramroot:${d.key}, which is not set: pulumi config set --secret ramroot:${d.key} VALUE`);
   },
-  async hash(i) {
-    const { text } = await declarations(i.system);
-    const key = await hmacKey(Store.forProject(projectDir()).root);
+  async hash(i, ctx) {
+    const { text } = await declarations(i.system, ctx);
+    const key = await hmacKey(ctx.store.root);
     return secretsDigest(key, ["secrets/2", text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort(), i.salt]);
   },
   async build(i, ctx) {
-    const { file, text } = await declarations(i.system);
+    const { file, text } = await declarations(i.system, ctx);
     const decls = parseSecrets(text, path.relative(ctx.projectDir, file));
     const compression = (i.compression ?? "zstd") as "zstd" | "gzip" | "none";
     const res = await ctx.store.put(`secrets/${i.hash}.cpio.${EXT[compression]}`, (tmp) => writeSecretsLayer({ decls, values: i.values, salt: i.salt, rootfs: i.rootfs, compression, out: tmp, declFile: path.relative(ctx.projectDir, file) }), { mode: 0o600 });

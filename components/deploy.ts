@@ -60,7 +60,7 @@ const DEFAULT_TRIAL_SECONDS = 300;
  * in the image's cmdline it waits for a power cycle (then the firmware boots the default). Said,
  * not refused: the trial still guards against everything after the kernel.
  */
-async function panicWarning(uki: string): Promise<string | undefined> {
+export async function panicWarning(uki: string): Promise<string | undefined> {
   const cmdline = (await inspectUki(uki).catch(() => undefined))?.cmdline;
   if (cmdline === undefined || /(^|\s)panic=(-1|[1-9]\d*)(\s|$)/.test(cmdline)) return undefined;
   return `warning: the image's cmdline has no panic=N ("${cmdline}"): a trial build whose kernel panics stays down until the host is power-cycled (the firmware then boots the default image); add panic=10 to ramroot:cmdline`;

@@ -13,7 +13,8 @@ import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
-import { encodedSize, NewcReader, TRAILER, unarchivable, type NewcRecord } from "./newc";
+import { encodedSize, NewcReader, TRAILER, unarchivable } from "./newc";
+import type { WalkRecord } from "./walk";
 import { removeTree, writeFileAtomic, type Store } from "./store";
 import { DEFAULT_SPLIT_BYTES, segmentRecords, splitSegments, type SegmentRange } from "./segments";
 import { excludeRecords, readListing, reproducible, walk } from "./walk";
@@ -124,7 +125,7 @@ type Settled = ReturnType<typeof settle>;
  * Why the walk of `tree` cannot become a newc archive (a top-level TRAILER!!!, a file of 4 GiB
  * or more: see unarchivable), or undefined. Checked before anything is encoded.
  */
-export function archiveProblem(tree: string, records: NewcRecord[], fix = "exclude it"): string | undefined {
+export function archiveProblem(tree: string, records: WalkRecord[], fix = "exclude it"): string | undefined {
   for (const r of records) {
     const bad = unarchivable(r.name, r.size, `${tree}/${r.name}`, fix);
     if (bad) return bad;
@@ -138,7 +139,7 @@ export function archiveProblem(tree: string, records: NewcRecord[], fix = "exclu
  * of 4 GiB or more. Resolves the first problem as one line, or undefined.
  */
 export async function treeProblem(tree: string, fix = "leave it out"): Promise<string | undefined> {
-  let records: NewcRecord[];
+  let records: WalkRecord[];
   try {
     records = await walk(tree);
   } catch (e: any) {
@@ -148,7 +149,7 @@ export async function treeProblem(tree: string, fix = "leave it out"): Promise<s
 }
 
 interface Segment extends SegmentRange {
-  records: NewcRecord[];
+  records: WalkRecord[];
 }
 
 /**
@@ -178,7 +179,7 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
  * whose content they carry. Undefined when a file changed too recently to be trusted (see
  * segmentsOf).
  */
-function fingerprint(prefix: string, records: NewcRecord[], trustBefore: number): string | undefined {
+function fingerprint(prefix: string, records: WalkRecord[], trustBefore: number): string | undefined {
   // Names and link targets as one string, numbers as doubles: no number is turned into text.
   const FIELDS = 13;
   const nums = new Float64Array(records.length * FIELDS);
@@ -252,7 +253,7 @@ async function all<T>(ps: Promise<T>[]): Promise<T[]> {
   return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
-const encodedBytes = (records: NewcRecord[]) => records.reduce((t, r) => t + encodedSize(r.name, r.size), 0);
+const encodedBytes = (records: WalkRecord[]) => records.reduce((t, r) => t + encodedSize(r.name, r.size), 0);
 
 /** Biggest first, so the last job to finish is a small one. */
 function bySizeDesc(segs: Segment[]): number[] {

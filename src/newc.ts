@@ -24,14 +24,6 @@ export interface NewcRecord {
   source?: string;
   /** Content held inline (a symlink's target). */
   data?: Uint8Array;
-  /** "dev:ino" of a regular file that has several names, for the hardlink step. */
-  linkKey?: string;
-  /**
-   * Change detection for `source`, never encoded: [dev, ino, mtime ms, ctime ms] as the walk
-   * saw it. Equal stamps (and size) mean the content can be trusted unchanged (git's index does
-   * the same). A ctime younger than a clock tick is not trusted.
-   */
-  stamp?: [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
 }
 
 export const TRAILER = "TRAILER!!!";

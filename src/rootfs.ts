@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { sha256, sha256File, type Store } from "./store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
-import type { NewcRecord } from "./newc";
+import type { WalkRecord } from "./walk";
 import { readListing, walk, writeListing } from "./walk";
 import { hashTree } from "./treehash";
 import { mountEntries, parseFstab } from "./fstab";
@@ -116,7 +116,7 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
 }
 
 /** The tree's listing, made again when the tree is new or its listing is missing or damaged. */
-async function ensureListing(store: Store, res: Built, linkedFrom?: Map<string, NewcRecord>): Promise<void> {
+async function ensureListing(store: Store, res: Built, linkedFrom?: Map<string, WalkRecord>): Promise<void> {
   const rel = store.relOf(listingFile(res.path));
   if (!res.built && rel && (await store.has(rel))) return;
   if (rel) await store.discard(rel);
@@ -158,7 +158,7 @@ export async function makeMountPoints(tree: string, log?: (l: string) => void): 
  * so each new configured tree keeps them for the files it left alone, and their initramfs
  * segments keep their fingerprints.
  */
-export async function stage1Records(stage1: string): Promise<Map<string, NewcRecord> | undefined> {
+export async function stage1Records(stage1: string): Promise<Map<string, WalkRecord> | undefined> {
   const records = readListing(listingFile(stage1), stage1) ?? (await recordListing(stage1));
   return records && new Map(records.map((r) => [r.name, r]));
 }
@@ -169,7 +169,7 @@ export async function stage1Records(stage1: string): Promise<Map<string, NewcRec
  * initramfs). Without it (a crash just before it is written, a name the walk refuses) the
  * initramfs walks the tree: slower, never wrong.
  */
-export async function recordListing(tree: string, linkedFrom?: Map<string, NewcRecord>): Promise<NewcRecord[] | undefined> {
+export async function recordListing(tree: string, linkedFrom?: Map<string, WalkRecord>): Promise<WalkRecord[] | undefined> {
   try {
     const records = await walk(tree, { linkedFrom });
     await writeListing(listingFile(tree), tree, records);

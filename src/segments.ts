@@ -2,7 +2,8 @@
 // archives an initramfs concatenates (src/initramfs.ts). Pure: names, modes, sizes and link keys
 // in, ranges of records out; nothing is read or written.
 import * as path from "node:path";
-import { encodedSize, type NewcRecord } from "./newc";
+import { encodedSize } from "./newc";
+import type { WalkRecord } from "./walk";
 import { isDir } from "./walk";
 
 export const DEFAULT_SPLIT_BYTES = 32 << 20;
@@ -58,7 +59,7 @@ export function segmentRecords<T>(records: T[], ranges: SegmentRange[]): T[][] {
  * only when it crosses a threshold (a factor of two for M); everywhere else, changing a file
  * changes exactly the one segment that holds it.
  */
-export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_BYTES): SegmentRange[] {
+export function splitSegments(records: WalkRecord[], splitBytes = DEFAULT_SPLIT_BYTES): SegmentRange[] {
   const n = records.length;
   if (splitBytes === Infinity) return n ? [{ name: ".", start: 0, end: n }] : [];
   // end[i]: where i's subtree ends; weight[i]: its newc bytes (a subtree's weight is added to
@@ -125,7 +126,7 @@ export function splitSegments(records: NewcRecord[], splitBytes = DEFAULT_SPLIT_
 }
 
 /** Moves every name of a hard-linked inode into the range of its last name (splitSegments). */
-function groupLinks(records: NewcRecord[], ranges: SegmentRange[]): SegmentRange[] {
+function groupLinks(records: WalkRecord[], ranges: SegmentRange[]): SegmentRange[] {
   const last = new Map<string, number>();
   for (let i = 0; i < records.length; i++) {
     const key = records[i].linkKey;

@@ -7,6 +7,18 @@ import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { NewcRecord } from "./newc";
+
+/** A record as the walk makes it: what the archive holds, and what the walk knows beside it. */
+export interface WalkRecord extends NewcRecord {
+  /** "dev:ino" of a regular file that has several names, for the hardlink step. */
+  linkKey?: string;
+  /**
+   * Change detection for `source`, never encoded: [dev, ino, mtime ms, ctime ms] as the walk
+   * saw it. Equal stamps (and size) mean the content can be trusted unchanged (git's index does
+   * the same). A ctime younger than a clock tick is not trusted.
+   */
+  stamp?: [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
+}
 import { writeFileAtomic } from "./store";
 
 export interface WalkOptions {
@@ -17,7 +29,7 @@ export interface WalkOptions {
    * same inode, with the same size and mtime, takes that record's stamp. Linking changes every
    * inode's ctime, so without this a new link of the same tree would look all new to a cache.
    */
-  linkedFrom?: Map<string, NewcRecord>;
+  linkedFrom?: Map<string, WalkRecord>;
 }
 
 /**
@@ -38,7 +50,7 @@ const ROW_L = 16;
 
 const rootStamp = (st: fs.Stats) => [st.dev, st.ino, st.mtimeMs, st.ctimeMs];
 
-export async function writeListing(file: string, tree: string, records: NewcRecord[]): Promise<void> {
+export async function writeListing(file: string, tree: string, records: WalkRecord[]): Promise<void> {
   const names = Buffer.from(records.map((r) => r.name).join("\0"));
   const data = Buffer.concat(records.filter((r) => r.data).map((r) => r.data!));
   const at = Math.ceil((HEAD + names.length + data.length) / 8) * 8;
@@ -61,7 +73,7 @@ export async function writeListing(file: string, tree: string, records: NewcReco
  * listing, it is not one of ours, or it belongs to another folder than `tree` (its root folder's
  * dev, inode, mtime and ctime differ) -- then walk it.
  */
-export function readListing(file: string, tree: string): NewcRecord[] | undefined {
+export function readListing(file: string, tree: string): WalkRecord[] | undefined {
   let buf: Buffer;
   let root: fs.Stats;
   try {
@@ -83,7 +95,7 @@ export function readListing(file: string, tree: string): NewcRecord[] | undefine
   Buffer.from(v.buffer).set(buf.subarray(at));
   const base = path.resolve(tree);
   let d = HEAD + namesLen;
-  const records = names.map((name, i): NewcRecord => {
+  const records = names.map((name, i): WalkRecord => {
     const o = i * ROW_L;
     const mode = v[o];
     const dataLen = v[o + 9];
@@ -102,7 +114,7 @@ export function readListing(file: string, tree: string): NewcRecord[] | undefine
 }
 
 /** Records without the excluded paths and everything under them, as `walk` leaves them out. */
-export function excludeRecords(records: NewcRecord[], exclude: string[]): NewcRecord[] {
+export function excludeRecords(records: WalkRecord[], exclude: string[]): WalkRecord[] {
   const ex = exclude.map(normalise).filter(Boolean);
   if (ex.length === 0) return records;
   return records.filter((r) => !ex.some((e) => r.name === e || r.name.startsWith(`${e}/`)));
@@ -162,7 +174,7 @@ function sortByBytes(names: string[]): string[] {
  * the source folder is: its mode becomes the mode of / in the booted system, and a mktemp
  * folder is 0700. Sockets are skipped: a socket file without its server is a dead name.
  */
-export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRecord[]> {
+export async function walk(tree: string, opts: WalkOptions = {}): Promise<WalkRecord[]> {
   const root = path.resolve(tree);
   let st: fs.Stats;
   try {
@@ -174,7 +186,7 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
   if (!st.isDirectory()) throw new Error(`initramfs: ${root} is not a directory; pass the folder that holds the root filesystem (the one with etc/ and usr/)`);
 
   const exclude = new Set((opts.exclude ?? []).map(normalise));
-  const out: NewcRecord[] = [{ ...record(".", st), mode: S_IFDIR | 0o755, uid: 0, gid: 0 }];
+  const out: WalkRecord[] = [{ ...record(".", st), mode: S_IFDIR | 0o755, uid: 0, gid: 0 }];
   // Names per inode of the files with several links: only those with more than one name in
   // the tree are hard links here (a tree linked from another has every file's nlink at 2).
   const links = new Map<string, number>();
@@ -225,7 +237,7 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<NewcRe
   }
 }
 
-function record(name: string, s: fs.Stats): NewcRecord {
+function record(name: string, s: fs.Stats): WalkRecord {
   // Linux's dev_t layout (glibc's gnu_dev_major/minor), on the two 32-bit halves.
   const lo = s.rdev >>> 0;
   const hi = Math.floor(s.rdev / 2 ** 32) >>> 0;
@@ -278,7 +290,7 @@ export const FIRST_INO = 1;
  *
  * Changes the records in place and returns them.
  */
-export function reproducible(records: NewcRecord[], opts: ReproducibleOptions): NewcRecord[] {
+export function reproducible(records: WalkRecord[], opts: ReproducibleOptions): WalkRecord[] {
   const names = new Map<string, number>();
   for (const r of records) if (r.linkKey) names.set(r.linkKey, (names.get(r.linkKey) ?? 0) + 1);
   const firstIno = new Map<string, number>();

@@ -2,14 +2,14 @@
 // and end, what a change moves, and where hard-linked names go.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { NewcRecord } from "../../src/newc";
+import type { WalkRecord } from "../../src/walk";
 import { segmentRecords, splitSegments, type SegmentRange } from "../../src/segments";
 
 const SPLIT = 1 << 20;
-const dir = (name: string): NewcRecord => ({ name, mode: 0o40755, uid: 0, gid: 0, nlink: 2, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });
-const file = (name: string, size: number, linkKey?: string): NewcRecord => ({ ...dir(name), mode: 0o100644, nlink: 1, size, linkKey });
+const dir = (name: string): WalkRecord => ({ name, mode: 0o40755, uid: 0, gid: 0, nlink: 2, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });
+const file = (name: string, size: number, linkKey?: string): WalkRecord => ({ ...dir(name), mode: 0o100644, nlink: 1, size, linkKey });
 /** The names in each segment, as segmentRecords orders them. */
-const names = (records: NewcRecord[], ranges: SegmentRange[]) => segmentRecords(records, ranges).map((rs) => rs.map((r) => r.name));
+const names = (records: WalkRecord[], ranges: SegmentRange[]) => segmentRecords(records, ranges).map((rs) => rs.map((r) => r.name));
 
 describe("splitSegments", () => {
   const sample = (bump = 0) => {
@@ -43,7 +43,7 @@ describe("splitSegments", () => {
     const withNew = [...recs];
     withNew.splice(recs.findIndex((r) => r.name === "usr/lib/lib100.so") + 1, 0, file("usr/lib/lib100.so.1", 100_000));
     const b = splitSegments(withNew, SPLIT);
-    const joined = (s: typeof a, rs: NewcRecord[]) => s.map((x) => rs.slice(x.start, x.end).map((r) => r.name).join(","));
+    const joined = (s: typeof a, rs: WalkRecord[]) => s.map((x) => rs.slice(x.start, x.end).map((r) => r.name).join(","));
     const before = new Set(joined(a, recs));
     // The segment that gets the file changes; if the new name is itself a cut point, the
     // rest of that old segment becomes a segment of its own. Nothing else moves.

@@ -131,7 +131,8 @@ const uki = new Uki("uki", {
   initramfs: initramfs.files,
   initramfsHash: initramfs.hash,
   arch,
-  cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${ARCHES[arch].console}`,
+  // panic=10: a kernel that panics reboots after 10 s, so a trial boot falls back by itself.
+  cmdline: cfg.get("cmdline") ?? `rdinit=/sbin/init console=tty1 console=${ARCHES[arch].console} panic=10`,
   kernel: cfg.get("kernel") ?? (base === "testsys" ? "boot/vmlinuz" : "boot/vmlinuz-lts"),
   stub: cfg.get("stub") ?? `usr/lib/systemd/boot/efi/${ARCHES[arch].stub}`,
   secrets: secrets?.path,
@@ -234,15 +235,15 @@ if (target === "production") {
       allowUntested: cfg.getBoolean("allowUntested") ?? false,
       afterDeploy: cfg.getObject<string[]>("afterDeploy"),
       waitSeconds: cfg.getNumber("waitSeconds"),
-    };
-    // Reboots and trial boots (components/deploy.ts): passed through to the provider as they are.
-    const media = new BootMedia("media", {
-      ...args,
+      // Reboots and trial boots (components/deploy.ts).
       reboot: cfg.getBoolean("reboot") ?? false,
       trialBoot: cfg.getBoolean("trialBoot"),
       trialSeconds: cfg.getNumber("trialSeconds"),
       consoleLog: cfg.get("consoleLog") && path.resolve(project, cfg.get("consoleLog")!),
-    } as SshBootMediaArgs);
+      // A stack that signs deploys only an image its certificate verifies.
+      secureBootCert: signed ? secureBootCert : undefined,
+    };
+    const media = new BootMedia("media", args);
     deployed = media.remoteSha256;
   }
 }

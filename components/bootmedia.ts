@@ -5,7 +5,8 @@
 // update, a replace or a delete.
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
-import { dynamicProvider } from "./adapter";
+import { resourceClass } from "./resource";
+import type { Outputs as DeployOutputs } from "./deploy";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
 import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/bootmedia";
@@ -29,7 +30,9 @@ interface Inputs { kind: string; arch: string; uki: string; ukiSha256: string; p
 
 const persistPath = (projectDir: string, name: string) => path.join(projectDir, ".ramroot", "persist", `${name}.img`);
 
-export const handlers = artifactHandlers<Inputs, { disk: string; persist: string; efiPath: string }>({
+interface Outputs { disk: string; persist: string; efiPath: string }
+
+export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "bootmedia",
   // 2: keyed by the bytes of the UKI inside (its sha256), not by the UKI's inputs.
   version: 2,
@@ -82,20 +85,24 @@ export interface SshBootMediaArgs {
   allowUntested?: pulumi.Input<boolean>;
   afterDeploy?: pulumi.Input<pulumi.Input<string>[]>;
   waitSeconds?: pulumi.Input<number>;
+  /** Reboot the host into the new image (ramroot:reboot), through a trial boot where it can (ramroot:trialBoot). */
+  reboot?: pulumi.Input<boolean>;
+  trialBoot?: pulumi.Input<boolean>;
+  trialSeconds?: pulumi.Input<number>;
+  /** The host's serial console log (the rehearsal host's --console), quoted when a trial fails. */
+  consoleLog?: pulumi.Input<string>;
+  /** The certificate the image must be signed by (ramroot:secureBootCert): checked before anything is sent. */
+  secureBootCert?: pulumi.Input<string>;
 }
 
-export class BootMedia extends pulumi.dynamic.Resource {
-  declare readonly hash: pulumi.Output<string>;
-  declare readonly disk: pulumi.Output<string>;
-  declare readonly persist: pulumi.Output<string>;
-  declare readonly remoteSha256: pulumi.Output<string | null>;
-  declare readonly previousSha256: pulumi.Output<string | null>;
-  declare readonly bytesSent: pulumi.Output<number>;
-  constructor(name: string, args: BootMediaArgs | SshBootMediaArgs, opts?: pulumi.CustomResourceOptions) {
-    if (args.kind === "ssh") {
-      super(dynamicProvider("deploy"), name, { ...args, hash: undefined, remoteSha256: undefined, previousSha256: undefined, bytesSent: undefined }, { ...opts, additionalSecretOutputs: ["privateKey"] }, "ramroot", "BootMedia");
-    } else {
-      super(dynamicProvider("bootmedia"), name, { ...args, hash: undefined, disk: undefined, persist: undefined, efiPath: undefined }, opts, "ramroot", "BootMedia");
-    }
-  }
-}
+// One resource type, BootMedia, with a provider per kind: a disk image for qemu, the host's
+// stick for ssh (components/deploy.ts).
+const QemuMedia = resourceClass<BootMediaArgs, Outputs>("bootmedia", "BootMedia", { disk: true, persist: true, efiPath: true });
+const SshMedia = resourceClass<SshBootMediaArgs, DeployOutputs>("deploy", "BootMedia", { remoteSha256: true, previousSha256: true, bytesSent: true }, { secretInputs: ["privateKey"] });
+
+export const BootMedia = function (name: string, args: BootMediaArgs | SshBootMediaArgs, opts?: pulumi.CustomResourceOptions) {
+  return args.kind === "ssh" ? new SshMedia(name, args, opts) : new QemuMedia(name, args, opts);
+} as unknown as {
+  new (name: string, args: BootMediaArgs, opts?: pulumi.CustomResourceOptions): InstanceType<typeof QemuMedia>;
+  new (name: string, args: SshBootMediaArgs, opts?: pulumi.CustomResourceOptions): InstanceType<typeof SshMedia>;
+};

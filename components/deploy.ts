@@ -8,41 +8,21 @@
 // newest first); they are offered to deployImage as bases, so when the host still holds one of
 // them only the bytes the new image does not share with it are sent. Chunk lists are kept in
 // the store's cache/chunks.
+import type * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { artifactHandlers, context, InputError, isKnown } from "./artifact";
+import { artifactHandlers, isKnown } from "./artifact";
+import { assertSignedBy } from "../src/sign";
+import type { SshBootMediaArgs } from "./bootmedia";
 import { sha256 } from "../src/store";
 import { inspectUki } from "../src/uki";
 import { DEFAULT_PATH, deployImage, parseHostKeys, rebootInto, remoteState, runOnHost, trialDeploy, trialSupport, waitForBuild, type SshTarget } from "../src/deploy";
 
-interface Inputs {
-  kind: string;
-  host: string;
-  port?: number;
-  user?: string;
-  privateKey: string;
-  hostKey: string;
-  path?: string;
-  uki: string;
-  ukiSha256: string;
-  buildId: string;
-  allowUntested?: boolean;
-  /** Run on the host, in order, after an image was replaced (not when nothing changed). */
-  afterDeploy?: string[];
-  /** After afterDeploy (a reboot), wait this long for the host to report the new build id. */
-  waitSeconds?: number;
-  /** Reboot the host into the new image and succeed only when it comes back on it, healthy. */
-  reboot?: boolean;
-  /** With reboot: boot the new image once through BootNext first (undefined: where the host can). */
-  trialBoot?: boolean;
-  /** The trial timer: a trial build not confirmed this long after its boot reboots to the default. */
-  trialSeconds?: number;
-  /** A file the host's serial console goes to (the rehearsal host's --console): quoted when a trial fails. */
-  consoleLog?: string;
-}
+/** What the program passes (components/bootmedia.ts, the ssh kind), as the handlers get it. */
+type Inputs = pulumi.Unwrap<SshBootMediaArgs>;
 
 /** null: no such file on the host. */
-interface Outputs { remoteSha256: string | null; previousSha256: string | null; bytesSent: number }
+export interface Outputs { remoteSha256: string | null; previousSha256: string | null; bytesSent: number }
 
 /** The images deployed to one target, newest first (the host's image, then what it replaced). */
 interface Deployed { images: Array<{ sha256: string; path: string }> }
@@ -80,9 +60,9 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "deploy",
   version: 1,
   hashKeys: ["host", "port", "user", "path", "ukiSha256"],
-  async validate(i) {
+  async validate(i, fail, ctx) {
     const need = (v: unknown, key: string, fix: string) => {
-      if (isKnown(v) && (v === undefined || v === "")) throw new InputError(key, `ramroot:${key} is not set: ${fix}`);
+      if (isKnown(v) && (v === undefined || v === "")) fail(key, `ramroot:${key} is not set: ${fix}`);
     };
     need(i.host, "host", "pulumi config set ramroot:host NAS-ADDRESS --stack production");
     need(i.hostKey, "hostKey", `pin the host's key: ssh-keyscan -t ed25519 ${i.host || "HOST"}, then pulumi config set ramroot:hostKey "ssh-ed25519 AAAA..." --stack production`);
@@ -91,29 +71,29 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
       try {
         parseHostKeys(i.hostKey);
       } catch (e: any) {
-        throw new InputError("hostKey", `ramroot:hostKey: ${e.message}`);
+        fail("hostKey", `ramroot:hostKey: ${e.message}`);
       }
     }
     if (isKnown(i.trialBoot) && i.trialBoot && isKnown(i.reboot) && !i.reboot)
-      throw new InputError("trialBoot", "ramroot:trialBoot true needs ramroot:reboot true: a trial is a reboot into the new image (pulumi config set ramroot:reboot true)");
+      fail("trialBoot", "ramroot:trialBoot true needs ramroot:reboot true: a trial is a reboot into the new image (pulumi config set ramroot:reboot true)");
     for (const key of ["waitSeconds", "trialSeconds"] as const) {
       const v = i[key];
-      if (isKnown(v) && v !== undefined && !(Number.isInteger(v) && v > 0)) throw new InputError(key, `ramroot:${key} is ${v}: a whole number of seconds above 0`);
+      if (isKnown(v) && v !== undefined && !(Number.isInteger(v) && v > 0)) fail(key, `ramroot:${key} is ${v}: a whole number of seconds above 0`);
     }
-    if (isKnown(i.path) && i.path !== undefined && !path.posix.isAbsolute(i.path)) throw new InputError("path", `ramroot:bootPath ${i.path} is not absolute (default ${DEFAULT_PATH})`);
+    if (isKnown(i.path) && i.path !== undefined && !path.posix.isAbsolute(i.path)) fail("path", `ramroot:bootPath ${i.path} is not absolute (default ${DEFAULT_PATH})`);
     // Preview says how a deploy will go (asking the host, when that depends on it).
     if ([i.host, i.hostKey, i.privateKey, i.reboot, i.trialBoot].every(isKnown) && i.host && i.hostKey && i.privateKey) {
       const m = await mode(i).catch((e) => ({ why: `trial boot if the host has efivarfs and efibootmgr (not known now: ${e.message})` }));
-      context("deploy").log(`deploy mode: ${m.why}`);
+      ctx.log(`deploy mode: ${m.why}`);
       if ("trial" in m && m.trial && isKnown(i.uki) && i.uki && fs.existsSync(i.uki)) {
         const w = await panicWarning(i.uki);
-        if (w) context("deploy").log(w);
+        if (w) ctx.log(w);
       }
     }
     if (isKnown(i.buildId) && isKnown(i.allowUntested) && !i.allowUntested) {
-      const booted = await context("deploy").store.readRecord(`booted-build/${i.buildId}.json`);
+      const booted = await ctx.store.readRecord(`booted-build/${i.buildId}.json`);
       if (!booted)
-        throw new InputError("buildId", `build ${i.buildId} never passed the qemu stack's boot check in this store: run \`npm run up\` (the qemu stack) first, or set ramroot:allowUntested true on this stack to deploy it anyway`);
+        fail("buildId", `build ${i.buildId} never passed the qemu stack's boot check in this store: run \`npm run up\` (the qemu stack) first, or set ramroot:allowUntested true on this stack to deploy it anyway`);
     }
   },
   async hash(i) {
@@ -121,7 +101,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   // A trial that did not finish (a cut connection, a host that did not come back) is looked at
   // again by the next up, even when the stack's inputs are the same.
-  drifted: (olds) => olds.remoteSha256 !== olds.ukiSha256 || fs.existsSync(context("deploy").store.path(trialRecord(olds))),
+  drifted: (olds, ctx) => olds.remoteSha256 !== olds.ukiSha256 || fs.existsSync(ctx.store.path(trialRecord(olds))),
   async build(i, ctx) {
     const record = deployedRecord(i);
     // The UKI was checked against the record of its bytes (artifact.ts); that record must be
@@ -130,10 +110,14 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     const rec = rel ? await ctx.store.record(rel) : undefined;
     if (rel && (rec?.type !== "file" || rec.sha256 !== i.ukiSha256))
       throw new Error(`deploy: ${i.uki} is not the image with sha256 ${i.ukiSha256} (its record says ${rec?.type === "file" ? rec.sha256 : "nothing"}): nothing sent; run \`pulumi up\` again`);
+    // Signed for Secure Boot: refused before anything is sent (or rebooted) unless the
+    // configured certificate verifies it; the host's firmware would refuse it.
+    if (i.secureBootCert) await assertSignedBy(i.uki, i.secureBootCert);
     const before = (await ctx.store.readRecord<Deployed>(record).catch(() => undefined))?.images ?? [];
     const opts = {
       bases: before.filter((x) => x.sha256 !== i.ukiSha256).map((x) => ({ path: x.path, sha256: x.sha256 })),
       chunkCache: ctx.store.path("cache/chunks"),
+      secureBootCert: i.secureBootCert,
     };
     const m = await mode(i);
     ctx.log(`deploy mode: ${m.why}`);
@@ -153,7 +137,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
           waitMs: (i.waitSeconds ?? DEFAULT_WAIT_SECONDS) * 1000,
           timerSeconds: i.trialSeconds ?? DEFAULT_TRIAL_SECONDS,
           consoleLog: i.consoleLog,
-          upload: (p) => deployImage({ ...target(i), path: p }, i.uki, i.ukiSha256, ctx.log, { chunkCache: opts.chunkCache }),
+          upload: (p) => deployImage({ ...target(i), path: p }, i.uki, i.ukiSha256, ctx.log, { chunkCache: opts.chunkCache, secureBootCert: i.secureBootCert }),
           commit: () => deployImage(target(i), i.uki, i.ukiSha256, ctx.log, opts),
           current: async () => (await remoteState(target(i))).sha256 === i.ukiSha256,
           leftoversOnly: !m.trial,

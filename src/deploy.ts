@@ -40,6 +40,7 @@ import { Speculation } from "./deploy/speculation";
 import { sftpFeatures, withSession, type Log, type Session, type SshTarget } from "./deploy/ssh-session";
 import { mb, spaceCheck } from "./deploy/space";
 import { uploadWhole } from "./deploy/upload";
+import { assertSignedBy } from "./sign";
 
 export { DEFAULT_PATH, type Log, type SshTarget } from "./deploy/ssh-session";
 export { fingerprint, parseHostKeys } from "./deploy/host-keys";
@@ -88,6 +89,11 @@ export interface DeployOptions {
    * deploy (computed during a full upload, too).
    */
   chunkCache?: string;
+  /**
+   * A certificate (PEM or DER) the image must be signed by (ramroot:secureBootCert): checked
+   * before anything is sent, since the host's firmware would refuse any other image.
+   */
+  secureBootCert?: string | Buffer;
 }
 
 /** The hash (and size) of the image at the target path and of path.prev: what refresh compares. */
@@ -105,6 +111,7 @@ export async function remoteState(t: SshTarget, log: Log = () => {}): Promise<Re
  */
 export async function deployImage(t: SshTarget, file: string, sha256: string, log: Log = () => {}, opts: DeployOptions = {}): Promise<DeployResult> {
   if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`deployImage: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(sha256)}`);
+  if (opts.secureBootCert) await assertSignedBy(file, opts.secureBootCert);
   const image: LocalImage = { file, sha256, size: (await fs.promises.stat(file)).size };
   const files = hostFiles(t.path);
   const bases = await Bases.find(opts.bases ?? [], image, opts.chunkCache, log);

@@ -30,6 +30,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ARCH_SPECS, cleanConsole, qemuCommand, type Arch } from "./qemu";
 import { ESP_TYPE } from "./bootmedia";
+import { ARCH_NAMES, ARCHES, removablePath } from "./arch";
 
 export interface HostOptions {
   /** The stick: an image file (or a block device), attached writable. */
@@ -335,15 +336,13 @@ export async function stickArch(stick: string, want?: Arch): Promise<Arch> {
   const ls = spawnSync("mdir", ["-b", "-i", `${stick}@@${esp.start * sector}`, "::/EFI/BOOT/"], { encoding: "utf8", env: { ...process.env, MTOOLS_SKIP_CHECK: "1" } });
   if (ls.error) throw new Error(`host: mdir not found: install the Debian package mtools`);
   const names = ls.stdout.split("\n").map((l) => path.posix.basename(l.trim()).toUpperCase());
-  const found: Arch[] = [];
-  if (names.includes("BOOTAA64.EFI")) found.push("aarch64");
-  if (names.includes("BOOTX64.EFI")) found.push("x86_64");
+  const found = ARCH_NAMES.filter((a) => names.includes(ARCHES[a].efiBootFile));
   if (want) {
-    if (!found.includes(want)) throw new Error(`host: ${stick} has no ${want === "aarch64" ? "EFI/BOOT/BOOTAA64.EFI" : "EFI/BOOT/BOOTX64.EFI"} on its ESP${found.length ? ` (it has the ${found.join(" and ")} one)` : ""}: the ${want} firmware would not boot it`);
+    if (!found.includes(want)) throw new Error(`host: ${stick} has no ${removablePath(want)} on its ESP${found.length ? ` (it has the ${found.join(" and ")} one)` : ""}: the ${want} firmware would not boot it`);
     return want;
   }
   if (found.length === 1) return found[0]!;
-  if (found.length === 0) throw new Error(`host: ${stick} has neither EFI/BOOT/BOOTAA64.EFI nor EFI/BOOT/BOOTX64.EFI on its ESP: no firmware would boot it`);
+  if (found.length === 0) throw new Error(`host: ${stick} has none of ${ARCH_NAMES.map(removablePath).join(", ")} on its ESP: no firmware would boot it`);
   throw new Error(`host: ${stick} boots on both aarch64 and x86_64: give --arch`);
 }
 

@@ -15,6 +15,7 @@ import * as path from "node:path";
 import { PERSIST_VOLUME_ID, writeEsp, type Arch } from "./bootmedia";
 import { peMachine } from "./pe";
 import { sha256File } from "./store";
+import { ARCH_NAMES, isArch } from "./arch";
 
 const MiB = 1024 * 1024;
 
@@ -87,7 +88,7 @@ async function ukiArch(uki: string, want?: Arch): Promise<Arch> {
   await fh.read(head, 0, head.length, 0).finally(() => fh.close());
   const m = peMachine(head);
   if ("why" in m) throw new Error(`stick: ${uki} is not a UKI (${m.why})`);
-  if (m.arch !== "aarch64" && m.arch !== "x86_64") throw new Error(`stick: ${uki} is a PE image for ${m.arch}, not for aarch64 or x86_64`);
+  if (!isArch(m.arch)) throw new Error(`stick: ${uki} is a PE image for ${m.arch}, not for ${ARCH_NAMES.join(" or ")}`);
   if (want && want !== m.arch) throw new Error(`stick: ${uki} is for ${m.arch}, not ${want}: give the ${want} UKI, or leave --arch out`);
   return m.arch;
 }

@@ -375,7 +375,7 @@ test("rollback refuses a .prev or a current image that is not a PE image for the
   };
   const name = (f: string) => f.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   // Not a PE at all (a text file copied over it), a PE for the other architecture, an empty file.
-  await refused(prev, Buffer.from("not an image\n".repeat(1000)), new RegExp(`: ${name(prev)} is not a boot image for aarch64 \\(BOOTAA64\\.EFI is the arm64 boot file; it is not a PE image: no MZ header\\) and the rollback would boot it:`));
+  await refused(prev, Buffer.from("not an image\n".repeat(1000)), new RegExp(`: ${name(prev)} is not a boot image for aarch64 \\(BOOTAA64\\.EFI is the aarch64 boot file; it is not a PE image: no MZ header\\) and the rollback would boot it:`));
   await refused(prev, Buffer.concat([peHead(0x8664), randomBytes(MB)]), new RegExp(`${name(prev)} is not a boot image for aarch64 .*it is a PE image for x86_64\\)`));
   // The PE header must be in the first 4 KiB: that is all rollback reads of an image.
   const far = Buffer.concat([peHead(0xaa64), randomBytes(MB)]);

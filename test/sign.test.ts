@@ -16,6 +16,7 @@ import { buildUki } from "../src/uki";
 import { authenticodeDigest, readSignatures } from "../src/authenticode";
 import { efiSignatureList, EFI_CERT_X509_GUID, guidBytes, ownerFor, signUki, verifyUki, writeEnrollmentFiles } from "../src/sign";
 import { repo } from "./project";
+import { deployImage } from "../src/deploy";
 
 const STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const ramroot = (...args: string[]) => spawnSync(path.join(repo, "bin", "ramroot"), args, { encoding: "utf8" });
@@ -314,5 +315,24 @@ describe("ramroot inspect --cert and ramroot secureboot keys", () => {
     assert.match(again.stderr, /db\.key exists: a new key there would replace the one machines may have enrolled/);
     assert.ok(fs.readFileSync(path.join(dir, "db.key")).equals(before));
     assert.equal(ramroot("secureboot", "keys", "--new", "x", "--cert", path.join(tmp, "cert.pem"), "-o", dir).status, 2);
+  });
+});
+
+describe("the deploy's Secure Boot check", () => {
+  test("deployImage with a certificate refuses, before it connects, an image that certificate does not verify", async () => {
+    const signed = path.join(tmp, "deploy-signed.efi");
+    await signUki(unsigned, signed, { key: key(), cert: cert() });
+    const sha = (f: string) => sha256(fs.readFileSync(f));
+    // Nothing listens on the target: a deploy that got past the check fails connecting.
+    const target = {
+      host: "127.0.0.1", port: 1, user: "root", path: "/media/usb/EFI/BOOT/BOOTAA64.EFI",
+      privateKey: (execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(tmp, "id_deploy")]), fs.readFileSync(path.join(tmp, "id_deploy"), "utf8")),
+      hostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", timeoutMs: 5000,
+    };
+    const other = fs.readFileSync(path.join(tmp, "other", "cert.pem"));
+    await assert.rejects(deployImage(target, unsigned, sha(unsigned), () => {}, { secureBootCert: cert() }), /Secure Boot: .* does not verify against ramroot:secureBootCert .*not signed.*nothing was sent/s);
+    await assert.rejects(deployImage(target, signed, sha(signed), () => {}, { secureBootCert: other }), /Secure Boot: .* does not verify against ramroot:secureBootCert/);
+    // The one it verifies goes on to the host (which is not there).
+    await assert.rejects(deployImage(target, signed, sha(signed), () => {}, { secureBootCert: cert() }), (e: Error) => !/Secure Boot/.test(e.message) && /ECONNREFUSED|connect|refused/i.test(e.message));
   });
 });

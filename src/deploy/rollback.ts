@@ -5,6 +5,7 @@ import { peMachine } from "../pe";
 import { HostProtocol, hostFiles, type HostState } from "./host-protocol";
 import { withSession, type Log, type SshTarget } from "./ssh-session";
 import { mb, spaceCheck } from "./space";
+import { ARCH_NAMES, ARCHES, archOfBootFile } from "../arch";
 
 /**
  * The architecture an image at `p` must be for: the removable-media name says it (the firmware
@@ -12,9 +13,9 @@ import { mb, spaceCheck } from "./space";
  */
 export function bootArch(p: string, uname: string): { arch: string; because: string } {
   const name = p.slice(p.lastIndexOf("/") + 1);
-  if (/^BOOTAA64\.EFI$/i.test(name)) return { arch: "aarch64", because: `${name} is the arm64 boot file` };
-  if (/^BOOTX64\.EFI$/i.test(name)) return { arch: "x86_64", because: `${name} is the x86_64 boot file` };
-  const arch = uname === "arm64" ? "aarch64" : uname;
+  const byName = archOfBootFile(name);
+  if (byName) return { arch: byName, because: `${name} is the ${byName} boot file` };
+  const arch = ARCH_NAMES.find((a) => ARCHES[a].debian === uname || ARCHES[a].node === uname) ?? uname;
   return { arch, because: `the host is ${uname}` };
 }
 

@@ -1,9 +1,10 @@
 // The one dynamic provider all ramroot resources share, parameterised by kind.
 //
 // Pulumi stores a dynamic provider's text in every resource's state; refresh and delete later
-// run the stored text (shared/notes/pulumi.md). So that text is kept to a few lines that know
-// only a string, and at run time load the current compiled handlers of that kind from the
-// project (and it is written directly, not found by Pulumi's closure serialiser: see fastSerialization). Old state then never runs old code, and nothing unserialisable (npm
+// run the stored text, not the program's current code. So that text is kept to a few lines
+// that know only a string, and at run time load the current compiled handlers of that kind
+// from the project (it is written directly, not found by Pulumi's closure serialiser: see
+// fastSerialization). Old state then never runs old code, and nothing unserialisable (npm
 // packages, native handles) is ever captured.
 import type * as pulumi from "@pulumi/pulumi";
 

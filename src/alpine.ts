@@ -269,7 +269,8 @@ function localRepository(line: string): string | undefined {
 
 /** unshare's arguments that run `command` in the sandbox, with `mounts` (absolute host paths) in it. */
 export function sandboxArgs(scratch: string, mounts: Array<["tree" | "rw" | "ro", string]>, command: string[]): string[] {
-  const shown = mounts.filter(([how, p]) => how !== "ro" || !inSandbox(p));
+  // Parents first: a folder bound later would cover whatever was bound inside it before.
+  const shown = mounts.filter(([how, p]) => how !== "ro" || !inSandbox(p)).sort((a, b) => a[1].split("/").length - b[1].split("/").length);
   return ["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--uts", "--ipc", "--", "/bin/sh", "-c", SANDBOX, "sandbox", scratch, KEPT_CAPS.join(",+"), ...shown.flat(), "--", ...command];
 }
 

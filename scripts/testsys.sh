@@ -164,7 +164,8 @@ deref() {
 # usr/lib/<triplet>), so no ld.so.cache is needed.
 install_debian_programs() {
 	declare -A pkgdir soname
-	local names=($DEBIAN_TOOLS $DEBIAN_LIBS) i d f rel
+	local names i d f rel
+	read -ra names <<<"$DEBIAN_TOOLS $DEBIAN_LIBS"
 	for i in "${!names[@]}"; do pkgdir[${names[$i]}]=${DEBDIRS[$i]}; done
 	for d in "${DEBDIRS[@]}"; do
 		while IFS= read -r f; do

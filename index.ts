@@ -18,9 +18,9 @@ import { BootMedia, type SshBootMediaArgs } from "./components/bootmedia";
 import { BootCheck } from "./components/bootcheck";
 import { Secrets } from "./components/secrets";
 import { GoPrograms } from "./components/goprograms";
-import { hasGoModule } from "./src/golayer";
-import type { Probe } from "./src/probe";
-import { readSecretsDeclSync, saltCommand } from "./src/secrets";
+import { hasGoModule } from "./src/image/golayer";
+import type { Probe } from "./src/boot/probe";
+import { readSecretsDeclSync, saltCommand } from "./src/image/secrets";
 import { ARCHES, toArch } from "./src/arch";
 
 // Relative paths in config are relative to the project, not to dist/ where this runs.
@@ -187,7 +187,7 @@ export let deployed: pulumi.Output<string | null> | null = null;
 export let disk: pulumi.Output<string> | null = null;
 export let persist: pulumi.Output<string> | null = null;
 export let bootSeconds: pulumi.Output<number> | null = null;
-/** The guest's health report from the boot check (src/health.ts). */
+/** The guest's health report from the boot check (src/boot/health.ts). */
 export let bootHealth: pulumi.Output<string> | null = null;
 
 if (target === "qemu") {

@@ -13,12 +13,12 @@ import { execFile, execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from "../src/initramfs";
-import { configureRootfs } from "../src/configure";
-import { listingFile, recordListing, stage1Records } from "../src/rootfs";
+import { buildInitramfs, planInitramfs, writeInitramfs, type Compression } from "../src/image/initramfs";
+import { configureRootfs } from "../src/rootfs/configure";
+import { listingFile, recordListing, stage1Records } from "../src/rootfs/rootfs";
 import { Store, sha256File } from "../src/store";
-import { buildUki } from "../src/uki";
-import { hashTree } from "../src/treehash";
+import { buildUki } from "../src/image/uki";
+import { hashTree } from "../src/rootfs/treehash";
 import { cacheDir, pulumiEnv, repo } from "../test/project";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -79,7 +79,7 @@ async function child(args: string[]): Promise<void> {
   if (mode === "writer") {
     await writeInitramfs(tree, out, { compression: c as Compression, exclude: ex ? ex.split(",") : EXCLUDE });
   } else if (mode === "configure") {
-    // The rootfs's configure stage (src/rootfs.ts buildConfigured): the tree linked, the
+    // The rootfs's configure stage (src/rootfs/rootfs.ts buildConfigured): the tree linked, the
     // skeleton `c` over it, and its listing beside it, with the stamps of the tree's own listing.
     const t0 = performance.now();
     const linkedFrom = await stage1Records(tree);
@@ -259,7 +259,7 @@ async function main(): Promise<void> {
     const th = path.join(work, "treehash");
     const cold = repeat("Rootfs tree hash, no cache (every file read)", 1, () => timeSh(`${node} -e "require('${repo}/dist/src/treehash').hashTree('${tree}', {})"`));
     await hashTree(tree, { cacheDir: th });
-    const warm = repeat("Rootfs tree hash, per-file cache warm (src/treehash.ts)", RUNS, () => timeSh(`${node} -e "const t=performance.now();require('${repo}/dist/src/treehash').hashTree('${tree}', {cacheDir:'${th}'}).then(()=>console.log(JSON.stringify({ms:performance.now()-t})))"`));
+    const warm = repeat("Rootfs tree hash, per-file cache warm (src/rootfs/treehash.ts)", RUNS, () => timeSh(`${node} -e "const t=performance.now();require('${repo}/dist/src/treehash').hashTree('${tree}', {cacheDir:'${th}'}).then(()=>console.log(JSON.stringify({ms:performance.now()-t})))"`));
     warm.note = `in-process ${median(warm.runs.map((r) => r.extra!.ms)).toFixed(0)} ms (the rest is Node's start)`;
     rows.push(cold, warm);
 
@@ -281,7 +281,7 @@ async function main(): Promise<void> {
       targets.push({ what: "Deploy: unchanged image 0 bytes; changed image throughput >= rsync's", met: undefined, detail: "not measured: the run failed (see notes)" });
     }
 
-    targets.push({ what: "zstd is the default compression", met: true, detail: "InitramfsOptions.compression and ramroot:compression default to zstd (src/initramfs.ts settle, components/initramfs.ts, Pulumi.yaml)" });
+    targets.push({ what: "zstd is the default compression", met: true, detail: "InitramfsOptions.compression and ramroot:compression default to zstd (src/image/initramfs.ts settle, components/initramfs.ts, Pulumi.yaml)" });
 
     machine.loadStart += ` -> ${os.loadavg().map((x) => x.toFixed(2)).join(" ")} at the end`;
     fs.writeFileSync(path.join(repo, "BENCHMARKS.md"), report({ machine, tree: { path: tree, bytes: treeBytes, files: treeFiles, entries: treeEntries }, rows, targets, notes, ref: { gz, pigz, zst } }));
@@ -399,7 +399,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
   targets.push({
     what: "No-op `pulumi up`: <= 1 s of provider work beyond the CLI's own",
     met: median(providerMs) <= 1000,
-    why: "Rootfs's check hashes the base tree through src/treehash.ts (per-file hashes cached by size, mtime, ctime, inode): before that, src/rootfs.ts read all 450 MB in both the preview and the update pass of `up`, 6.5-12.5 s of handler time on this tree (earlier runs of this benchmark).",
+    why: "Rootfs's check hashes the base tree through src/rootfs/treehash.ts (per-file hashes cached by size, mtime, ctime, inode): before that, src/rootfs/rootfs.ts read all 450 MB in both the preview and the update pass of `up`, 6.5-12.5 s of handler time on this tree (earlier runs of this benchmark).",
     detail: `handlers ${median(providerMs).toFixed(0)} ms in total (${kinds}); \`npm run up\` ${s2(med(now.up).wall)} s vs ${s2(med(baseUp).wall)} s for the empty program's \`pulumi up\``,
   });
   const why18 = "what is left beyond the empty program is Pulumi's own per pass (the preview and the update pass of `up` each run the program and start the dynamic-provider plugin, a second Node process loading the whole SDK: 0.6-1.2 s), `npm run`'s own start (0.3-0.4 s) and the handlers; see the README's Performance.";
@@ -460,7 +460,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
 }
 
 /**
- * Boots the qemu stack's current disk as its BootCheck does (src/qemu.ts bootCheck: health report,
+ * Boots the qemu stack's current disk as its BootCheck does (src/boot/qemu.ts bootCheck: health report,
  * power-off, fsck), timestamping every console line on arrival, and splits the boot into the
  * firmware (QEMU's start to the kernel's start: the firmware, its boot menu, the stub loading the
  * UKI), the kernel before the initramfs, the kernel's unpacking of the initramfs, the kernel after
@@ -468,7 +468,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
  */
 async function bootBreakdown(work: string, p: { dir: string; env: NodeJS.ProcessEnv }, rows: Row[], notes: string[], cpus = 1, memoryMiB = 1024): Promise<void> {
   const out = JSON.parse(spawnSync("pulumi", ["stack", "output", "--json", "--stack", "qemu", "--non-interactive"], { cwd: p.dir, env: p.env, encoding: "utf8" }).stdout);
-  const qemu = require(path.join(repo, "dist", "src", "qemu.js"));
+  const qemu = require(path.join(repo, "dist", "src", "boot", "qemu.js"));
   const persist = path.join(work, "persist-copy.img");
   const row: Row = { name: `QEMU boot of the bench tree's image (the boot check's own run, aarch64 TCG, ${cpus} CPU${cpus > 1 ? "s" : ""}, ${memoryMiB} MiB)`, runs: [] };
   const parts: Record<string, number[]> = {};
@@ -506,8 +506,8 @@ async function bootBreakdown(work: string, p: { dir: string; env: NodeJS.Process
 
 async function deployBench(work: string, ukiA: string, ukiB: string, rows: Row[], targets: Target[], cleanups: Array<() => Promise<void> | void>): Promise<void> {
   const sshdMod = path.join(repo, "dist", "test", "sshd.js");
-  const deployMod = path.join(repo, "dist", "src", "deploy.js");
-  if (!fs.existsSync(sshdMod) || !fs.existsSync(deployMod)) throw new Error("src/deploy.ts or test/sshd.ts is not built");
+  const deployMod = path.join(repo, "dist", "src", "deploy", "deploy.js");
+  if (!fs.existsSync(sshdMod) || !fs.existsSync(deployMod)) throw new Error("src/deploy/deploy.ts or test/sshd.ts is not built");
   const { startSshd, startProxy } = require(sshdMod);
   const { deployImage } = require(deployMod);
   const sshd = await startSshd();
@@ -529,7 +529,7 @@ async function deployBench(work: string, ukiA: string, ukiB: string, rows: Row[]
 
   // Timed runs go straight to sshd (the byte-counting proxy runs in this process and would slow
   // ssh2 down); one extra run of each goes through the proxy to count the bytes on the wire.
-  const ours: Row = { name: "deploy, changed image: SFTP delta from the deployed image (src/deploy.ts)", runs: [] };
+  const ours: Row = { name: "deploy, changed image: SFTP delta from the deployed image (src/deploy/deploy.ts)", runs: [] };
   for (let i = 0; i < RUNS; i++) {
     await deployA(sshd.port, "ours.efi");
     forgetB();
@@ -541,7 +541,7 @@ async function deployBench(work: string, ukiA: string, ukiB: string, rows: Row[]
     ours.runs.push(r);
     log(`  delta deploy #${i + 1}: ${s2(r.wall)} s wall (writing the new file ${((r.extra!.uploadMs ?? NaN) / 1000).toFixed(2)} s), ${s2(r.user + r.sys)} s cpu, ${r.extra!.bytesSent} bytes sent, load ${r.load.toFixed(2)}`);
   }
-  const whole: Row = { name: "deploy, changed image: SFTP whole image, no base (src/deploy.ts)", runs: [] };
+  const whole: Row = { name: "deploy, changed image: SFTP whole image, no base (src/deploy/deploy.ts)", runs: [] };
   for (let i = 0; i < RUNS; i++) {
     await deployImage(target(sshd.port, "whole.efi"), ukiA, shaA);
     const r = await inProcess(async () => {
@@ -552,7 +552,7 @@ async function deployBench(work: string, ukiA: string, ukiB: string, rows: Row[]
     log(`  whole deploy #${i + 1}: ${s2(r.wall)} s wall (upload ${((r.extra!.uploadMs ?? NaN) / 1000).toFixed(2)} s), ${s2(r.user + r.sys)} s cpu, ${r.extra!.bytesSent} bytes sent, load ${r.load.toFixed(2)}`);
   }
   const unchanged = await inProcess(async () => ({ bytesSent: (await deployImage(target(sshd.port, "ours.efi"), ukiB, shaB, () => {}, { bases, chunkCache: chunks })).bytesSent }));
-  const unchangedRow: Row = { name: "deploy, unchanged image: SFTP (src/deploy.ts)", runs: [unchanged] };
+  const unchangedRow: Row = { name: "deploy, unchanged image: SFTP (src/deploy/deploy.ts)", runs: [unchanged] };
 
   const scp = repeat("deploy, changed image: scp", RUNS, () => {
     sh(`cp ${ukiA} ${remote}/scp.efi`);

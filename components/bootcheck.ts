@@ -1,5 +1,5 @@
 // BootCheck: boots the qemu stack's boot disk headless (TCG, the arch's UEFI firmware) and waits
-// for a marker on the serial console and for the guest's health report (src/health.ts: fstab's
+// for a marker on the serial console and for the guest's health report (src/boot/health.ts: fstab's
 // mounts, OpenRC's failed services); then the guest powers itself off (asked through QEMU's
 // fw_cfg, which no real machine has), qemu must exit by itself, and the persistence image must
 // be clean (fsck.vfat -n). On success it records in the store that this UKI (by the sha256 of
@@ -10,9 +10,9 @@ import * as pulumi from "@pulumi/pulumi";
 import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
-import { bootCheck } from "../src/qemu";
-import type { Arch } from "../src/bootmedia";
-import { parseProbes, type Probe } from "../src/probe";
+import { bootCheck } from "../src/boot/qemu";
+import type { Arch } from "../src/boot/bootmedia";
+import { parseProbes, type Probe } from "../src/boot/probe";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 
@@ -35,7 +35,7 @@ export interface BootCheckArgs {
   timeoutSeconds?: pulumi.Input<number>;
   /** Guest memory. Default 1024 MiB; the kernel unpacks the initramfs into at most half of it. */
   memoryMiB?: pulumi.Input<number>;
-  /** HTTP probes of the guest's services once it reports healthy (ramroot:probes, src/probe.ts). */
+  /** HTTP probes of the guest's services once it reports healthy (ramroot:probes, src/boot/probe.ts). */
   probes?: pulumi.Input<Probe[]>;
   /** Who asked, for the record (the stack name). */
   stack: pulumi.Input<string>;

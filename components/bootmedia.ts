@@ -9,7 +9,7 @@ import { resourceClass } from "./resource";
 import type { Outputs as DeployOutputs } from "./deploy";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
-import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/bootmedia";
+import { makeEspImage, makePersistImage, removableBootPath, type Arch } from "../src/boot/bootmedia";
 import { archProblem } from "../src/arch";
 
 export interface BootMediaArgs {

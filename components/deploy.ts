@@ -1,5 +1,5 @@
 // BootMedia of the ssh kind: the production stick. Replaces EFI/BOOT/BOOTAA64.EFI on the host
-// over SSH, atomically, verified by hash, keeping the previous image as .prev (src/deploy.ts).
+// over SSH, atomically, verified by hash, keeping the previous image as .prev (src/deploy/deploy.ts).
 // Refresh reads the hash of the file actually on the stick, so a hand-made change shows up as
 // drift and the next up puts the stack's image back. Deleting never removes the boot image.
 // The gate: production refuses a build that never passed the qemu stack's boot check in this
@@ -12,11 +12,11 @@ import type * as pulumi from "@pulumi/pulumi";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { artifactHandlers, isKnown } from "./artifact";
-import { assertSignedBy } from "../src/sign";
+import { assertSignedBy } from "../src/image/sign";
 import type { SshBootMediaArgs } from "./bootmedia";
 import { sha256 } from "../src/store";
-import { inspectUki } from "../src/uki";
-import { DEFAULT_PATH, deployImage, parseHostKeys, rebootInto, remoteState, runOnHost, trialDeploy, trialSupport, waitForBuild, type SshTarget } from "../src/deploy";
+import { inspectUki } from "../src/image/uki";
+import { DEFAULT_PATH, deployImage, parseHostKeys, rebootInto, remoteState, runOnHost, trialDeploy, trialSupport, waitForBuild, type SshTarget } from "../src/deploy/deploy";
 
 /** What the program passes (components/bootmedia.ts, the ssh kind), as the handlers get it. */
 type Inputs = pulumi.Unwrap<SshBootMediaArgs>;

@@ -1,5 +1,5 @@
 // GoPrograms: the system's own Go programs (system/go.mod, system/cmd/NAME/) built for the image's
-// architecture into a layer of their own (src/golayer.ts): goprograms/<hash>/usr/local/bin/NAME,
+// architecture into a layer of their own (src/image/golayer.ts): goprograms/<hash>/usr/local/bin/NAME,
 // and the same as one compressed newc segment, goprograms/<hash>.cpio.<ext>, which the UKI
 // appends to the initramfs after the rootfs's segments. The hash covers the module's files, the
 // architecture, the toolchain go.mod selects and the compression, and is known in preview: a
@@ -10,8 +10,8 @@ import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
 import { sha256 } from "../src/store";
-import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/golayer";
-import { levelProblem, type Compression } from "../src/initramfs";
+import { buildGoPrograms, commands, findGo, goBuildCache, goEnv, GoError, hasGoModule, moduleDigest, selectedToolchain, writeGoSegment } from "../src/image/golayer";
+import { levelProblem, type Compression } from "../src/image/initramfs";
 import { archProblem } from "../src/arch";
 
 export interface GoProgramsArgs {

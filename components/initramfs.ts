@@ -6,8 +6,8 @@ import * as pulumi from "@pulumi/pulumi";
 import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, summary } from "../src/store";
-import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/initramfs";
-import { listingFile } from "../src/rootfs";
+import { buildInitramfs, levelProblem, planInitramfs, type Compression } from "../src/image/initramfs";
+import { listingFile } from "../src/rootfs/rootfs";
 
 export interface InitramfsArgs {
   rootfs: pulumi.Input<string>;

@@ -1,5 +1,5 @@
 // Rootfs: the declared system (system/: packages, root/, setup.sh) as a root filesystem tree, in
-// two cached stages (src/rootfs.ts): packages (rootfs-packages/<hash1>/, alpine-make-rootfs or
+// two cached stages (src/rootfs/rootfs.ts): packages (rootfs-packages/<hash1>/, alpine-make-rootfs or
 // an offline base) and configure (rootfs/<hash2>/, stage 1 linked, skeleton + setup.sh in a chroot). The
 // resource's hash is hash2; `path` is the configured tree. Everything that can be checked before
 // a build is checked in check(), so `pulumi preview` reports it and nothing is built.
@@ -8,13 +8,13 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
-import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs";
-import { repositoryTags, SystemError, validateSystem } from "../src/system";
-import { hostProblem } from "../src/configure";
-import { apkProblem } from "../src/alpine";
-import { treeProblem } from "../src/initramfs";
-import { hashTree } from "../src/treehash";
-import { goOwned } from "../src/golayer";
+import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs/rootfs";
+import { repositoryTags, SystemError, validateSystem } from "../src/rootfs/system";
+import { hostProblem } from "../src/rootfs/configure";
+import { apkProblem } from "../src/rootfs/alpine";
+import { treeProblem } from "../src/image/initramfs";
+import { hashTree } from "../src/rootfs/treehash";
+import { goOwned } from "../src/image/golayer";
 import { archProblem } from "../src/arch";
 
 export interface RootfsArgs {

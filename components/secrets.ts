@@ -1,4 +1,4 @@
-// Secrets: the layer of files made from encrypted stack config (src/secrets.ts says what is and
+// Secrets: the layer of files made from encrypted stack config (src/image/secrets.ts says what is and
 // is not protected). The values arrive as secret inputs, so the engine keeps them encrypted in
 // the state; the layer's hash is an HMAC under a per-store key, so it reveals nothing.
 import * as pulumi from "@pulumi/pulumi";
@@ -6,7 +6,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown, type BuildContext } from "./artifact";
-import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/secrets";
+import { hmacKey, parseSecrets, SALT_MIN, saltCommand, secretsDigest, writeSecretsLayer } from "../src/image/secrets";
 
 export interface SecretsArgs {
   /** The declared system folder (its `secrets` file lists the files), absolute or relative to the project. */

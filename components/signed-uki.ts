@@ -1,4 +1,4 @@
-// SignedUki: the UKI signed for Secure Boot (Authenticode, SHA-256, src/sign.ts), as a step of
+// SignedUki: the UKI signed for Secure Boot (Authenticode, SHA-256, src/image/sign.ts), as a step of
 // its own after the Uki. It is named by the UKI's hash and the certificate's fingerprint, both
 // known in preview, so `pulumi preview` names the signed image before it is made; a new key
 // (with its certificate) re-signs the same UKI, and only this step and what boots or deploys
@@ -6,13 +6,13 @@
 //
 // The private key is a secret input: the engine keeps it encrypted in the state (as an input,
 // and as an output through additionalSecretOutputs), it is never part of the hash or of a store
-// name, and src/sign.ts hands it to sbsign on a pipe, never in a file, an argument or a log line.
+// name, and src/image/sign.ts hands it to sbsign on a pipe, never in a file, an argument or a log line.
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256 } from "../src/store";
-import { checkSigningKey, readCertificate, signUki, verifyUki } from "../src/sign";
+import { checkSigningKey, readCertificate, signUki, verifyUki } from "../src/image/sign";
 
 export interface SignedUkiArgs {
   /** The unsigned UKI (Uki.path). */
@@ -54,7 +54,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
       if (bad) return fail("cert", `${bad} (pulumi config set ramroot:secureBootCert -- "$(cat db.pem)")`);
     }
     // The key is checked in preview too: a wrong passphrase or another certificate's key stops
-    // the preview, not the build. The messages never hold the key (src/sign.ts).
+    // the preview, not the build. The messages never hold the key (src/image/sign.ts).
     if (isKnown(i.key) && isKnown(i.cert) && isKnown(i.passphrase)) {
       try {
         checkSigningKey({ key: i.key, cert: i.cert, passphrase: i.passphrase });

@@ -8,11 +8,11 @@ import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, isKnown } from "./artifact";
 import { sha256, sha256File } from "../src/store";
-import { buildUki, kernelProblem, kernelRelease, validateCmdline } from "../src/uki";
-import { resolveInRoot } from "../src/rootfs";
-import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/release";
-import { healthFiles, healthFilesHash } from "../src/health";
-import { layerProblem as goLayerProblem } from "../src/golayer";
+import { buildUki, kernelProblem, kernelRelease, validateCmdline } from "../src/image/uki";
+import { resolveInRoot } from "../src/rootfs/rootfs";
+import { buildIdOf, osReleaseWithBuild, releaseFile, smallArchive } from "../src/image/release";
+import { healthFiles, healthFilesHash } from "../src/boot/health";
+import { layerProblem as goLayerProblem } from "../src/image/golayer";
 
 export interface UkiArgs {
   rootfs: pulumi.Input<string>;

@@ -27,7 +27,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 	*) words+=("${args[i]}") ;;
 	esac
 done
-# The salt of a stack's secrets layer (src/secrets.ts): random, a stack secret, made with the stack.
+# The salt of a stack's secrets layer (src/image/secrets.ts): random, a stack secret, made with the stack.
 salt() { pulumi config set --secret ramroot:secretsSalt "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" --stack "$1" >&2; }
 if [ "${words[0]:-}" = stack ] && [ "${words[1]:-}" = init ]; then
 	name=${words[2]:-$stack}

@@ -218,7 +218,7 @@ install_debian_programs() {
 }
 
 # A stand-in for OpenRC, in busybox sh, that behaves like OpenRC where ramroot's health report
-# (src/health.ts) looks: an Alpine inittab, setup.sh's `rc-update add` lines and the runlevels
+# (src/boot/health.ts) looks: an Alpine inittab, setup.sh's `rc-update add` lines and the runlevels
 # work here, and /run/openrc records what started and what failed.
 #   openrc RUNLEVEL   sysinit first mounts /proc, /sys and /run (OpenRC's init.sh and sysfs);
 #                     then, for every runlevel, starts each service linked in

@@ -1,7 +1,7 @@
 // The architectures ramroot builds for, and every fact that differs between them, in one table
 // (as mkosi's Architecture does). Names are Alpine's (aarch64, x86_64); each other tool's name
 // for the same machine is a column. Adding one (riscv64) is a row here plus the test fixtures;
-// QEMU's machine and firmware for each are in src/qemu.ts, the one place that boots them.
+// QEMU's machine and firmware for each are in src/boot/qemu.ts, the one place that boots them.
 
 export interface ArchFacts {
   /** The kernel's serial console on the machine QEMU emulates (and the Altra's). */

@@ -16,16 +16,16 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Compression } from "./initramfs";
-import { buildUki, inspectUki } from "./uki";
-import { outsideSections, readSignatures } from "./authenticode";
-import { algName, enrollmentSteps, makeSigningKey, readCertificate, verifyUki, writeEnrollmentFiles } from "./sign";
-import { ARCH_SPECS, qemuCommand, secureBootVarsProblem, type Arch } from "./qemu";
-import { rollback as rollbackHost } from "./deploy";
+import { inspectInitramfs, inspectProblem, levelProblem, writeInitramfs, type Compression } from "./image/initramfs";
+import { buildUki, inspectUki } from "./image/uki";
+import { outsideSections, readSignatures } from "./image/authenticode";
+import { algName, enrollmentSteps, makeSigningKey, readCertificate, verifyUki, writeEnrollmentFiles } from "./image/sign";
+import { ARCH_SPECS, qemuCommand, secureBootVarsProblem, type Arch } from "./boot/qemu";
+import { rollback as rollbackHost } from "./deploy/deploy";
 import { Store, summary } from "./store";
 import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
-import { parseSize, writeStick } from "./stick";
-import { startHost } from "./rehearsal-host";
+import { parseSize, writeStick } from "./boot/stick";
+import { startHost } from "./boot/rehearsal-host";
 import { archProblem, isArch } from "./arch";
 import { run } from "./run";
 
@@ -350,7 +350,7 @@ Give them to the stacks that sign (the key as a secret; it is stored encrypted i
 
 /**
  * Runs the rehearsal host in the foreground until qemu exits. The first SIGTERM or SIGINT presses
- * the guest's power button (a clean power-off: src/host.ts); a second one kills qemu. Exit status
+ * the guest's power button (a clean power-off: src/boot/rehearsal-host.ts); a second one kills qemu. Exit status
  * 0 when the guest powered off, 1 when qemu was killed or failed.
  */
 async function host(args: string[]): Promise<void> {

@@ -13,7 +13,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { gunzipSync } from "node:zlib";
-import { inspectInitramfs } from "./initramfs";
+import { inspectInitramfs } from "./image/initramfs";
 import { removeTree, Store, TEMPORARY, type Verdict } from "./store";
 
 const HASH = /[0-9a-f]{64}/g;

@@ -1,5 +1,5 @@
 // Stage 1 runs apk's install scripts and triggers, which come from the mirror, as root on the
-// build machine: src/alpine.ts runs the builder contained. A package of the test mirror
+// build machine: src/rootfs/alpine.ts runs the builder contained. A package of the test mirror
 // (ramroot-escape-probe) tries, from its post-install script, what setup.sh's containment test
 // tries (test/rootfs.test.ts), and reports what it reached; here that report and the host say
 // whether anything got out.
@@ -9,8 +9,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { alpineMirror } from "./alpine-mirror";
-import { hostProblem } from "../src/configure";
-import { makeAlpineRootfs } from "../src/alpine";
+import { hostProblem } from "../src/rootfs/configure";
+import { makeAlpineRootfs } from "../src/rootfs/alpine";
 import { Store } from "../src/store";
 
 test("apk's package scripts run contained: no host file, build process, secret, sysctl or disk within their reach", { timeout: 10 * 60_000 }, async (t) => {

@@ -10,8 +10,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
 import { alpineMirror, ARCHES, type Arch, type Mirror } from "./alpine-mirror";
-import { BUILDER, builderEnv } from "../src/alpine";
-import { hostProblem } from "../src/configure";
+import { BUILDER, builderEnv } from "../src/rootfs/alpine";
+import { hostProblem } from "../src/rootfs/configure";
 
 const PACKAGES = ["alpine-base", "openrc", "linux-lts", "linux-firmware-none", "systemd-efistub", "openssh", "dosfstools"];
 const STUB: Record<Arch, string> = { x86_64: "linuxx64.efi.stub", aarch64: "linuxaa64.efi.stub" };
@@ -189,7 +189,7 @@ test("alpine-make-rootfs v0.7.0 with the real apk against the mirror, x86_64 and
   const builder = path.join(dir, "alpine-make-rootfs");
   fs.writeFileSync(builder, script, { mode: 0o755 });
 
-  /** The builder as src/alpine.ts runs it (its environment), with the fixture's apk. */
+  /** The builder as src/rootfs/alpine.ts runs it (its environment), with the fixture's apk. */
   const build = (arch: Arch, dest: string, packages: string[], cache: string) => new Promise<{ code: number; out: string; ms: number }>((resolve) => {
     const start = performance.now();
     const env = { ...builderEnv({ arch, packages, branch: m.branch, mirror: m.url, keysDir: m.keysDir }, cache), APK: m.apk };

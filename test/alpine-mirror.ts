@@ -39,7 +39,7 @@ import type { AddressInfo } from "node:net";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import * as zlib from "node:zlib";
-import { BUILDER } from "../src/alpine";
+import { BUILDER } from "../src/rootfs/alpine";
 import { cacheDir, repo } from "./project";
 
 const run = promisify(execFile);
@@ -160,7 +160,7 @@ export async function buildAlpineMirror(): Promise<BuiltMirror | { unavailable: 
     for (const arch of ARCHES)
       if (arch === hostArch) fs.renameSync(path.join(tmp, `minirootfs-${arch}`), path.join(tmp, "host"));
       else fs.rmSync(path.join(tmp, `minirootfs-${arch}`), { recursive: true, force: true });
-    // Inside the minirootfs's folder: src/alpine.ts shows the builder the folder of its apk.
+    // Inside the minirootfs's folder: src/rootfs/alpine.ts shows the builder the folder of its apk.
     const host = path.join(dir, "host");
     fs.writeFileSync(path.join(tmp, "host", "ramroot-apk"),
       `#!/bin/sh\n# ramroot test fixture: the Alpine ${RELEASE} ${hostArch} minirootfs's own apk-tools, run through its musl loader.\n` +
@@ -740,7 +740,7 @@ function synthetic(arch: Arch, mini: string, tree: TestTree, db: DbPackage[], ow
       debian.efibootmgr.map((r) => copy(tree.dir, r))),
     pkg({ name: "dosfstools", version: "4.2-r2", license: "GPL-3.0-or-later", desc: "empty: no mkfs.vfat or fsck.vfat" }),
     // Not installed by the example: test/alpine-contained.test.ts installs it to see what a
-    // package's script can reach of the build machine (src/alpine.ts runs the builder contained).
+    // package's script can reach of the build machine (src/rootfs/alpine.ts runs the builder contained).
     pkg({ name: "ramroot-escape-probe", version: "1-r0", depends: ["busybox"], scripts: { "post-install": Buffer.from(ESCAPE_PROBE) },
       desc: "a post-install script that tries to leave apk's chroot and reports what it reached in /var/lib/ramroot-escape-probe" },
     // A file: apk runs no script of a package that installs nothing.

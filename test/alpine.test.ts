@@ -8,8 +8,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Project } from "./project";
 import { alpineMirror, type Mirror } from "./alpine-mirror";
-import { hostProblem } from "../src/configure";
-import { parsePackages } from "../src/system";
+import { hostProblem } from "../src/rootfs/configure";
+import { parsePackages } from "../src/rootfs/system";
 
 const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));
 const stage = (artifacts: string[], prefix: string) => artifacts.filter((a) => a.startsWith(prefix + "/"));

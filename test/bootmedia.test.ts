@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import {
   ESP_TYPE, checkPersistImage, listEspImage, makeEspImage, makePersistImage, readPersistFile, writePersistFile,
-} from "../src/bootmedia";
+} from "../src/boot/bootmedia";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 

@@ -1,4 +1,4 @@
-// src/delta.ts on synthetic files: the chunk lists, the deltas, and the files rebuilt from them.
+// src/deploy/delta.ts on synthetic files: the chunk lists, the deltas, and the files rebuilt from them.
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import {
   applyDelta, chunkFile, chunkListOf, computeDelta, DEFAULT_CHUNK_PARAMS, readChunkCache, writeChunkCache, type ChunkList,
-} from "../src/delta";
+} from "../src/deploy/delta";
 
 const KiB = 1024, MiB = 1024 * 1024;
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");

@@ -12,8 +12,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import {
   deployImage, fingerprint, parseDf, parseHostKeys, remoteState, rollback, runOnHost, spaceCheck, waitForBuild, type SshTarget,
-} from "../src/deploy";
-import { chunkFile, writeChunkCache } from "../src/delta";
+} from "../src/deploy/deploy";
+import { chunkFile, writeChunkCache } from "../src/deploy/delta";
 import { rsyncTo, scpTo, startProxy, startSshd, type Proxy, type Sshd } from "./sshd";
 
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");

@@ -9,11 +9,11 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Project, repo } from "./project";
 import { handlers as goprograms } from "../components/goprograms";
-import { configureHash } from "../src/rootfs";
-import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
-import { findGo, goBuildCache, goOwned, layerProblem } from "../src/golayer";
-import { parseProbes, runProbe } from "../src/probe";
-import { CONSOLE_POWEROFF, FW_CFG_WAIT_POWEROFF, HEALTH_HOOK } from "../src/health";
+import { configureHash } from "../src/rootfs/rootfs";
+import { configureRootfs, hostProblem, mountsUnder } from "../src/rootfs/configure";
+import { findGo, goBuildCache, goOwned, layerProblem } from "../src/image/golayer";
+import { parseProbes, runProbe } from "../src/boot/probe";
+import { CONSOLE_POWEROFF, FW_CFG_WAIT_POWEROFF, HEALTH_HOOK } from "../src/boot/health";
 import * as http from "node:http";
 
 const system = path.join(repo, "system");

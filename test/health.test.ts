@@ -1,4 +1,4 @@
-// The guest's health report (src/health.ts): the parser on canned console text, and the script
+// The guest's health report (src/boot/health.ts): the parser on canned console text, and the script
 // itself run by dash and busybox sh on a made-up root (etc/fstab, a mounts file, runlevels and
 // OpenRC's /run/openrc), without booting anything. The boots are in qemu.test.ts and
 // pipeline.test.ts.
@@ -8,8 +8,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { HEALTH_HOOK, HEALTH_HOOK_PATH, HEALTH_SCRIPT, HEALTH_SCRIPT_PATH, healthFiles, parseHealth } from "../src/health";
-import { smallArchive } from "../src/release";
+import { HEALTH_HOOK, HEALTH_HOOK_PATH, HEALTH_SCRIPT, HEALTH_SCRIPT_PATH, healthFiles, parseHealth } from "../src/boot/health";
+import { smallArchive } from "../src/image/release";
 
 const tmpdir = (t: { after(f: () => void): void }) => {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-health-test-"));

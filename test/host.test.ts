@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { qemuCommand, type Arch } from "../src/qemu";
+import { qemuCommand, type Arch } from "../src/boot/qemu";
 import { freePort } from "./sshd";
 import { Project, repo } from "./project";
 import { bootsIn, cli, keyPair, HostProcess, login, ssh, sshArgs, stickFile, stickFsck, testSystemStick, tmpdir } from "./rehearsal";

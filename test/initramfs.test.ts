@@ -8,10 +8,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as zlib from "node:zlib";
-import { buildInitramfs, inspectInitramfs, levelProblem, planInitramfs, writeInitramfs, type Compression } from "../src/initramfs";
-import { NewcReader, type NewcEntry } from "../src/newc";
+import { buildInitramfs, inspectInitramfs, levelProblem, planInitramfs, writeInitramfs, type Compression } from "../src/image/initramfs";
+import { NewcReader, type NewcEntry } from "../src/image/newc";
 import { Store } from "../src/store";
-import { readListing, walk, writeListing } from "../src/walk";
+import { readListing, walk, writeListing } from "../src/image/walk";
 
 const root = process.getuid?.() === 0;
 const EPOCH = 1234567890;
@@ -244,7 +244,7 @@ test("a new link of the tree (as the rootfs's configure stage makes) re-reads on
   const baseListing = path.join(work, "base.listing");
   await writeListing(baseListing, tree, await walk(tree));
   const base = new Map(readListing(baseListing, tree)!.map((r) => [r.name, r]));
-  // As src/rootfs.ts buildConfigured: link, let `change` replace files (the skeleton, setup.sh
+  // As src/rootfs/rootfs.ts buildConfigured: link, let `change` replace files (the skeleton, setup.sh
   // through the overlay), then list the final tree.
   const link = async (name: string, change: (dir: string) => void = () => {}) => {
     const dir = path.join(work, name);

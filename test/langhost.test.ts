@@ -7,7 +7,7 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { repo } from "./project";
-import { findGo, ramrootCache } from "../src/golayer";
+import { findGo, ramrootCache } from "../src/image/golayer";
 
 const dir = path.join(repo, "tools", "pulumi-language-nodejs");
 

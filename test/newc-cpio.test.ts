@@ -8,8 +8,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { encodeNewc, NewcReader, type NewcEntry } from "../src/newc";
-import { reproducible, walk } from "../src/walk";
+import { encodeNewc, NewcReader, type NewcEntry } from "../src/image/newc";
+import { reproducible, walk } from "../src/image/walk";
 import { Random, randomName, randomTarget } from "./unit/random-trees";
 
 const root = process.getuid?.() === 0;

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Project } from "./project";
 import { execFileSync, spawnSync } from "node:child_process";
-import { bootCheck } from "../src/qemu";
+import { bootCheck } from "../src/boot/qemu";
 import { handlers as rootfs } from "../components/rootfs";
 import { handlers as initramfs } from "../components/initramfs";
 import { handlers as uki } from "../components/uki";

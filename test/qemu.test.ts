@@ -5,7 +5,7 @@
 // cleanly: every boot here ends with a clean persistence image (fsck.vfat -n).
 //
 // The initramfs and the UKI are built here with plain tools (cpio | zstd, objcopy), independent
-// of src/initramfs.ts and src/uki.ts, so that this runner is tested on its own.
+// of src/image/initramfs.ts and src/image/uki.ts, so that this runner is tested on its own.
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import { execFile, execFileSync, spawnSync } from "node:child_process";
@@ -14,9 +14,9 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { promisify } from "node:util";
-import { makeEspImage, makePersistImage, readPersistFile, writePersistFile } from "../src/bootmedia";
-import { BootCheckError, bootCheck, cleanConsole, qemuCommand, type Arch } from "../src/qemu";
-import { healthFiles } from "../src/health";
+import { makeEspImage, makePersistImage, readPersistFile, writePersistFile } from "../src/boot/bootmedia";
+import { BootCheckError, bootCheck, cleanConsole, qemuCommand, type Arch } from "../src/boot/qemu";
+import { healthFiles } from "../src/boot/health";
 
 const exec = promisify(execFile);
 const repo = path.resolve(__dirname, "..", "..");

@@ -7,9 +7,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { promisify } from "node:util";
-import { healthFiles } from "../src/health";
-import type { Arch } from "../src/qemu";
-import { writeSecretsLayer, type SecretDecl } from "../src/secrets";
+import { healthFiles } from "../src/boot/health";
+import type { Arch } from "../src/boot/qemu";
+import { writeSecretsLayer, type SecretDecl } from "../src/image/secrets";
 import { repo } from "./project";
 
 const exec = promisify(execFile);
@@ -48,7 +48,7 @@ export interface Stick { stick: string; buildId: string; hostKey: string; client
 /**
  * The test system as the example configures it (its runlevels, the power button's action, sshd's
  * settings), root's key in /root/.ssh, and the host key in a secrets layer written by
- * src/secrets.ts as the Secrets resource writes it; then `ramroot uki` and `ramroot stick write`.
+ * src/image/secrets.ts as the Secrets resource writes it; then `ramroot uki` and `ramroot stick write`.
  */
 export async function testSystemStick(arch: Arch, dir: string, o: { acpid?: boolean } = {}): Promise<Stick> {
   const tree = (await exec("bash", [path.join(repo, "scripts", "testsys.sh"), arch], { maxBuffer: 1 << 20 })).stdout.trim().split("\n").pop()!;

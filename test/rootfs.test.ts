@@ -10,12 +10,12 @@ import * as http from "node:http";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Project, repo } from "./project";
-import { EXEC_DIRS, notExecutable, parsePackages, repositoryTags, SystemError, validateSystem } from "../src/system";
-import { configureRootfs, hostProblem, mountsUnder } from "../src/configure";
-import { APK_STATIC, apkProblem, BUILDER, builderEnv, fetchApkStatic, fetchBuilder, stripColour } from "../src/alpine";
+import { EXEC_DIRS, notExecutable, parsePackages, repositoryTags, SystemError, validateSystem } from "../src/rootfs/system";
+import { configureRootfs, hostProblem, mountsUnder } from "../src/rootfs/configure";
+import { APK_STATIC, apkProblem, BUILDER, builderEnv, fetchApkStatic, fetchBuilder, stripColour } from "../src/rootfs/alpine";
 import { Store } from "../src/store";
-import { listingFile, makeMountPoints } from "../src/rootfs";
-import { readListing, walk } from "../src/walk";
+import { listingFile, makeMountPoints } from "../src/rootfs/rootfs";
+import { readListing, walk } from "../src/image/walk";
 import { handlers as rootfs } from "../components/rootfs";
 
 const built = (p: Project, since: number) => p.journal().slice(since).filter((e) => e.event === "built").map((e) => String(e.artifact));

@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { execFileSync } from "node:child_process";
 import { Project } from "./project";
-import { parseSecrets, SALT_PATH, writeSecretsLayer } from "../src/secrets";
+import { parseSecrets, SALT_PATH, writeSecretsLayer } from "../src/image/secrets";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const files = (dir: string): string[] => (fs.existsSync(dir) ? fs.readdirSync(dir, { recursive: true }).map((f) => path.join(dir, String(f))).filter((f) => fs.lstatSync(f).isFile()) : []);

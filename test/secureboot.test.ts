@@ -1,4 +1,4 @@
-// Secure Boot end to end: the boot check's enforcing firmware (src/qemu.ts) on both
+// Secure Boot end to end: the boot check's enforcing firmware (src/boot/qemu.ts) on both
 // architectures with a small UKI (the test system's kernel and stub, a busybox /init that prints
 // a marker and powers off): signed with the key in db it boots; unsigned, signed by another
 // key, or with one byte of .cmdline changed after signing, the firmware refuses it and the
@@ -15,10 +15,10 @@ import { createPrivateKey } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildUki, inspectUki, kernelRelease } from "../src/uki";
-import { makeEspImage, type Arch } from "../src/bootmedia";
-import { bootCheck, BootCheckError, qemuCommand, secureBootVarsProblem } from "../src/qemu";
-import { assertSignedBy, signUki, verifyUki } from "../src/sign";
+import { buildUki, inspectUki, kernelRelease } from "../src/image/uki";
+import { makeEspImage, type Arch } from "../src/boot/bootmedia";
+import { bootCheck, BootCheckError, qemuCommand, secureBootVarsProblem } from "../src/boot/qemu";
+import { assertSignedBy, signUki, verifyUki } from "../src/image/sign";
 import { Project, repo } from "./project";
 
 const SNAKEOIL = { key: "/usr/share/ovmf/PkKek-1-snakeoil.key", cert: "/usr/share/ovmf/PkKek-1-snakeoil.pem", passphrase: "snakeoil" };
@@ -33,7 +33,7 @@ function testsys(arch: Arch): string {
 }
 
 // Every form in which the key could leak: its PEM lines as stored (encrypted) and decrypted
-// (what src/sign.ts hands to sbsign), and its DER encodings.
+// (what src/image/sign.ts hands to sbsign), and its DER encodings.
 function secretsOf(file: string, passphrase?: string): Buffer[] {
   const pem = fs.readFileSync(file);
   const k = createPrivateKey({ key: pem, passphrase });

@@ -12,11 +12,11 @@ import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildUki } from "../src/uki";
-import { authenticodeDigest, readSignatures } from "../src/authenticode";
-import { efiSignatureList, EFI_CERT_X509_GUID, guidBytes, ownerFor, signUki, verifyUki, writeEnrollmentFiles } from "../src/sign";
+import { buildUki } from "../src/image/uki";
+import { authenticodeDigest, readSignatures } from "../src/image/authenticode";
+import { efiSignatureList, EFI_CERT_X509_GUID, guidBytes, ownerFor, signUki, verifyUki, writeEnrollmentFiles } from "../src/image/sign";
 import { repo } from "./project";
-import { deployImage } from "../src/deploy";
+import { deployImage } from "../src/deploy/deploy";
 
 const STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const ramroot = (...args: string[]) => spawnSync(path.join(repo, "bin", "ramroot"), args, { encoding: "utf8" });

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, before, test } from "node:test";
-import { hashTree, type TreeHashStats } from "../src/treehash";
+import { hashTree, type TreeHashStats } from "../src/rootfs/treehash";
 
 let work: string;
 let tree: string;

@@ -14,11 +14,11 @@ import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { promisify } from "node:util";
-import { IMAGE_FILE_LOCAL_SYMS_STRIPPED, parsePe, unsectioned } from "../src/pe";
-import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelArch, kernelProblem, kernelRelease, UkiInput, validateCmdline } from "../src/uki";
-import { authenticodeDigest, readSignatures } from "../src/authenticode";
-import { signUki, verifyUki } from "../src/sign";
-import { makeEspImage } from "../src/bootmedia";
+import { IMAGE_FILE_LOCAL_SYMS_STRIPPED, parsePe, unsectioned } from "../src/image/pe";
+import { buildUki, COMMAND_LINE_SIZE, inspectUki, kernelArch, kernelProblem, kernelRelease, UkiInput, validateCmdline } from "../src/image/uki";
+import { authenticodeDigest, readSignatures } from "../src/image/authenticode";
+import { signUki, verifyUki } from "../src/image/sign";
+import { makeEspImage } from "../src/boot/bootmedia";
 
 const execFile = promisify(execFileCb);
 const repo = path.resolve(__dirname, "..", "..");
@@ -147,7 +147,7 @@ function objcopySection(objcopy: string, file: string, name: string): Buffer {
   return fs.readFileSync(out);
 }
 
-// The PE checksum, written independently of src/pe.ts: whole file in memory, 16-bit words.
+// The PE checksum, written independently of src/image/pe.ts: whole file in memory, 16-bit words.
 function referenceChecksum(buf: Buffer): number {
   const field = buf.readUInt32LE(0x3c) + 24 + 64;
   let sum = 0;

@@ -2,7 +2,7 @@
 // time), and the delta from each to the new image: each chunk list and delta worked out once,
 // chunk lists from the cache where they are there.
 import * as fs from "node:fs";
-import { chunkFile, chunkListOf, computeDelta, type ChunkList, type Delta } from "../delta";
+import { chunkFile, chunkListOf, computeDelta, type ChunkList, type Delta } from "./delta";
 import type { Log } from "./ssh-session";
 
 /** A local file that may be the host's current image. */

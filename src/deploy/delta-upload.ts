@@ -1,9 +1,9 @@
-// Writing the new image on the host from a delta (src/delta.ts): the ranges it shares with the
+// Writing the new image on the host from a delta (src/deploy/delta.ts): the ranges it shares with the
 // host's current image are copied there by the SFTP server (the copy-data extension, OpenSSH
 // >= 9.0), only the rest is sent.
 import * as fs from "node:fs";
 import type { SFTPWrapper } from "ssh2";
-import type { Delta } from "../delta";
+import type { Delta } from "./delta";
 import { sftpCall, sftpFeatures } from "./ssh-session";
 
 /** Runs fn over items with at most `limit` at a time; stops taking new items after a failure; rejects with the first. */

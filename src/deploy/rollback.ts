@@ -1,7 +1,7 @@
 // Rollback: P and P.prev change places on the host, so the previous image boots again and a
 // second rollback returns to the newer one. Refused, changing nothing, unless both are PE
 // images for the host's architecture.
-import { peMachine } from "../pe";
+import { peMachine } from "../image/pe";
 import { HostProtocol, hostFiles, type HostState } from "./host-protocol";
 import { withSession, type Log, type SshTarget } from "./ssh-session";
 import { mb, spaceCheck } from "./space";

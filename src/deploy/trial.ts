@@ -1,7 +1,7 @@
 // Deploys that reboot the host and check what comes back, and trial boots (issue 14, parts 3-4).
 //
 // A reboot deploy replaces P as deployImage does, reboots the host and waits for a new boot (a
-// new kernel boot id) that reports the new build and a healthy report (src/health.ts; the guest
+// new kernel boot id) that reports the new build and a healthy report (src/boot/health.ts; the guest
 // keeps it in /run/ramroot/health).
 //
 // A trial deploy never touches P until the new build has come up healthy:
@@ -13,7 +13,7 @@
 //      the entry the firmware booted (src/deploy/load-option.ts), and BootNext = that entry;
 //   4. reboot: the firmware boots the trial once and forgets BootNext;
 //   5. the host answers on the new build, healthy: confirmed (its trial timer stands down, see
-//      src/trial-timer.ts), then promoted: trial.efi renamed to P.ramroot-new and committed by
+//      src/deploy/trial-timer.ts), then promoted: trial.efi renamed to P.ramroot-new and committed by
 //      the deploy (P.prev keeps the old image), the entry removed;
 //      it answers on another build (a panic rebooted it: panic=N; the trial timer did): the
 //      entry and the trial image are removed and the deploy fails, naming both builds.
@@ -21,7 +21,7 @@
 // bootable default.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { parseHealth, type HealthReport } from "../health";
+import { parseHealth, type HealthReport } from "../boot/health";
 import { HostProtocol, hostFiles } from "./host-protocol";
 import { runOnHost } from "./host-commands";
 import {
@@ -275,7 +275,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   await host((h) => h.trialRemove(`${trial}.prev`)); // a leftover trial image kept by that deploy: not needed
   log(`${trial}: build ${buildId} written, flushed, verified`);
 
-  // 3. The boot entry (the trial's mark too: see src/trial-timer.ts) and BootNext.
+  // 3. The boot entry (the trial's mark too: see src/deploy/trial-timer.ts) and BootNext.
   const current = await hostStatus(t);
   if (current.bootCurrent === undefined) throw new Error(`${t.host}: no BootCurrent variable: the firmware does not say which entry it booted, so no trial entry can be made (set ramroot:trialBoot false)`);
   const booted = bootedEntry(st, current.bootCurrent, t.host);

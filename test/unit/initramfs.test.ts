@@ -1,4 +1,4 @@
-// src/initramfs.ts on small trees, with Node alone: what is refused before anything is encoded
+// src/image/initramfs.ts on small trees, with Node alone: what is refused before anything is encoded
 // (and how it is said), and inspect's cutting of a concatenated image into its members.
 // test/initramfs.test.ts builds a tricky tree and has GNU cpio, gzip and zstd check the result.
 import { after, before, test } from "node:test";
@@ -6,10 +6,10 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { inspectInitramfs, inspectProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../../src/initramfs";
-import { encodeNewc, type NewcRecord } from "../../src/newc";
-import { hashTree } from "../../src/treehash";
-import { walk } from "../../src/walk";
+import { inspectInitramfs, inspectProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../../src/image/initramfs";
+import { encodeNewc, type NewcRecord } from "../../src/image/newc";
+import { hashTree } from "../../src/rootfs/treehash";
+import { walk } from "../../src/image/walk";
 
 const EPOCH = 1234567890;
 let work: string;

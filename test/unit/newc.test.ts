@@ -1,4 +1,4 @@
-// src/newc.ts in memory: random archives encoded and read back field by field and byte by byte,
+// src/image/newc.ts in memory: random archives encoded and read back field by field and byte by byte,
 // in any split of the bytes; the reader's refusals; and the archive's length it reports.
 // test/newc-cpio.test.ts has GNU cpio read the same kind of archives from real trees.
 import { test } from "node:test";
@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { encodedSize, encodeNewc, NewcReader, TRAILER, type NewcEntry, type NewcRecord } from "../../src/newc";
+import { encodedSize, encodeNewc, NewcReader, TRAILER, type NewcEntry, type NewcRecord } from "../../src/image/newc";
 import { Random, randomName, randomTarget } from "./random-trees";
 
 const S_IFMT = 0o170000;

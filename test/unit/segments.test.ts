@@ -1,9 +1,9 @@
-// The segmentation rule (src/segments.ts) on records made up in memory: where segments start
+// The segmentation rule (src/image/segments.ts) on records made up in memory: where segments start
 // and end, what a change moves, and where hard-linked names go.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { WalkRecord } from "../../src/walk";
-import { segmentRecords, splitSegments, type SegmentRange } from "../../src/segments";
+import type { WalkRecord } from "../../src/image/walk";
+import { segmentRecords, splitSegments, type SegmentRange } from "../../src/image/segments";
 
 const SPLIT = 1 << 20;
 const dir = (name: string): WalkRecord => ({ name, mode: 0o40755, uid: 0, gid: 0, nlink: 2, mtime: 0, ino: 0, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: 0 });

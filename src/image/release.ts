@@ -3,7 +3,7 @@
 // carry the same id and a running system can say exactly which build it is: `. /etc/os-release;
 // echo $BUILD_ID`, or /etc/ramroot-release. The files travel in a small extra initrd member
 // appended after the rootfs segments, so the rootfs segments stay byte-identical across builds.
-// The same member carries ramroot's health report (src/health.ts).
+// The same member carries ramroot's health report (src/boot/health.ts).
 import { encodeNewc, type NewcRecord } from "./newc";
 
 export function buildIdOf(ukiHash: string): string {

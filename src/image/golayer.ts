@@ -24,8 +24,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { NewcRecord } from "./newc";
 import type { Compression } from "./compress-worker";
-import { ARCHES, archProblem, type Arch } from "./arch";
-import { run } from "./run";
+import { ARCHES, archProblem, type Arch } from "../arch";
+import { run } from "../run";
 
 
 /** Where the programs go in the image. */

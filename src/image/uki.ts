@@ -6,7 +6,7 @@
 // written under a temporary name, then renamed. The output is a function of the inputs only:
 // the stub's TimeDateStamp is kept and nothing else carries a time.
 //
-// The UKI holds the headers and sections and nothing else (see src/pe.ts), so that every
+// The UKI holds the headers and sections and nothing else (see src/image/pe.ts), so that every
 // Authenticode implementation computes the same digest for it. What the stub carries outside
 // its sections is dropped, except two things found there that belong in sections, as the x86_64
 // stub has them: its SBAT data (Debian's linuxaa64.efi.stub keeps it past its last section,

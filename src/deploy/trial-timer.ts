@@ -1,6 +1,6 @@
 // The trial timer: what makes a trial boot fall back by itself when its userland comes up but
 // the deployer cannot confirm it (no SSH, no network, a service that hangs the boot's end).
-// ramroot adds it to every image beside the health report (src/health.ts's healthFiles).
+// ramroot adds it to every image beside the health report (src/boot/health.ts's healthFiles).
 //
 // A trial (src/deploy/trial.ts) is a boot entry the deployer made for the new image, booted once
 // through BootNext: its description is "ramroot trial BUILD ramroot-trial-seconds=SECONDS" (not
@@ -13,13 +13,13 @@
 // boots its default, the untouched image. Any other boot, and an image booted without UEFI, is
 // left alone. A kernel panic is the cmdline's business (panic=N), a hang before the local
 // service a hardware watchdog's.
-import { GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY } from "./deploy/load-option";
+import { GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY } from "./load-option";
 
 export const TRIAL_TIMER_PATH = "etc/local.d/00-ramroot-trial.start";
 export const TRIAL_CONFIRMED = "/run/ramroot/trial-confirmed";
 
 export const TRIAL_TIMER = `#!/bin/sh
-# ramroot's trial timer (src/trial-timer.ts): when this boot is a trial the deployer has not
+# ramroot's trial timer (src/deploy/trial-timer.ts): when this boot is a trial the deployer has not
 # confirmed within the time it set, reboot to the firmware's default entry.
 vars=/sys/firmware/efi/efivars
 [ -d "$vars" ] || exit 0

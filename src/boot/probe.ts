@@ -2,7 +2,7 @@
 // in the stack config (ramroot:probes), made after the guest reports healthy. QEMU's user
 // networking forwards each guest port from a free port on 127.0.0.1 only (nothing else on the
 // network reaches the guest); the guest waits with its power-off until the probes are done
-// (src/health.ts: wait-then-poweroff).
+// (src/boot/health.ts: wait-then-poweroff).
 //
 //   ramroot:probes: [{"service": "srvmonitor", "port": 80, "path": "/uptime", "expect": "up"}]
 //

@@ -5,8 +5,8 @@
 // - it is the signer the firmware is known to accept: a UKI signed by it boots under OVMF and
 //   AAVMF with Secure Boot enforced (test/uki.test.ts boots both architectures), and it is what
 //   ukify, mkosi and Debian's own signing use;
-// - ramroot's UKIs hold nothing outside their headers and sections (src/pe.ts), so sbsign,
-//   osslsigncode, sbverify, EDK2 and src/authenticode.ts compute one digest for them; the tests
+// - ramroot's UKIs hold nothing outside their headers and sections (src/image/pe.ts), so sbsign,
+//   osslsigncode, sbverify, EDK2 and src/image/authenticode.ts compute one digest for them; the tests
 //   sign each architecture's UKI with sbsign and with osslsigncode and compare (measured
 //   before that change: osslsigncode computed another digest than sbsign/sbverify for both
 //   architectures, x86_64 FA4DA237... against DC19EE07..., so its signatures were refused);
@@ -23,8 +23,8 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { authenticodeDigest, AuthenticodeSignature, outsideSections, readPe, readSignatures } from "./authenticode";
-import { run } from "./run";
-import { writeFileAtomic } from "./store";
+import { run } from "../run";
+import { writeFileAtomic } from "../store";
 
 export interface SigningKey {
   /** The private key, PEM or DER (PKCS#8, PKCS#1), RSA. */

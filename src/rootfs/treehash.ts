@@ -15,8 +15,8 @@ import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { notUtf8 } from "./walk";
-import { writeFileAtomicSync } from "./store";
+import { notUtf8 } from "../image/walk";
+import { writeFileAtomicSync } from "../store";
 
 export interface TreeHashOptions {
   /** Every entry counts as owned by 0:0 (skeleton files of a distribution belong to root). */

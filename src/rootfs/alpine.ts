@@ -17,10 +17,10 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { Store } from "./store";
-import { sha256 } from "./store";
+import type { Store } from "../store";
+import { sha256 } from "../store";
 import { checkHost, hostArch, KEPT_CAPS } from "./configure";
-import { run } from "./run";
+import { run } from "../run";
 
 export const BUILDER = {
   name: "alpine-make-rootfs",

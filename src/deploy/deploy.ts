@@ -11,7 +11,7 @@
 //   ramroot-host.sh     the host's half (POSIX sh): its files, verbs, state lines and commands
 //   host-protocol.ts    its typed client (conversation.ts: the line protocol under it)
 //   upload.ts           the whole image: SFTP, or the script's stdin
-//   bases.ts            local images the host may hold, and the deltas from them (src/delta.ts)
+//   bases.ts            local images the host may hold, and the deltas from them (src/deploy/delta.ts)
 //   delta-upload.ts     a delta written on the host: copies there (SFTP copy-data), the rest sent
 //   speculation.ts      a delta written while the host is still hashing its image
 //   space.ts            free space on the stick
@@ -33,22 +33,22 @@
 import * as fs from "node:fs";
 import type { SFTPWrapper } from "ssh2";
 import { chunkFile, writeChunkCache, type ChunkList } from "./delta";
-import { Bases, type Base, type BaseDelta, type DeployBase, type LocalImage } from "./deploy/bases";
-import { writeDelta } from "./deploy/delta-upload";
-import { HostProtocol, hostFiles, type HostChannel, type HostFiles, type HostState } from "./deploy/host-protocol";
-import { Speculation } from "./deploy/speculation";
-import { sftpFeatures, withSession, type Log, type Session, type SshTarget } from "./deploy/ssh-session";
-import { mb, spaceCheck } from "./deploy/space";
-import { uploadWhole } from "./deploy/upload";
-import { assertSignedBy } from "./sign";
+import { Bases, type Base, type BaseDelta, type DeployBase, type LocalImage } from "./bases";
+import { writeDelta } from "./delta-upload";
+import { HostProtocol, hostFiles, type HostChannel, type HostFiles, type HostState } from "./host-protocol";
+import { Speculation } from "./speculation";
+import { sftpFeatures, withSession, type Log, type Session, type SshTarget } from "./ssh-session";
+import { mb, spaceCheck } from "./space";
+import { uploadWhole } from "./upload";
+import { assertSignedBy } from "../image/sign";
 
-export { DEFAULT_PATH, type Log, type SshTarget } from "./deploy/ssh-session";
-export { fingerprint, parseHostKeys } from "./deploy/host-keys";
-export { parseDf, spaceCheck, type DfSpace } from "./deploy/space";
-export { bootArch, rollback } from "./deploy/rollback";
-export { runOnHost, waitForBuild } from "./deploy/host-commands";
-export { hostStatus, rebootInto, trialDeploy, trialPath, trialSupport, type TrialOptions } from "./deploy/trial";
-export type { DeployBase } from "./deploy/bases";
+export { DEFAULT_PATH, type Log, type SshTarget } from "./ssh-session";
+export { fingerprint, parseHostKeys } from "./host-keys";
+export { parseDf, spaceCheck, type DfSpace } from "./space";
+export { bootArch, rollback } from "./rollback";
+export { runOnHost, waitForBuild } from "./host-commands";
+export { hostStatus, rebootInto, trialDeploy, trialPath, trialSupport, type TrialOptions } from "./trial";
+export type { DeployBase } from "./bases";
 
 export interface RemoteState {
   /** sha256 (hex) of the file at the target path; undefined when there is none. */
@@ -84,7 +84,7 @@ export interface DeployOptions {
    */
   bases?: Array<string | DeployBase>;
   /**
-   * A folder for chunk lists by sha256 (src/delta.ts), e.g. the store's cache/chunks: a base
+   * A folder for chunk lists by sha256 (src/deploy/delta.ts), e.g. the store's cache/chunks: a base
    * listed there is not read again, and the list of the image deployed now is kept for the next
    * deploy (computed during a full upload, too).
    */

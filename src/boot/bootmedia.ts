@@ -15,10 +15,10 @@ import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { sha256File } from "./store";
-import { removablePath, type Arch } from "./arch";
+import { sha256File } from "../store";
+import { removablePath, type Arch } from "../arch";
 
-export type { Arch } from "./arch";
+export type { Arch } from "../arch";
 
 /** GPT partition type of an EFI System Partition. */
 export const ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";

@@ -28,10 +28,10 @@ import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { removeTree } from "./store";
-import { goOwned } from "./golayer";
-import { hostArch } from "./arch";
-import { run as runProgram } from "./run";
+import { removeTree } from "../store";
+import { goOwned } from "../image/golayer";
+import { hostArch } from "../arch";
+import { run as runProgram } from "../run";
 
 export interface ConfigureOptions {
   /** The stage-1 tree (read only: it is linked, never written). */
@@ -164,7 +164,7 @@ interface NamespaceJob {
   /** With `overlay`: the file made when the overlay cannot be mounted (setup.sh has not run then). */
   noOverlay?: string;
   /**
-   * Paths under /mnt that setup.sh does not see: the Go module's files (src/golayer.ts), which are
+   * Paths under /mnt that setup.sh does not see: the Go module's files (src/image/golayer.ts), which are
    * not part of this stage's key. A folder is covered by an empty read-only tmpfs, a file by /dev/null.
    */
   hide?: string[];
@@ -365,7 +365,7 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .filter((m) => m === real || m.startsWith(real + "/"));
 }
 
-export { hostArch } from "./arch";
+export { hostArch } from "../arch";
 
 /**
  * Why this host cannot run `arch` programs in a chroot as root, or undefined when it can. A

@@ -19,7 +19,7 @@ export interface WalkRecord extends NewcRecord {
    */
   stamp?: [dev: number, ino: number, mtimeMs: number, ctimeMs: number];
 }
-import { writeFileAtomic } from "./store";
+import { writeFileAtomic } from "../store";
 
 export interface WalkOptions {
   /** Paths relative to the tree ("boot", "var/cache") left out with everything under them. */

@@ -29,7 +29,7 @@
 // (/run/openrc/failed/), or as neither started nor starting (stopped; inactive); services that
 // are fine are not listed. The result line ends the report and counts what came before.
 import { createHash } from "node:crypto";
-import { trialTimerFiles } from "./trial-timer";
+import { trialTimerFiles } from "../deploy/trial-timer";
 
 export const HEALTH_FORMAT = 1;
 /** Paths inside the image. */
@@ -52,7 +52,7 @@ const PREFIX = "ramroot-health:";
 const sh = (s: TemplateStringsArray, ...v: unknown[]) => String.raw(s, ...v).replace(/\\\$\{/g, "${");
 
 export const HEALTH_SCRIPT = sh`#!/bin/sh
-# ramroot's health report (written into every image by ramroot: src/health.ts). Prints:
+# ramroot's health report (written into every image by ramroot: src/boot/health.ts). Prints:
 #   ramroot-health: begin 1 build=<build id>
 #   ramroot-health: mount ok|missing|readonly <mount point> <source> <type>[ optional=nofail|network]
 #   ramroot-health: service failed|stopped|inactive <service> <runlevel>
@@ -142,7 +142,7 @@ printf '%s' "$out"
 `;
 
 export const HEALTH_HOOK = sh`#!/bin/sh
-# ramroot (src/health.ts): the health report at the end of boot, run by OpenRC's local service
+# ramroot (src/boot/health.ts): the health report at the end of boot, run by OpenRC's local service
 # (rc-update add local default). The report goes to the console and to /run/ramroot/health.
 # Under ramroot's QEMU boot check, and only there, the guest then powers itself off cleanly:
 # QEMU passes ${FW_CFG_AFTER_BOOT}=${FW_CFG_POWEROFF} through fw_cfg, a device no real machine has.

@@ -1,5 +1,5 @@
 // The segmentation rule: how a tree's records (in walk order) are cut into the whole newc
-// archives an initramfs concatenates (src/initramfs.ts). Pure: names, modes, sizes and link keys
+// archives an initramfs concatenates (src/image/initramfs.ts). Pure: names, modes, sizes and link keys
 // in, ranges of records out; nothing is read or written.
 import * as path from "node:path";
 import { encodedSize } from "./newc";

@@ -30,7 +30,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ARCH_SPECS, cleanConsole, qemuCommand, type Arch } from "./qemu";
 import { ESP_TYPE } from "./bootmedia";
-import { ARCH_NAMES, ARCHES, removablePath } from "./arch";
+import { ARCH_NAMES, ARCHES, removablePath } from "../arch";
 
 export interface HostOptions {
   /** The stick: an image file (or a block device), attached writable. */

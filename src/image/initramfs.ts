@@ -15,7 +15,7 @@ import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
 import { encodedSize, NewcReader, TRAILER, unarchivable } from "./newc";
 import type { WalkRecord } from "./walk";
-import { removeTree, writeFileAtomic, type Store } from "./store";
+import { removeTree, writeFileAtomic, type Store } from "../store";
 import { DEFAULT_SPLIT_BYTES, segmentRecords, splitSegments, type SegmentRange } from "./segments";
 import { excludeRecords, readListing, reproducible, walk } from "./walk";
 
@@ -43,9 +43,9 @@ export interface InitramfsOptions {
    */
   cacheDir?: string;
   /**
-   * The tree's listing (src/walk.ts writeListing), taken when the tree was made: read instead
+   * The tree's listing (src/image/walk.ts writeListing), taken when the tree was made: read instead
    * of walking the tree, if it belongs to this very folder. Only for trees nothing writes to
-   * afterwards, as the store's rootfs trees (src/rootfs.ts buildConfigured): a change made
+   * afterwards, as the store's rootfs trees (src/rootfs/rootfs.ts buildConfigured): a change made
    * after the listing would go unseen. Its stamps are what the fingerprints use, so a rootfs
    * that is a new copy of its packages tree keeps the fingerprints of the files it left alone.
    */

@@ -1,7 +1,7 @@
 // Authenticode, the signature format UEFI Secure Boot checks, read in TypeScript: the image
 // digest a signature covers (computed as EDK2's DxeImageVerificationLib does, streamed), and the
 // signatures in a PE's certificate table (PKCS#7 SignedData around an SpcIndirectDataContent
-// that holds the digest). Nothing here signs or checks a signature's cryptography: src/sign.ts
+// that holds the digest). Nothing here signs or checks a signature's cryptography: src/image/sign.ts
 // does both with sbsigntool, and this module is how ramroot tells what a signed UKI covers and
 // who signed it.
 //
@@ -9,7 +9,7 @@
 // certificate table's directory entry, then each section's raw data in file order, then
 // whatever lies between the last section and the certificate table. Implementations differ on
 // bytes that no section holds between sections (osslsigncode hashes the file linearly, EDK2 and
-// sbsign section by section): ramroot's UKIs have none (src/pe.ts), so all of them agree.
+// sbsign section by section): ramroot's UKIs have none (src/image/pe.ts), so all of them agree.
 import { createHash, X509Certificate } from "node:crypto";
 import * as fs from "node:fs/promises";
 import { parsePe, PeHeaders, stringTableOffset, unsectioned, Unsectioned } from "./pe";

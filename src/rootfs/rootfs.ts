@@ -2,23 +2,23 @@
 // inputs, so that editing the skeleton reruns only the second:
 //
 //   1. packages   rootfs-packages/<hash1>/  the declared packages installed by alpine-make-rootfs
-//                 (src/alpine.ts), or a base tree extracted from a tarball or copied from a
+//                 (src/rootfs/alpine.ts), or a base tree extracted from a tarball or copied from a
 //                 folder (named by the hash of its contents).
 //   2. configure  rootfs/<hash2>/  stage 1 as hard links, the skeleton over it, setup.sh run in
-//                 a chroot (src/configure.ts). hash2 covers hash1, so a package change reruns both.
+//                 a chroot (src/rootfs/configure.ts). hash2 covers hash1, so a package change reruns both.
 //
-// Each tree has its listing beside it (<tree>.listing, src/walk.ts), taken once it is final.
+// Each tree has its listing beside it (<tree>.listing, src/image/walk.ts), taken once it is final.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { sha256, sha256File, type Store } from "./store";
+import { sha256, sha256File, type Store } from "../store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfs } from "./configure";
-import type { WalkRecord } from "./walk";
-import { readListing, walk, writeListing } from "./walk";
+import type { WalkRecord } from "../image/walk";
+import { readListing, walk, writeListing } from "../image/walk";
 import { hashTree } from "./treehash";
 import { mountEntries, parseFstab } from "./fstab";
-import { goOwned } from "./golayer";
-import { run } from "./run";
+import { goOwned } from "../image/golayer";
+import { run } from "../run";
 
 /** Where stage 1 comes from. */
 export type Source =
@@ -35,7 +35,7 @@ export interface RootfsSpec {
   setup?: string;
   /** The system folder (absolute): hashed for stage 2, minus packages (stage 1) and secrets (their own layer). */
   system?: string;
-  /** Where tree hashes remember file hashes (src/treehash.ts), so a no-op preview reads nothing. */
+  /** Where tree hashes remember file hashes (src/rootfs/treehash.ts), so a no-op preview reads nothing. */
   hashCache?: string;
   /** setup.sh gets the host's network (default: none). */
   setupNetwork?: boolean;
@@ -70,7 +70,7 @@ export async function packagesHash(spec: RootfsSpec): Promise<string> {
 /** The stage-2 key: stage 1, the skeleton, setup.sh and whatever else of system/ setup.sh can read at /mnt. */
 export async function configureHash(spec: RootfsSpec, stage1: string): Promise<string> {
   const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
-  // The Go module's files are the Go layer's (src/golayer.ts), not this stage's.
+  // The Go module's files are the Go layer's (src/image/golayer.ts), not this stage's.
   const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets", ...goOwned(spec.system)], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
   // With the network, setup.sh may fetch things: another build.
@@ -164,7 +164,7 @@ export async function stage1Records(stage1: string): Promise<Map<string, WalkRec
 }
 
 /**
- * The tree's listing (src/walk.ts), taken once it is final, so that the initramfs reads one
+ * The tree's listing (src/image/walk.ts), taken once it is final, so that the initramfs reads one
  * file instead of walking the tree again. Beside the tree, not in it (it would end up in the
  * initramfs). Without it (a crash just before it is written, a name the walk refuses) the
  * initramfs walks the tree: slower, never wrong.

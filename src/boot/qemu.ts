@@ -6,7 +6,7 @@
 // QEMU always runs with TCG (the build machines' KVM cannot run stock firmware). A failed boot
 // never ends by itself (the firmware falls through to a shell and waits), so bootCheck watches
 // the serial console for a marker under a timeout and kills qemu in every case where it does
-// not exit by itself. With `health` it also waits for the guest's health report (src/health.ts)
+// not exit by itself. With `health` it also waits for the guest's health report (src/boot/health.ts)
 // and fails on the problems it names; with `powerOff` it asks the guest, through a QEMU fw_cfg
 // item no real machine has, to power off cleanly after the report, waits for qemu to exit, and
 // checks that the persistence image is clean (fsck.vfat -n).
@@ -204,7 +204,7 @@ export interface BootOptions {
    */
   exitGraceMs?: number;
   /**
-   * Wait for ramroot's health report (src/health.ts) as well as the marker; a problem it names
+   * Wait for ramroot's health report (src/boot/health.ts) as well as the marker; a problem it names
    * (a local mount missing, a service that failed) fails the check.
    */
   health?: boolean;
@@ -217,7 +217,7 @@ export interface BootOptions {
   /** With powerOff: how long the guest may take from its report to qemu's exit. Default 60 s. */
   exitTimeoutMs?: number;
   /**
-   * With powerOff: HTTP probes of the guest's services (src/probe.ts), made once it reports
+   * With powerOff: HTTP probes of the guest's services (src/boot/probe.ts), made once it reports
    * healthy. The guest gets user networking, each probed port forwarded from a free port on
    * 127.0.0.1 only, and fw_cfg asks it to wait with its power-off (wait-then-poweroff) until the
    * host writes CONSOLE_POWEROFF on the console, after the probes. A failed probe fails the check.

@@ -13,9 +13,9 @@ import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { PERSIST_VOLUME_ID, writeEsp, type Arch } from "./bootmedia";
-import { peMachine } from "./pe";
-import { sha256File } from "./store";
-import { ARCH_NAMES, isArch } from "./arch";
+import { peMachine } from "../image/pe";
+import { sha256File } from "../store";
+import { ARCH_NAMES, isArch } from "../arch";
 
 const MiB = 1024 * 1024;
 

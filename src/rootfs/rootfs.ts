@@ -67,6 +67,9 @@ export async function packagesHash(spec: RootfsSpec): Promise<string> {
   }
 }
 
+/** The configured tree's format: the first thing its hash covers, and the Rootfs resource's version. */
+export const ROOTFS_FORMAT = "rootfs/3";
+
 /** The stage-2 key: stage 1, the skeleton, setup.sh and whatever else of system/ setup.sh can read at /mnt. */
 export async function configureHash(spec: RootfsSpec, stage1: string): Promise<string> {
   const skel = spec.skeleton ? await hashTree(spec.skeleton, { rootOwned: true, cacheDir: spec.hashCache }) : "";
@@ -74,7 +77,7 @@ export async function configureHash(spec: RootfsSpec, stage1: string): Promise<s
   const sys = spec.system ? await hashTree(spec.system, { rootOwned: true, exclude: ["packages", "secrets", ...goOwned(spec.system)], cacheDir: spec.hashCache }) : "";
   const setup = spec.setup ? sha256(await fs.readFile(spec.setup)) : "";
   // With the network, setup.sh may fetch things: another build.
-  return sha256(JSON.stringify(["rootfs/3", spec.arch, stage1, skel, sys, setup, ...(spec.setupNetwork ? ["network"] : [])]));
+  return sha256(JSON.stringify([ROOTFS_FORMAT, spec.arch, stage1, skel, sys, setup, ...(spec.setupNetwork ? ["network"] : [])]));
 }
 
 export interface Built { path: string; built: boolean }

@@ -2,7 +2,7 @@
 // inputs. The hash is computed in check(), which runs during preview, so `pulumi preview` shows
 // the hash before and after for exactly the layers that change; diff is keyed on it; create and
 // update are the same idempotent build (an update may meet its result already in the store); a
-// change of provider version alone is an update, not a replacement (a replacement would delete
+// change of the layer's format alone is an update, not a replacement (a replacement would delete
 // first); delete leaves the store alone because another stack may hold the same artifact.
 import type * as pulumi from "@pulumi/pulumi";
 import type { Handlers } from "./adapter";
@@ -30,7 +30,13 @@ export class InputError extends Error {
 
 export interface ArtifactSpec<I extends Record<string, any>, O extends Record<string, any>> {
   kind: string;
-  version: number;
+  /**
+   * The layer's format, `KIND/N`: its one version knob. Every hash of the layer starts with it,
+   * and the state records it (providerVersion), so a new N makes new artifacts and updates the
+   * resource (never a replacement, which would delete first). Bump it when what the layer makes,
+   * or the outputs it reports, change for the same inputs.
+   */
+  format: string;
   /**
    * Reports bad input: each problem through `fail`, so that preview names every one at once
    * (throwing an InputError reports that one and stops). Runs in every check, also in preview
@@ -137,6 +143,7 @@ function defined(o: Record<string, any>): Record<string, any> {
 }
 
 export function artifactHandlers<I extends Record<string, any>, O extends Record<string, any>>(spec: ArtifactSpec<I, O>): Handlers {
+  if (!new RegExp(`^${spec.kind}/[0-9]+$`).test(spec.format)) throw new Error(`${spec.kind}: format ${spec.format} is not ${spec.kind}/N`);
   endWithEngine();
   const handlers = untimedHandlers(spec);
   const t = <K extends keyof Handlers>(op: K) => handlers[op] && timed(spec.kind, op, handlers[op] as any);
@@ -163,7 +170,7 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
   };
   return {
     async check(_olds, news) {
-      const inputs: Record<string, any> = { ...news, providerVersion: spec.version };
+      const inputs: Record<string, any> = { ...news, providerVersion: spec.format };
       delete inputs.hash;
       for (const k of spec.derived?.keys ?? []) delete inputs[k];
       const ctx = context(name(inputs));

@@ -54,10 +54,13 @@ export interface BootRecord { ukiSha256: string; buildId: string; stack: string;
 
 interface Outputs { seconds: number; console: string; health: string; shutdownSeconds: number }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "bootcheck/1";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "bootcheck",
   // 2: the health report, the clean power-off and the fsck are part of the check.
-  version: 2,
+  format: FORMAT,
   hashKeys: ["arch", "diskHash", "marker", "probes", "secureBoot", "secureBootVars"],
   async validate(i, fail) {
     if (isKnown(i.marker) && !i.marker) fail("marker", "the boot marker is empty: set ramroot:bootMarker to a line the guest prints when it is up");
@@ -74,7 +77,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   async hash(i) {
     // Another firmware is another check; a store of one's own is named by its bytes.
     const sb = i.secureBoot ? [["secureBoot", i.secureBootVars ? await fileSha256(i.secureBootVars) : "snakeoil"]] : [];
-    return sha256(JSON.stringify(["bootcheck/1", i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : []), ...sb]));
+    return sha256(JSON.stringify([FORMAT, i.arch, i.diskHash, i.marker, ...(i.probes?.length ? [i.probes] : []), ...sb]));
   },
   async build(i, ctx) {
     ctx.log(`booting ${i.arch} build ${i.buildId} under QEMU${i.secureBoot ? ` with Secure Boot enforced (db: ${i.secureBootVars ?? "Debian's test certificate"})` : ""}, waiting for "${i.marker}" and the health report`);

@@ -32,10 +32,13 @@ const persistPath = (projectDir: string, name: string) => path.join(projectDir, 
 
 interface Outputs { disk: string; persist: string; efiPath: string }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "bootmedia/2";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "bootmedia",
   // 2: keyed by the bytes of the UKI inside (its sha256), not by the UKI's inputs.
-  version: 2,
+  format: FORMAT,
   hashKeys: ["kind", "arch", "ukiSha256"],
   async validate(i, fail) {
     if (isKnown(i.kind) && i.kind !== "qemu") fail("kind", `boot media kind ${i.kind} is not known here: use qemu (the ssh kind deploys to a host)`);
@@ -46,7 +49,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     if (isKnown(i.persistName) && !/^[A-Za-z0-9._-]+$/.test(i.persistName)) fail("persistName", `persistence disk name ${i.persistName}: use letters, digits, dot, dash, underscore`);
   },
   async hash(i) {
-    return sha256(JSON.stringify(["bootmedia/2", i.kind, i.arch, i.ukiSha256]));
+    return sha256(JSON.stringify([FORMAT, i.kind, i.arch, i.ukiSha256]));
   },
   async build(i, ctx) {
     // The UKI was checked against the record of its bytes (artifact.ts); that record must be

@@ -56,9 +56,12 @@ async function mode(i: Inputs): Promise<{ trial: boolean; why: string }> {
     : { trial: false, why: `replace the image, reboot, wait for the new build: no trial boot, ${s.why}` };
 }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "deploy/1";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "deploy",
-  version: 1,
+  format: FORMAT,
   hashKeys: ["host", "port", "user", "path", "ukiSha256"],
   async validate(i, fail, ctx) {
     const need = (v: unknown, key: string, fix: string) => {
@@ -97,7 +100,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     }
   },
   async hash(i) {
-    return sha256(JSON.stringify(["deploy/1", i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH, i.ukiSha256]));
+    return sha256(JSON.stringify([FORMAT, i.host, i.port ?? 22, i.user ?? "root", i.path ?? DEFAULT_PATH, i.ukiSha256]));
   },
   // A trial that did not finish (a cut connection, a host that did not come back) is looked at
   // again by the next up, even when the stack's inputs are the same.

@@ -49,9 +49,12 @@ async function spec(i: Inputs, ctx: BuildContext) {
   }
 }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "goprograms/1";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "goprograms",
-  version: 1,
+  format: FORMAT,
   hashKeys: ["system", "arch", "compression", "level"],
   async validate(i, fail) {
     const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
@@ -63,13 +66,13 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   async hash(i, ctx) {
     const s = await spec(i, ctx);
-    return sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
+    return sha256(JSON.stringify([FORMAT, "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
   },
   // The toolchain is shown in preview next to the hash.
   derived: { keys: ["toolchain"], compute: async (i, ctx) => ({ toolchain: (await spec(i, ctx)).toolchain }) },
   async build(i, ctx) {
     const s = await spec(i, ctx);
-    const hash = sha256(JSON.stringify(["goprograms/1", "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
+    const hash = sha256(JSON.stringify([FORMAT, "linux", i.arch, s.toolchain, s.files, i.compression ?? "zstd", i.level ?? null]));
     if (hash !== i.hash) throw new Error(`goprograms: ${i.system}'s Go module changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash.slice(0, 12)}): run again`);
     const compression = (i.compression ?? "zstd") as Compression;
     let built: { programs: string[]; seconds: number } | undefined;

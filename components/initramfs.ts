@@ -36,10 +36,13 @@ const options = (i: Inputs) => ({
  */
 interface Outputs { path: string; files: string[]; size: number; segments: number; compressed: number }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "initramfs/1";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "initramfs",
   // 2: files instead of one concatenated image (path is the manifest).
-  version: 2,
+  format: FORMAT,
   hashKeys: ["rootfsHash", "compression", "level", "exclude", "epoch"],
   async validate(i, fail) {
     if (isKnown(i.compression) && !["zstd", "gzip", "none"].includes(i.compression ?? "zstd"))
@@ -48,7 +51,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     if (bad) fail("level", `ramroot:compressionLevel ${i.level}: ${bad}`);
   },
   async hash(i) {
-    return sha256(JSON.stringify(["initramfs/1", i.rootfsHash, options(i)]));
+    return sha256(JSON.stringify([FORMAT, i.rootfsHash, options(i)]));
   },
   async build(i, ctx) {
     // The rootfs's listing stands for a walk of it, and segments whose files are unchanged

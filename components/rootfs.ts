@@ -8,7 +8,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
-import { baseSource, buildConfigured, buildPackages, configureHash, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs/rootfs";
+import { baseSource, buildConfigured, buildPackages, configureHash, ROOTFS_FORMAT, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs/rootfs";
 import { repositoryTags, SystemError, validateSystem } from "../src/rootfs/system";
 import { hostProblem } from "../src/rootfs/configure";
 import { apkProblem } from "../src/rootfs/alpine";
@@ -79,7 +79,7 @@ interface Outputs { path: string; packagesHash: string; packagesPath: string }
 
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "rootfs",
-  version: 2,
+  format: ROOTFS_FORMAT,
   hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
   async validate(i, fail) {
     const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;

@@ -31,9 +31,12 @@ async function declarations(system: string, ctx: BuildContext) {
 
 interface Outputs { path: string }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "secrets/2";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "secrets",
-  version: 2,
+  format: FORMAT,
   hashKeys: ["system", "rootfsHash", "compression", "values", "salt"],
   async validate(i, fail, ctx) {
     if (isKnown(i.salt) && !(typeof i.salt === "string" && i.salt.length >= SALT_MIN))
@@ -52,7 +55,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   async hash(i, ctx) {
     const { text } = await declarations(i.system, ctx);
     const key = await hmacKey(ctx.store.root);
-    return secretsDigest(key, ["secrets/2", text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort(), i.salt]);
+    return secretsDigest(key, [FORMAT, text, i.rootfsHash, i.compression ?? "zstd", Object.entries(i.values).sort(), i.salt]);
   },
   async build(i, ctx) {
     const { file, text } = await declarations(i.system, ctx);

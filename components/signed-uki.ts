@@ -44,9 +44,12 @@ const certProblem = (cert: string) => {
 
 interface Outputs { path: string; sha256: string; size: number; digest: string; signer: string; certFingerprint: string }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "signeduki/1";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "signeduki",
-  version: 1,
+  format: FORMAT,
   hashKeys: ["ukiHash", "cert"],
   async validate(i, fail) {
     if (isKnown(i.cert)) {
@@ -64,7 +67,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     }
   },
   async hash(i) {
-    return sha256(JSON.stringify(["signeduki/1", i.ukiHash, readCertificate(i.cert).fingerprint256]));
+    return sha256(JSON.stringify([FORMAT, i.ukiHash, readCertificate(i.cert).fingerprint256]));
   },
   async build(i, ctx) {
     // A UKI by another name in the uki/ folder, which the store's verify and gc know; the name

@@ -46,16 +46,19 @@ const buildInputs = async (i: Inputs) => {
   // A stub from outside the rootfs is hashed by content; one inside is covered by rootfsHash.
   const stub = path.isAbsolute(i.stub) ? await sha256File(i.stub) : i.stub;
   // ramroot's own files in the release member (the health report) are part of the build.
-  const base = ["uki/2", i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
+  const base = [FORMAT, i.arch, i.rootfsHash, i.initramfsHash, i.kernel, stub, i.cmdline, i.osRelease ?? "etc/os-release", `health:${healthFilesHash()}`];
   // The Go programs are part of the build (and of its id), unlike the secrets.
   return i.programsHash ? [...base, `goprograms:${i.programsHash}`] : base;
 };
 
 interface Outputs { path: string; sha256: string; size: number; buildId: string; uname: string }
 
+/** This layer's format, its one version knob: every hash of it starts with it (see artifact.ts). */
+const FORMAT = "uki/2";
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "uki",
-  version: 1,
+  format: FORMAT,
   hashKeys: ["arch", "rootfsHash", "initramfsHash", "kernel", "stub", "cmdline", "osRelease", "secretsHash", "programsHash"],
   async validate(i, fail) {
     try {

@@ -22,7 +22,7 @@ import { outsideSections, readSignatures } from "./image/authenticode";
 import { algName, enrollmentSteps, makeSigningKey, readCertificate, verifyUki, writeEnrollmentFiles } from "./image/sign";
 import { ARCH_SPECS, qemuCommand, secureBootVarsProblem, type Arch } from "./boot/qemu";
 import { rollback as rollbackHost } from "./deploy/deploy";
-import { Store, summary } from "./store";
+import { Store, summary, writeAtomically } from "./store";
 import { lockedStacks, planGc, runGc, verifyStore } from "./gc";
 import { parseSize, writeStick } from "./boot/stick";
 import { startHost } from "./boot/rehearsal-host";
@@ -276,7 +276,7 @@ async function uki(args: string[]): Promise<void> {
   if (!values.stub || !values.linux || !values.initrd?.length || values.cmdline === undefined || !values.output)
     throw new UsageError("uki needs --stub, --linux, at least one --initrd, --cmdline and -o");
   const osRelease = values["os-release"] ? await fs.readFile(values["os-release"], "utf8") : undefined;
-  const res = await buildUki({ stub: values.stub, linux: values.linux, initrds: values.initrd, cmdline: values.cmdline, osRelease, uname: values.uname }, values.output);
+  const res = await writeAtomically(values.output, (tmp) => buildUki({ stub: values.stub!, linux: values.linux!, initrds: values.initrd!, cmdline: values.cmdline!, osRelease, uname: values.uname }, tmp));
   console.log(`${values.output}: ${res.size} bytes, sha256 ${res.sha256}`);
 }
 

@@ -459,7 +459,8 @@ export function summary(problems: string[], max = 3): string {
 
 const isTreeArtifact = (rel: string) => /^(rootfs|rootfs-packages|goprograms)\/[0-9a-f]{64}$/.test(rel);
 
-const temporaryName = (final: string) => `${final}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+/** A temporary name beside `final`, which the store sweeps once its process is gone (TEMPORARY). */
+export const temporaryName = (final: string) => `${final}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
 
 /**
  * Whether the process that named a temporary after itself may still be writing it: the pid
@@ -551,19 +552,32 @@ async function chmodTree(p: string): Promise<void> {
 }
 
 /**
- * Writes a small file (a record, a cache entry) under a temporary name beside it, then renames
- * it into place: a reader sees the old file or the whole new one, never a part. Makes the folder.
+ * Makes `file` through `write`, which writes a temporary path beside it (named so that the store
+ * sweeps it when its process died): on success the temporary is flushed (unless `sync: false`)
+ * and renamed into place, so a reader sees the old file or the whole new one, never a part; on
+ * failure it is removed. Makes the folder. The core writes where it is told; this (and Store.put,
+ * for the store's artifacts) is where ramroot's results become atomic.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode?: number): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true });
+export async function writeAtomically<T>(file: string, write: (tmp: string) => Promise<T>, opts: { sync?: boolean } = {}): Promise<T> {
+  await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true });
   const tmp = temporaryName(file);
   try {
-    await fs.writeFile(tmp, data, mode === undefined ? undefined : { mode });
+    const result = await write(tmp);
+    if (opts.sync !== false) {
+      const fh = await fs.open(tmp, "r");
+      await fh.sync().finally(() => fh.close());
+    }
     await fs.rename(tmp, file);
+    return result;
   } catch (e) {
     await fs.rm(tmp, { force: true });
     throw e;
   }
+}
+
+/** A small file (a record, a cache entry), written atomically (not flushed: a crash costs a rebuild). */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode?: number): Promise<void> {
+  await writeAtomically(file, (tmp) => fs.writeFile(tmp, data, mode === undefined ? undefined : { mode }), { sync: false });
 }
 
 /** writeFileAtomic, synchronous. */

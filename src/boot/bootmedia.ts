@@ -11,11 +11,11 @@
 // --invariant, and mtools honours SOURCE_DATE_EPOCH (verified with mtools 4.0.32), so every
 // directory entry carries 1980-01-01 00:00 (TZ=UTC).
 import { spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import { sha256File } from "../store";
+import { sha256File, temporaryName } from "../store";
 import { removablePath, type Arch } from "../arch";
 
 export type { Arch } from "../arch";
@@ -40,7 +40,8 @@ export const removableBootPath = (arch: Arch): string => removablePath(arch);
 /**
  * Writes a GPT disk image at `out` with one EFI System Partition holding `efi` at
  * EFI/BOOT/BOOT{AA64,X64}.EFI. `sizeMiB` is the whole disk (default: the UKI plus a margin, at
- * least 40 MiB so that the partition can be FAT32). Written to a temporary file and renamed.
+ * least 40 MiB so that the partition can be FAT32). Written where it is told, not flushed: the
+ * caller makes it atomic (Store.put, writeAtomically); removed when it fails.
  * `efiSha256`: the sha256 of `efi`'s bytes, when known (it seeds the GUIDs and the FAT serial).
  */
 export async function makeEspImage(opts: { efi: string; arch: Arch; out: string; sizeMiB?: number; efiSha256?: string }): Promise<void> {
@@ -51,15 +52,12 @@ export async function makeEspImage(opts: { efi: string; arch: Arch; out: string;
   const seed = createHash("sha256").update(`ramroot-esp\0${opts.arch}\0${hash}`).digest();
   const sizeMiB = opts.sizeMiB ?? Math.max(40, Math.ceil((efiSize * 1.05) / MiB) + 8);
   if (!Number.isInteger(sizeMiB)) throw new Error(`bootmedia: a ${sizeMiB} MiB ESP image cannot hold ${opts.efi} (${efiSize} bytes)`);
-  const tmp = tempBeside(opts.out);
   try {
-    const fh = await fs.open(tmp, "w");
+    const fh = await fs.open(opts.out, "w");
     await fh.truncate(sizeMiB * MiB).finally(() => fh.close());
-    await writeEsp(tmp, { efi: opts.efi, arch: opts.arch, diskBytes: sizeMiB * MiB, seed, serial: seed.subarray(16, 20).toString("hex").toUpperCase(), label: "ESP" });
-    await syncFile(tmp);
-    await fs.rename(tmp, opts.out);
+    await writeEsp(opts.out, { efi: opts.efi, arch: opts.arch, diskBytes: sizeMiB * MiB, seed, serial: seed.subarray(16, 20).toString("hex").toUpperCase(), label: "ESP" });
   } catch (e) {
-    await fs.rm(tmp, { force: true });
+    await fs.rm(opts.out, { force: true });
     throw e;
   }
 }
@@ -154,7 +152,7 @@ export async function makePersistImage(opts: { out: string; volumeId?: string; s
   if (!Number.isInteger(sizeMiB) || sizeMiB < 1) throw new Error(`bootmedia: bad persistence image size ${sizeMiB}`);
   if (await exists(opts.out)) return { created: false };
   await fs.mkdir(path.dirname(path.resolve(opts.out)), { recursive: true });
-  const tmp = tempBeside(opts.out);
+  const tmp = temporaryName(opts.out);
   try {
     const fat = sizeMiB >= FAT32_MIN_MIB ? ["-F", "32"] : [];
     await run("mkfs.vfat", [...fat, "-i", volumeId, "-n", "RAMROOT", "-C", tmp, String(sizeMiB * 1024)]);
@@ -285,10 +283,6 @@ async function walkFiles(dir: string, rel = ""): Promise<string[]> {
 async function syncFile(file: string): Promise<void> {
   const fh = await fs.open(file, "r+");
   await fh.sync().finally(() => fh.close());
-}
-
-function tempBeside(file: string): string {
-  return `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
 }
 
 function exists(p: string): Promise<boolean> {

@@ -8,13 +8,13 @@
 // holds: swap, device mapper, md), and a target that already holds a partition table or a
 // filesystem, unless `force`. Only the named target is ever opened for writing.
 import { spawnSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { PERSIST_VOLUME_ID, writeEsp, type Arch } from "./bootmedia";
 import { peMachine } from "../image/pe";
-import { sha256File } from "../store";
+import { sha256File, writeAtomically } from "../store";
 import { ARCH_NAMES, isArch } from "../arch";
 
 const MiB = 1024 * 1024;
@@ -65,18 +65,11 @@ export async function writeStick(o: StickOptions): Promise<{ target: string; arc
     spawnSync("sync", [], { stdio: "ignore" });
   } else {
     // An image file: made beside the target and renamed, so a half-written stick is never taken for one.
-    const tmp = `${o.target}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-    try {
+    await writeAtomically(o.target, async (tmp) => {
       const fh = await fs.open(tmp, "w", 0o600);
       await fh.truncate(bytes).finally(() => fh.close());
       await writeEsp(tmp, layout);
-      const h = await fs.open(tmp, "r+");
-      await h.sync().finally(() => h.close());
-      await fs.rename(tmp, o.target);
-    } catch (e) {
-      await fs.rm(tmp, { force: true });
-      throw e;
-    }
+    });
   }
   return { target: o.target, arch, bytes, device };
 }

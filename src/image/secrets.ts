@@ -13,6 +13,7 @@
 // let anyone test guesses of the values offline.
 // What is not: whoever holds the boot stick (or the UKI file) can read the image.
 import { createHmac, randomBytes } from "node:crypto";
+import { temporaryName } from "../store";
 import { readFileSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -76,7 +77,7 @@ export async function hmacKey(storeRoot: string): Promise<Buffer> {
     if (e.code !== "ENOENT") throw e;
   }
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = temporaryName(file);
   await fs.writeFile(tmp, randomBytes(32), { mode: 0o600 });
   // link() keeps the first key if two processes race.
   await fs.link(tmp, file).catch((e) => {

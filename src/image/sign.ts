@@ -18,7 +18,7 @@
 // prompts) and handed over on a pipe, `cat | sbsign --key /dev/stdin` (Node's child stdio are
 // sockets, which OpenSSL cannot open by name; cat turns the socket into a pipe). The key never
 // appears in an argument, a file, an error or a log line.
-import { createHash, createPrivateKey, KeyObject, randomBytes, X509Certificate } from "node:crypto";
+import { createHash, createPrivateKey, KeyObject, X509Certificate } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -76,27 +76,27 @@ export async function signUki(input: string, output: string, k: SigningKey): Pro
   const digest = await authenticodeDigest(input, "sha256");
 
   const work = await fs.mkdtemp(path.join(os.tmpdir(), "ramroot-sign-"));
-  const tmp = `${output}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  // Written where it is told: the caller makes it atomic (Store.put, writeAtomically).
   const der = key.export({ type: "pkcs8", format: "der" });
   const pem = Buffer.concat([Buffer.from("-----BEGIN PRIVATE KEY-----\n"), Buffer.from(der.toString("base64").replace(/.{64}/g, "$&\n").replace(/\n?$/, "\n")), Buffer.from("-----END PRIVATE KEY-----\n")]);
   der.fill(0);
   try {
     const certFile = path.join(work, "cert.pem");
     await fs.writeFile(certFile, cert.toString());
-    const r = await run("sh", ["-c", 'cat | sbsign --key /dev/stdin --cert "$1" --output "$2" "$3"', "sh", certFile, tmp, input], { input: pem, allowFail: true, shown: `sbsign --key (on a pipe) --cert ${certFile} ${input}` });
+    const r = await run("sh", ["-c", 'cat | sbsign --key /dev/stdin --cert "$1" --output "$2" "$3"', "sh", certFile, output, input], { input: pem, allowFail: true, shown: `sbsign --key (on a pipe) --cert ${certFile} ${input}` });
     if (r.exitCode !== 0) {
       if (r.exitCode === 127) throw new Error(`sbsign is not installed: apt-get install sbsigntool (npm run setup does)`);
       throw new Error(`sbsign could not sign ${input}: ${lastLines(redact(r.stderr + r.stdout, pem))}`);
     }
     // What was written covers what was read, and nothing else came with it.
-    const sigs = await readSignatures(tmp);
+    const sigs = await readSignatures(output);
     if (sigs.length !== 1 || sigs[0].digest !== digest || sigs[0].digestAlgorithm !== "sha256") throw new Error(`sbsign wrote a signature that does not cover ${input} (digest ${sigs[0]?.digest ?? "none"}, expected ${digest})`);
-    if ((await authenticodeDigest(tmp, "sha256")) !== digest) throw new Error(`sbsign changed ${input} beyond adding a signature`);
-    if ((await outsideSections(tmp)).length) throw new Error(`sbsign left bytes outside the sections of the signed ${input}`);
-    await fs.chmod(tmp, (await fs.stat(input)).mode & 0o777);
+    if ((await authenticodeDigest(output, "sha256")) !== digest) throw new Error(`sbsign changed ${input} beyond adding a signature`);
+    if ((await outsideSections(output)).length) throw new Error(`sbsign left bytes outside the sections of the signed ${input}`);
+    await fs.chmod(output, (await fs.stat(input)).mode & 0o777);
     const whole = createHash("sha256");
     let size = 0;
-    const fh = await fs.open(tmp, "r");
+    const fh = await fs.open(output, "r");
     try {
       for await (const chunk of fh.createReadStream({ highWaterMark: 4 << 20, autoClose: false })) {
         whole.update(chunk as Buffer);
@@ -105,10 +105,9 @@ export async function signUki(input: string, output: string, k: SigningKey): Pro
     } finally {
       await fh.close();
     }
-    await fs.rename(tmp, output);
     return { sha256: whole.digest("hex"), size, digest, signer: oneLine(cert.subject) };
   } catch (e) {
-    await fs.rm(tmp, { force: true });
+    await fs.rm(output, { force: true });
     throw e;
   } finally {
     pem.fill(0);

@@ -13,7 +13,7 @@
 // where shim, which reads SBAT from a `.sbat` section, cannot see it) and its `.sdmagic`
 // version string ("#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####"). Both are added as
 // sections of those names, before the UKI's own, byte for byte (their NUL included).
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import {
@@ -107,9 +107,8 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
   const layout = layoutSections(pe, stub.length, payloads.map((p) => ({ name: p.name, size: partsSize(p.parts), characteristics: p.characteristics })));
   const headers = writeHeaders(stub, pe, layout);
 
-  await fs.mkdir(path.dirname(path.resolve(out)), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  const fh = await fs.open(tmp, "w");
+  // Written where it is told, not flushed: the caller makes it atomic (Store.put, writeAtomically).
+  const fh = await fs.open(out, "w");
   const sections: UkiSection[] = [];
   try {
     const w = new Writer(fh, new PeChecksum(pe.checksumOffset));
@@ -141,12 +140,10 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
     const checksum = Buffer.alloc(4);
     checksum.writeUInt32LE(w.checksum.digest());
     await fh.write(checksum, 0, 4, pe.checksumOffset);
-    await fh.sync();
     await fh.close();
-    await fs.rename(tmp, out);
   } catch (e) {
     await fh.close().catch(() => {});
-    await fs.rm(tmp, { force: true });
+    await fs.rm(out, { force: true });
     throw e;
   }
   const whole = await hashFile(out, 0, layout.fileSize);

@@ -8,8 +8,11 @@
 //   functions do), and that goes to the file with fs.writeSync. Through zlib's and fs's
 //   streams, every 256 KiB of output and every segment's encoder buffer was a fresh Buffer
 //   left for a garbage collector that V8 runs late, and glibc's arenas kept the churn;
-// - a thread keeps one compressor and resets it for each segment (reusedCompressor): Node frees
-//   a zstd context only when its stream is garbage-collected;
+// - a thread keeps one compressor for all its segments (reusedCompressor). A new zstd context
+//   per segment, even closed at once, was most of the growth left (peak RSS 131, 152 and 162 MB
+//   on the bench's 130, 217 and 433 MB trees, 29, 41 and 61 segments; 102, 104 and 108 MB
+//   with one context per thread): each freed context's ~3 MB of glibc memory went back to
+//   malloc, not to the system, and the next segments' allocations did not reuse all of it;
 // - the main thread's young generation, which the walk grows, is shrunk when the workers start
 //   (shrinkYoungGeneration).
 import { createHash } from "node:crypto";
@@ -82,22 +85,25 @@ interface ZlibHandle {
 }
 
 /**
- * A thread's one gzip compressor, reset for each segment (deflateReset) rather than made anew:
- * its native state is allocated once per thread, so nothing of it is left for a garbage
- * collector, and a worker's memory is the same after 5 segments as after 500. zstd cannot be
- * reset so: Node's reset() makes a new context with default parameters, which silently dropped
- * the level and the checksum flag. So each zstd segment gets a new compressor and the previous
- * one is closed at once, which frees its context (Node otherwise frees a zstd context only when
- * its stream is collected, which V8, seeing a small heap, does late).
+ * A thread's one compressor, used for every segment rather than made anew: its native state
+ * is allocated once per thread, so nothing of it is left for a garbage collector or malloc,
+ * and a worker's memory is the same after 5 segments as after 500.
+ * - gzip: reset for each segment (deflateReset keeps the level).
+ * - zstd: not reset (Node's reset() makes a new context with default parameters, which would
+ *   drop the level and the checksum flag). A segment's frame ends with ZSTD_e_end, after which
+ *   the context starts the next frame by itself with the same (sticky) parameters; zstd.h:
+ *   "re-using context is just a speed / resource optimization. It doesn't change the
+ *   compression ratio, which remains identical", and the bytes are those of a new context
+ *   (test/unit/initramfs.test.ts checks it, and after a failed segment too).
+ * A segment that fails leaves its compressor in the middle of a stream: it is dropped
+ * (dropCompressor), and the next segment gets a new one.
  */
 let kept: { c: Compression; level: number; z: zlib.Gzip | zlib.ZstdCompress } | undefined;
 
 function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCompress {
-  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed || c === "zstd")) {
-    kept.z.close();
-    kept = undefined;
-  } else if (kept) {
-    (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
+  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed)) dropCompressor();
+  else if (kept) {
+    if (c === "gzip") (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
     return kept.z;
   }
   const z = compressor(c, level);
@@ -105,6 +111,12 @@ function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.Z
   z.on("error", () => {});
   kept = { c, level, z };
   return z;
+}
+
+/** Closes the thread's compressor (which frees its native state at once). */
+function dropCompressor(): void {
+  kept?.z.close();
+  kept = undefined;
 }
 
 /**
@@ -118,8 +130,7 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
   const handle = internals?._handle;
   const state = internals?._writeState;
   if (z && (typeof handle?.writeSync !== "function" || typeof handle?.reset !== "function" || !(state instanceof Uint32Array) || state.length < 2)) {
-    z.close();
-    kept = undefined;
+    dropCompressor();
     return undefined;
   }
   const [more, last] = c === "gzip" ? [zlib.constants.Z_NO_FLUSH, zlib.constants.Z_FINISH] : [zlib.constants.ZSTD_e_continue, zlib.constants.ZSTD_e_end];
@@ -161,6 +172,8 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
       }
     },
     abort: () => {
+      // Mid-stream: the next segment must not continue this one's frame.
+      if (z) dropCompressor();
       try {
         close();
       } catch {

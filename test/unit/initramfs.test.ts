@@ -9,7 +9,8 @@ import * as path from "node:path";
 import { inspectInitramfs, inspectProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../../src/image/initramfs";
 import { encodeNewc, type NewcRecord } from "../../src/image/newc";
 import { hashTree } from "../../src/rootfs/treehash";
-import { walk } from "../../src/image/walk";
+import { reproducible, walk } from "../../src/image/walk";
+import { runSegment, SegmentPool } from "../../src/image/compress-worker";
 
 const EPOCH = 1234567890;
 let work: string;
@@ -121,4 +122,60 @@ test("inspect cuts a concatenation of plain, gzip and zstd members (zero padding
   const junk = path.join(work, "junk.img");
   fs.writeFileSync(junk, Buffer.concat([parts[0], Buffer.from("junk")]));
   await assert.rejects(inspectInitramfs(junk), new RegExp(`^Error: initramfs: ${junk}: unknown data at offset ${parts[0].length} \\(not gzip, zstd or newc\\)$`));
+});
+
+test("a thread's compressor, kept for all its segments, gives each the bytes a new one gives, also after a segment that failed midway", async () => {
+  // Text (compressible, different at each level) in two folders; a file of 3 MiB, so that a
+  // segment that fails after it has already given the compressor several 1 MiB chunks.
+  const tree = fs.mkdtempSync(path.join(work, "reuse-"));
+  for (const dir of ["a", "b"]) {
+    fs.mkdirSync(path.join(tree, dir));
+    for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(tree, dir, `f${i}`), Array.from({ length: 20000 }, (_, n) => `${dir} ${i} line ${n} ${(n * 7919 + i) % 10007}\n`).join(""));
+  }
+  fs.writeFileSync(path.join(tree, "big"), Array.from({ length: 150000 }, (_, n) => `big line ${n} ${(n * 104729) % 65521}\n`).join(""));
+  const records = reproducible(await walk(tree), { epoch: EPOCH });
+  const part = (p: string) => records.filter((r) => r.name === p || r.name.startsWith(`${p}/`));
+  const [a, b, big] = [part("a"), part("b"), part("big")];
+  assert.ok(big[0].size > 3 << 20, `big is ${big[0].size} bytes`);
+  // Fails after big's content: the source of the next record is gone.
+  const failing = [...big, { ...a[1], name: "gone", source: path.join(tree, "gone") }];
+  const bytes = (f: string) => fs.readFileSync(f);
+  let n = 0;
+  const out = () => path.join(work, `reuse-${n++}.seg`);
+  for (const [compression, level] of [["zstd", 3], ["zstd", 12], ["gzip", 6]] as const) {
+    // New compressors: the first job of a new worker, each segment on a pool of its own.
+    const fresh: Buffer[] = [];
+    for (const recs of [a, b]) {
+      const pool = new SegmentPool(1);
+      const f = out();
+      try {
+        await pool.run({ compression, level, records: recs, out: f });
+      } finally {
+        await pool.close();
+      }
+      fresh.push(bytes(f));
+    }
+    // This thread's compressor: a, b, a again, then a failure midway, then b and a.
+    const seen: Buffer[] = [];
+    for (const recs of [a, b, a]) {
+      const f = out();
+      await runSegment({ compression, level, records: recs, out: f });
+      seen.push(bytes(f));
+    }
+    await assert.rejects(runSegment({ compression, level, records: failing, out: out() }), /cannot read .*gone/);
+    for (const recs of [b, a]) {
+      const f = out();
+      await runSegment({ compression, level, records: recs, out: f });
+      seen.push(bytes(f));
+    }
+    const want = [fresh[0], fresh[1], fresh[0], fresh[1], fresh[0]];
+    seen.forEach((got, i) => assert.ok(got.equals(want[i]), `${compression} -${level}: segment ${i} (${got.length} bytes) differs from a new compressor's (${want[i].length})`));
+    // And they are whole streams of the level asked for: a differs from its bytes at another level.
+    assert.ok(fresh[0].length > 1000);
+  }
+  // Levels differ in their bytes (the level is kept, not reset to the default).
+  const at = async (level: number) => { const f = out(); await runSegment({ compression: "zstd", level, records: a, out: f }); return bytes(f); };
+  const [l1, l19, l1again] = [await at(1), await at(19), await at(1)];
+  assert.ok(!l1.equals(l19) && l1.equals(l1again));
+  fs.rmSync(tree, { recursive: true });
 });

@@ -7,7 +7,6 @@
 // anything is written: a device that is mounted or whose partitions are (or that the kernel
 // holds: swap, device mapper, md), and a target that already holds a partition table or a
 // filesystem, unless `force`. Only the named target is ever opened for writing.
-import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fsSync from "node:fs";
 import * as fs from "node:fs/promises";
@@ -16,6 +15,7 @@ import { PERSIST_VOLUME_ID, writeEsp, type Arch } from "./bootmedia";
 import { peMachine } from "../image/pe";
 import { sha256File, writeAtomically } from "../store";
 import { ARCH_NAMES, isArch } from "../arch";
+import { run, RunError } from "../run";
 
 const MiB = 1024 * 1024;
 
@@ -50,7 +50,7 @@ export async function writeStick(o: StickOptions): Promise<{ target: string; arc
   if (st && !device && !st.isFile()) throw new Error(`stick: ${o.target} is neither an image file nor a block device`);
   if (device) devicesInUse(o.target);
   if (st && !o.force) {
-    const what = existingData(o.target);
+    const what = await existingData(o.target);
     if (what) throw new Error(`stick: ${o.target} already holds ${what}: nothing written (add --force to write over it)`);
   }
   const ukiBytes = (await fs.stat(o.uki)).size;
@@ -61,8 +61,8 @@ export async function writeStick(o: StickOptions): Promise<{ target: string; arc
   if (device) {
     await writeEsp(o.target, layout);
     // The kernel learns the new partition (best effort: a stick that is plugged in again is read anew).
-    spawnSync("partx", ["-u", o.target], { stdio: "ignore" });
-    spawnSync("sync", [], { stdio: "ignore" });
+    await run("partx", ["-u", o.target], { allowFail: true }).catch(() => undefined);
+    await run("sync", [], { allowFail: true }).catch(() => undefined);
   } else {
     // An image file: made beside the target and renamed, so a half-written stick is never taken for one.
     await writeAtomically(o.target, async (tmp) => {
@@ -131,12 +131,16 @@ function devicesInUse(device: string): void {
 }
 
 /** A description of the partition table or filesystem at the start of `target`, or undefined when there is none. */
-function existingData(target: string): string | undefined {
-  const r = spawnSync("blkid", ["-p", "-o", "export", target], { encoding: "utf8" });
+async function existingData(target: string): Promise<string | undefined> {
+  // blkid exits 2 when it finds nothing; without blkid, the first MiB is looked at instead.
+  const r: { stdout: string; noBlkid?: boolean } = await run("blkid", ["-p", "-o", "export", target], { allowFail: true }).catch((e) => {
+    if (e instanceof RunError && e.notFound) return { stdout: "", noBlkid: true };
+    throw e;
+  });
   const found = Object.fromEntries(r.stdout.split("\n").filter((l) => l.includes("=")).map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
   if (found.PTTYPE) return `a partition table (${found.PTTYPE})`;
   if (found.TYPE) return `a filesystem (${found.TYPE}${found.UUID ? `, UUID ${found.UUID}` : ""}${found.LABEL ? `, label ${found.LABEL}` : ""})`;
-  if (r.error) {
+  if (r.noBlkid) {
     // No blkid: anything but zeros in the first MiB counts.
     const fd = fsSync.openSync(target, "r");
     try {

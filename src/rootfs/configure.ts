@@ -48,22 +48,65 @@ export interface ConfigureOptions {
   timeoutSeconds?: number;
   /** Give setup.sh the host's network (default: none, only its own loopback). */
   network?: boolean;
+  /** Watch which of the skeleton's files setup.sh reads or changes (see watchSetup). */
+  watch?: boolean;
+}
+
+/**
+ * Which of the skeleton's regular files setup.sh read, wrote, removed, renamed, linked or
+ * chmod-ed (or that could not be watched), by path relative to the skeleton. A skeleton file
+ * outside this list reached the tree as the skeleton had it, and nothing setup.sh did depended
+ * on its contents (unless it only stat()ed it: `[ -s f ]` reads no byte, and is not seen).
+ */
+export interface SetupAccess {
+  touched: string[];
 }
 
 /** Returns whether the tree is linked to stage 1 (false: copied, where links cannot be made). */
 export async function configureRootfs(o: ConfigureOptions): Promise<boolean> {
+  return (await configureRootfsWatched(o)).linked;
+}
+
+/**
+ * configureRootfs, and with `watch`, what setup.sh did with the skeleton's files (undefined
+ * when it could not be watched here: no overlay, access times not kept, no skeleton).
+ */
+export async function configureRootfsWatched(o: ConfigureOptions): Promise<{ linked: boolean; access?: SetupAccess }> {
   if (o.setup) checkHost(o.arch, "the configure stage runs system/setup.sh in a chroot");
   let linked = await linkTree(o.packages, o.out);
   if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
-  if (o.setup && !(await runSetup({ ...o, setup: o.setup }, linked))) {
-    // No overlay here (an overlay's upper layer cannot be on overlayfs, as in a container):
-    // setup.sh then runs on a copy, which it may write through.
-    o.log?.("no overlay filesystem here: the configure stage copies stage 1 instead of linking it");
-    linked = await copyTree(o.packages, o.out);
-    if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
-    await runSetup({ ...o, setup: o.setup }, false);
+  let access: SetupAccess | undefined;
+  if (o.setup) {
+    let r = await runSetup({ ...o, setup: o.setup }, linked, !!(o.watch && o.skeleton));
+    if (r === "rerun") {
+      // setup.sh wrote into the watched copy of the skeleton at /mnt, which is read-only in an
+      // unwatched run: that run could not tell what a build gives, so setup.sh runs again, unwatched.
+      o.log?.(`${path.basename(o.setup)} wrote under /mnt (read-only): it runs again, unwatched`);
+      r = await runSetup({ ...o, setup: o.setup }, linked, false);
+    }
+    if (r === false) {
+      // No overlay here (an overlay's upper layer cannot be on overlayfs, as in a container):
+      // setup.sh then runs on a copy, which it may write through.
+      o.log?.("no overlay filesystem here: the configure stage copies stage 1 instead of linking it");
+      linked = await copyTree(o.packages, o.out);
+      if (o.skeleton) await overlaySkeleton(o.skeleton, o.out);
+      await runSetup({ ...o, setup: o.setup }, false, false);
+    } else if (r !== "rerun") access = r.access;
   }
   // The tree's own folder becomes / in the booted system.
+  await fs.chmod(o.out, 0o755);
+  return { linked, access };
+}
+
+/**
+ * A tree made from an earlier configured tree `from` (hard links, as from stage 1), with the
+ * skeleton files `changed` written fresh from the skeleton (each replaces its link: no inode
+ * shared with another tree is written). For a stage 2 that differs from `from`'s only by the
+ * contents of skeleton files that setup.sh neither read nor changed there (src/rootfs/rootfs.ts).
+ */
+export async function reconfigureRootfs(o: { from: string; skeleton: string; changed: string[]; out: string }): Promise<boolean> {
+  const linked = await linkTree(o.from, o.out);
+  await overlaySkeleton(o.skeleton, o.out, o.changed);
   await fs.chmod(o.out, 0o755);
   return linked;
 }
@@ -89,7 +132,22 @@ async function copyTree(from: string, to: string): Promise<false> {
  * replaces what was there (--remove-destination unlinks first), so a linked file of stage 1 is
  * never written through.
  */
-export async function overlaySkeleton(skeleton: string, out: string): Promise<void> {
+export async function overlaySkeleton(skeleton: string, out: string, only?: string[]): Promise<void> {
+  if (only) {
+    // These files alone (regular files, their folders already there): as cp -a --remove-destination.
+    for (const rel of only) {
+      const from = path.join(skeleton, rel);
+      const to = path.join(out, rel);
+      const st = await fs.lstat(from);
+      if (!st.isFile()) throw new Error(`configure: ${from} is not a regular file`);
+      await fs.rm(to, { force: true });
+      await fs.copyFile(from, to, fsSync.constants.COPYFILE_EXCL);
+      if (process.getuid?.() === 0) await fs.lchown(to, 0, 0);
+      await fs.chmod(to, st.mode & 0o7777);
+      await fs.utimes(to, st.atime, st.mtime);
+    }
+    return;
+  }
   await runProgram("cp", ["-a", "--remove-destination", `${skeleton}/.`, out], { timeoutMs: 3600_000 });
   if (process.getuid?.() !== 0) return;
   for (const rel of await listTree(skeleton)) {
@@ -168,6 +226,28 @@ interface NamespaceJob {
    * not part of this stage's key. A folder is covered by an empty read-only tmpfs, a file by /dev/null.
    */
   hide?: string[];
+  /** With `overlay`: probe that reads move access times (see watchSetup), and where to say so. */
+  watch?: { probe: string; result: string; skeleton?: { at: string; from: string } };
+}
+
+/**
+ * The access time given to every watched file before setup.sh runs: older than any mtime and
+ * than a day, so that its first read moves it (relatime, and strictatime alike).
+ */
+const OLD_ATIME = new Date(1000);
+const OLD_ATIME_MS = OLD_ATIME.getTime();
+const PROBE = ".ramroot-atime-probe";
+
+/** Reads `file` (through a mount) and tells whether `backing` (the same inode) shows the read. */
+function probeRead(file: string, backing: string): boolean {
+  try {
+    fsSync.readFileSync(file);
+    const moved = fsSync.statSync(backing).atimeMs > OLD_ATIME_MS;
+    fsSync.unlinkSync(file);
+    return moved;
+  } catch {
+    return false;
+  }
 }
 
 const run = (cmd: string, ...args: string[]) => {
@@ -195,6 +275,9 @@ async function inNamespace(job: NamespaceJob): Promise<number> {
     }
   }
   const m = ov?.merged ?? job.tree;
+  const probes: Record<string, boolean> = {};
+  // Before anything else reads it: a file of the upper layer read through the overlay.
+  if (ov && job.watch) probes.tree = probeRead(path.join(m, job.watch.probe), path.join(ov.upper, job.watch.probe));
   const made = ["proc", "sys", "dev", "mnt"].filter((d) => !fsSync.existsSync(path.join(m, d)));
   const mounts: string[] = [];
   let status = 1;
@@ -215,6 +298,13 @@ async function inNamespace(job: NamespaceJob): Promise<number> {
     copyTools(path.join(m, TOOLS));
     mount("mnt", "--bind", job.bind);
     run("mount", "-o", "remount,bind,ro", path.join(m, "mnt"));
+    const skel = job.watch?.skeleton;
+    if (skel) {
+      // The watched copy of the skeleton, over the read-only one (reads through a read-only mount move no access time).
+      mount(path.join("mnt", skel.at), "--bind", skel.from);
+      probes.mnt = probeRead(path.join(m, "mnt", skel.at, job.watch!.probe), path.join(skel.from, job.watch!.probe));
+    }
+    if (job.watch) fsSync.writeFileSync(job.watch.result, JSON.stringify(probes));
     for (const rel of job.hide ?? []) {
       const st = fsSync.lstatSync(path.join(m, "mnt", rel), { throwIfNoEntry: false });
       if (st?.isDirectory()) mount(path.join("mnt", rel), "-t", "tmpfs", "-o", "ro,size=4k,mode=0755", "ramroot-hidden");
@@ -263,9 +353,11 @@ if (require.main === module && process.argv[2] === "--in-namespace") {
 /**
  * setup.sh in a chroot of the tree: through an overlay when the tree is linked to stage 1 (its
  * writes then reach the tree by applyUpper), straight on the tree when it is a copy. False when
- * an overlay was wanted and cannot be mounted here (nothing has run).
+ * an overlay was wanted and cannot be mounted here (nothing has run); "rerun" when a watched run
+ * wrote under /mnt (nothing applied); else, when watched and the host keeps access times, what
+ * setup.sh did with the skeleton's files.
  */
-async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolean): Promise<boolean> {
+async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolean, watch: boolean): Promise<false | "rerun" | { access?: SetupAccess }> {
   const { execa } = await import("execa");
   const name = path.basename(o.setup);
   o.log?.(`running ${name} in a chroot`);
@@ -273,8 +365,10 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
   try {
     const ov = overlay ? { upper: path.join(scratch, "upper"), work: path.join(scratch, "work"), merged: path.join(scratch, "merged") } : undefined;
     for (const d of ov ? [ov.upper, ov.work, ov.merged] : []) await fs.mkdir(d);
+    const watched = ov && watch && o.skeleton ? await watchSetup(o.skeleton, o.out, ov.upper, path.dirname(o.setup), scratch) : undefined;
     const job: NamespaceJob = {
       tree: o.out, overlay: ov, network: o.network, bind: path.dirname(o.setup), hide: goOwned(path.dirname(o.setup)), script: name, listings: ov && path.join(scratch, "listings.json"), noOverlay: ov && path.join(scratch, "no-overlay"),
+      watch: watched?.job,
     };
     // A clean environment: nothing of the build host (passphrases, tokens) reaches the script.
     const env = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LANG: "C", TERM: "dumb", RAMROOT_ARCH: o.arch };
@@ -312,11 +406,104 @@ async function runSetup(o: ConfigureOptions & { setup: string }, overlay: boolea
       const why = res.timedOut ? `did not finish in ${o.timeoutSeconds ?? 1800} s (ramroot:setupTimeout)` : `failed (exit ${res.exitCode ?? res.signal})`;
       throw new Error(`configure: ${name} ${why} in the chroot; its output:\n${lines.join("\n")}`);
     }
+    const access = watched && (await watched.finish());
+    if (access === "rerun") return "rerun";
+    if (watched && !access) o.log?.(`configure: reads do not move access times here (noatime?): ${name} reruns on every skeleton edit`);
     if (ov) await applyUpper(ov.upper, o.out, JSON.parse(await fs.readFile(job.listings!, "utf8")));
-    return true;
+    return { access: access || undefined };
   } finally {
     await removeTree(scratch);
   }
+}
+
+
+/** A file's identity and everything a change moves (not its access time). */
+const stampOf = (st: fsSync.Stats) => `${st.ino}:${st.mode}:${st.uid}:${st.gid}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+
+/**
+ * Sets up watching what setup.sh does with the skeleton's regular files. Reads through an
+ * overlay never move a lower file's access time (its lower layers are mounted noatime), nor do
+ * reads through a read-only mount, so each skeleton file the tree holds is copied into the
+ * overlay's upper layer (the same bytes, mode, owner and times, its folders as the tree has them:
+ * what applyUpper then moves into the tree is what was there), and the skeleton that setup.sh
+ * sees at /mnt is a copy bound read-write over the read-only one; every copy gets an access
+ * time of 1970. Afterwards, `finish` compares: a file whose access time moved was read; one
+ * whose inode, mode, owner, size, mtime or ctime changed, or that is gone, was changed
+ * (written, renamed, removed, linked, chmod-ed). A file that cannot be watched this way (its
+ * place in the tree is not a file under folders) counts as touched. A probe read before
+ * setup.sh runs proves that this host moves access times; `finish` gives undefined when it does
+ * not, and "rerun" when setup.sh wrote under /mnt (read-only in an unwatched run).
+ */
+async function watchSetup(skeleton: string, tree: string, upper: string, bind: string, scratch: string): Promise<{ job: NonNullable<NamespaceJob["watch"]>; finish(): Promise<SetupAccess | "rerun" | undefined> }> {
+  const touched = new Set<string>();
+  const planted = new Map<string, string>();
+  const files: string[] = [];
+  const isDirIn = (root: string, rel: string) => fsSync.lstatSync(path.join(root, rel), { throwIfNoEntry: false })?.isDirectory() ?? false;
+  for (const rel of await listTree(skeleton)) {
+    if (!(await fs.lstat(path.join(skeleton, rel))).isFile()) continue;
+    const parts = rel.split("/");
+    const parentsOk = parts.slice(0, -1).every((_, i) => isDirIn(tree, parts.slice(0, i + 1).join("/")));
+    if (parentsOk && fsSync.lstatSync(path.join(tree, rel), { throwIfNoEntry: false })?.isFile()) files.push(rel);
+    else touched.add(rel);
+  }
+  // One cp for all: the files with their folders (--parents, attributes kept), as the tree has them.
+  for (let i = 0; i < files.length; i += 500) await runProgram("cp", ["-a", "--parents", "--", ...files.slice(i, i + 500), upper], { cwd: tree, timeoutMs: 600_000 });
+  for (const rel of files) {
+    const f = path.join(upper, rel);
+    const st = fsSync.lstatSync(f);
+    fsSync.utimesSync(f, OLD_ATIME, st.mtime);
+    planted.set(rel, stampOf(fsSync.lstatSync(f)));
+  }
+  fsSync.writeFileSync(path.join(upper, PROBE), "probe\n");
+  fsSync.utimesSync(path.join(upper, PROBE), OLD_ATIME, new Date());
+  // The skeleton at /mnt, when it is there (system/root under system/).
+  const at = path.relative(bind, skeleton);
+  let mnt: { at: string; from: string; before: Map<string, string> } | undefined;
+  if (at && !at.startsWith("..") && !path.isAbsolute(at)) {
+    const from = path.join(scratch, "mnt-skeleton");
+    await runProgram("cp", ["-a", `${skeleton}/.`, from], { timeoutMs: 600_000 });
+    const before = new Map<string, string>();
+    for (const rel of ["", ...(await listTree(from))]) {
+      const f = rel ? path.join(from, rel) : from;
+      let st = fsSync.lstatSync(f);
+      if (st.isFile()) {
+        fsSync.utimesSync(f, OLD_ATIME, st.mtime);
+        st = fsSync.lstatSync(f);
+      }
+      before.set(rel, rel ? stampOf(st) : `${st.mode}:${st.uid}:${st.gid}`);
+    }
+    fsSync.writeFileSync(path.join(from, PROBE), "probe\n");
+    fsSync.utimesSync(path.join(from, PROBE), OLD_ATIME, new Date());
+    mnt = { at, from, before };
+  }
+  const result = path.join(scratch, "watch.json");
+  return {
+    job: { probe: PROBE, result, ...(mnt ? { skeleton: { at: mnt.at, from: mnt.from } } : {}) },
+    async finish() {
+      let probes: Record<string, boolean>;
+      try {
+        probes = JSON.parse(await fs.readFile(result, "utf8"));
+      } catch {
+        return undefined;
+      }
+      if (mnt) {
+        const seen = new Set<string>();
+        for (const rel of ["", ...(await listTree(mnt.from))]) {
+          const st = fsSync.lstatSync(rel ? path.join(mnt.from, rel) : mnt.from);
+          seen.add(rel);
+          if ((rel ? stampOf(st) : `${st.mode}:${st.uid}:${st.gid}`) !== mnt.before.get(rel)) return "rerun";
+          if (rel && st.isFile() && st.atimeMs > OLD_ATIME_MS) touched.add(rel);
+        }
+        if (seen.size !== mnt.before.size) return "rerun";
+      }
+      if (!probes.tree || (mnt && !probes.mnt)) return undefined;
+      for (const [rel, stamp] of planted) {
+        const st = fsSync.lstatSync(path.join(upper, rel), { throwIfNoEntry: false });
+        if (!st?.isFile() || stampOf(st) !== stamp || st.atimeMs > OLD_ATIME_MS) touched.add(rel);
+      }
+      return { touched: [...touched].sort() };
+    },
+  };
 }
 
 const isWhiteout = (st: fsSync.Stats) => st.isCharacterDevice() && st.rdev === 0;

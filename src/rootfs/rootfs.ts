@@ -10,9 +10,9 @@
 // Each tree has its listing beside it (<tree>.listing, src/image/walk.ts), taken once it is final.
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { sha256, sha256File, type Store } from "../store";
+import { sha256, sha256File, writeFileAtomic, type Store } from "../store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
-import { configureRootfs } from "./configure";
+import { configureRootfsWatched, reconfigureRootfs } from "./configure";
 import type { WalkRecord } from "../image/walk";
 import { readListing, walk, writeListing } from "../image/walk";
 import { hashTree } from "./treehash";
@@ -103,19 +103,147 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
   return res;
 }
 
-/** Stage 2: rootfs/<hash2>, and its listing beside it. */
+/**
+ * Stage 2: rootfs/<hash2>, and its listing beside it. When setup.sh runs, what it did with the
+ * skeleton's files is recorded beside the tree (setupFile); a later stage 2 that differs from a
+ * recorded one only by the contents of skeleton files setup.sh neither read nor changed there is
+ * made from that tree (links, those files written fresh), without running setup.sh again.
+ */
 export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
-  const linkedFrom = await stage1Records(stage1);
+  let linkedFrom = await stage1Records(stage1);
+  const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1)) : undefined;
+  let record: SetupRecord | undefined;
+  let reusedFrom: string | undefined;
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
-    await configureRootfs({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout });
+    const earlier = inputs && (await findReusable(store, inputs));
+    if (earlier) {
+      reusedFrom = earlier.tree;
+      log?.(`configured from ${path.basename(earlier.tree).slice(0, 12)} without running setup.sh: it neither read nor changed ${earlier.changed.join(", ")}`);
+      await reconfigureRootfs({ from: earlier.tree, skeleton: spec.skeleton!, changed: earlier.changed, out });
+      record = { ...inputs, touched: earlier.touched };
+      // Its files keep the stamps they have in the earlier tree's listing (stage 1's, or setup.sh's).
+      const earlierRecords = readListing(listingFile(earlier.tree), earlier.tree);
+      if (earlierRecords) linkedFrom = new Map(earlierRecords.map((r) => [r.name, r]));
+    } else {
+      const { access } = await configureRootfsWatched({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout, watch: !!inputs });
+      if (inputs && access) record = { ...inputs, touched: access.touched };
+    }
     await makeMountPoints(out, log);
+    // The stage itself reads the final /etc/fstab (the mount points): a skeleton fstab counts as read.
+    if (record) {
+      const fstab = path.relative(out, await resolveInRoot(out, "etc/fstab"));
+      if (fstab in record.skeleton) record.touched = [...new Set([...record.touched, fstab])].sort();
+    }
   }, { dir: true });
   await ensureListing(store, res, linkedFrom);
-  // Linking moved the ctime of every file of stage 1: its check is remembered again now, from
-  // what this process just read and recorded (no file is read), or the next check reads it all.
-  const rel1 = store.relOf(stage1);
-  if (res.built && rel1) await store.check(rel1, { linked: true });
+  if (res.built && record) {
+    const rel = store.relOf(setupFile(res.path));
+    if (rel) {
+      await writeFileAtomic(store.path(rel), JSON.stringify(record) + "\n", 0o644);
+      await store.recordFile(rel);
+    }
+  }
+  // Linking moved the ctime of every file of stage 1 (and of the earlier tree): its check is
+  // remembered again now, from what this process just read and recorded (no file is read), or
+  // the next check reads it all.
+  for (const linked of [stage1, ...(reusedFrom ? [reusedFrom] : [])]) {
+    const rel = store.relOf(linked);
+    if (res.built && rel) await store.check(rel, { linked: true });
+  }
   return res;
+}
+
+/** Where what setup.sh did with the skeleton is recorded: beside the tree (rootfs/<hash2>.setup.json). */
+export const setupFile = (tree: string) => `${tree.replace(/\/+$/, "")}.setup.json`;
+
+const SETUP_RECORD = "ramroot-setup-access-1";
+
+/** What decides whether a recorded run of setup.sh stands for a new one: all but the skeleton's contents. */
+interface SetupInputs {
+  format: string;
+  arch: string;
+  /** Stage 1's hash (its folder's name). */
+  stage1: string;
+  /** sha256 of setup.sh. */
+  setup: string;
+  /** The system folder as setup.sh sees it at /mnt, less the skeleton (whose files are below). */
+  system: string;
+  network: boolean;
+  /** The skeleton, by path: treehash's fingerprint (mode, owner, and the content's sha256, link target or device). */
+  skeleton: Record<string, string>;
+}
+
+interface SetupRecord extends SetupInputs {
+  /** Skeleton paths (regular files) setup.sh read or changed, and etc/fstab (which the stage reads). */
+  touched: string[];
+}
+
+async function setupInputs(spec: RootfsSpec, stage1: string): Promise<SetupInputs> {
+  const sysFp = new Map<string, string>();
+  // The same options as configureHash's (its per-file cache then serves both).
+  await hashTree(spec.system!, { rootOwned: true, exclude: ["packages", "secrets", ...goOwned(spec.system!)], cacheDir: spec.hashCache, fingerprints: sysFp });
+  const skelFp = new Map<string, string>();
+  await hashTree(spec.skeleton!, { rootOwned: true, cacheDir: spec.hashCache, fingerprints: skelFp });
+  const at = path.relative(spec.system!, spec.skeleton!);
+  const inside = (rel: string) => !!at && !at.startsWith("..") && (rel === at || rel.startsWith(`${at}/`));
+  const rest = [...sysFp].filter(([rel]) => !inside(rel)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return {
+    format: SETUP_RECORD, arch: spec.arch, stage1, setup: sha256(await fs.readFile(spec.setup!)), system: sha256(JSON.stringify(rest)), network: !!spec.setupNetwork,
+    skeleton: Object.fromEntries([...skelFp].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+  };
+}
+
+/** A fingerprint's parts: mode, owner, and what (f<size> <sha256> for a file). */
+const fpParts = (fp: string) => {
+  const [mode, owner, ...what] = fp.split(" ");
+  return { mode, owner, file: what[0]?.startsWith("f") ?? false };
+};
+
+/**
+ * A configured tree of the store made by setup.sh with these inputs but for the contents of
+ * some skeleton files that it neither read nor changed, with its record and its bytes proven;
+ * the one with the fewest such files.
+ */
+export async function findReusable(store: Store, want: SetupInputs): Promise<{ tree: string; changed: string[]; touched: string[] } | undefined> {
+  const names = await fs.readdir(store.path("rootfs")).catch(() => [] as string[]);
+  const found: Array<{ hash: string; changed: string[]; touched: string[] }> = [];
+  for (const n of names) {
+    const hash = /^([0-9a-f]{64})\.setup\.json$/.exec(n)?.[1];
+    if (!hash) continue;
+    let r: SetupRecord;
+    try {
+      r = JSON.parse(await fs.readFile(store.path(`rootfs/${n}`), "utf8"));
+    } catch {
+      continue;
+    }
+    if (r?.format !== want.format || r.arch !== want.arch || r.stage1 !== want.stage1 || r.setup !== want.setup || r.system !== want.system || r.network !== want.network) continue;
+    if (!r.skeleton || !Array.isArray(r.touched)) continue;
+    const had = Object.keys(r.skeleton);
+    const has = Object.keys(want.skeleton);
+    if (had.length !== has.length) continue;
+    const touched = new Set(r.touched);
+    const changed: string[] = [];
+    let ok = true;
+    for (const rel of has) {
+      const before = r.skeleton[rel];
+      const now = want.skeleton[rel];
+      if (before === undefined) ok = false;
+      if (!ok || before === now) continue;
+      const [a, b] = [fpParts(before), fpParts(now)];
+      // Only a regular file's contents may differ, and only of a file setup.sh did not touch.
+      if (!(a.file && b.file && a.mode === b.mode && a.owner === b.owner) || touched.has(rel)) ok = false;
+      else changed.push(rel);
+    }
+    if (ok && changed.length > 0) found.push({ hash, changed, touched: r.touched });
+  }
+  found.sort((a, b) => a.changed.length - b.changed.length);
+  for (const f of found) {
+    // Built from only when proven: the record, and the tree against the record of its bytes.
+    if (!(await store.has(`rootfs/${f.hash}.setup.json`))) continue;
+    if (!(await store.check(`rootfs/${f.hash}`, { remember: true })).ok) continue;
+    return { tree: store.path(`rootfs/${f.hash}`), changed: f.changed, touched: f.touched };
+  }
+  return undefined;
 }
 
 /** The tree's listing, made again when the tree is new or its listing is missing or damaged. */

@@ -25,12 +25,14 @@ import * as v8 from "node:v8";
 import * as vm from "node:vm";
 import { isMainThread, parentPort, Worker } from "node:worker_threads";
 import * as zlib from "node:zlib";
-import { encodeNewc, type NewcRecord } from "./newc";
+import { encodeNewc, unpackRecords, type NewcRecord, type PackedRecords } from "./newc";
 
 export type Compression = "zstd" | "gzip" | "none";
 
 export interface SegmentJob {
-  records: NewcRecord[];
+  /** The segment's records, as objects or packed (what a plan holds: see PackedRecords). */
+  records?: NewcRecord[];
+  packed?: PackedRecords;
   compression: Compression;
   level: number;
   /** When set, the key is sha256(keyPrefix + the archive bytes); it names the format and compression. */
@@ -234,7 +236,9 @@ async function encodeSegment(job: SegmentJob): Promise<SegmentResult> {
   try {
     if (job.out !== undefined) sink = fileSink(job.out, job.compression, job.level) ?? streamSink(job.out, job.compression, job.level);
     // The encoder overwrites `buf` for each chunk: each is consumed before the next is asked for.
-    for await (const chunk of encodeNewc(job.records, { reuse: buf })) {
+    const records = job.packed ? unpackRecords(job.packed) : job.records;
+    if (!records) throw new Error("compress-worker: a job without records");
+    for await (const chunk of encodeNewc(records, { reuse: buf })) {
       hash?.update(chunk);
       if (job.crc) crc = zlib.crc32(chunk, crc);
       bytes += chunk.length;

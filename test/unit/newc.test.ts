@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { encodedSize, encodeNewc, NewcReader, TRAILER, type NewcEntry, type NewcRecord } from "../../src/image/newc";
+import { encodedSize, encodeNewc, NewcReader, packRecords, TRAILER, unpackRecords, type NewcEntry, type NewcRecord } from "../../src/image/newc";
 import { Random, randomName, randomTarget } from "./random-trees";
 
 const S_IFMT = 0o170000;
@@ -105,6 +105,32 @@ test("random archives read back as they were written, whatever the chunks on eit
       }, `${at}: header of ${JSON.stringify(rec.name)}`);
       assert.ok(data!.equals(contentOf(rec)), `${at}: content of ${JSON.stringify(rec.name)}`);
     });
+  }
+});
+
+test("packed records unpack field for field and encode to the same bytes; a source under the root is not stored", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ramroot-pack-"));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, "elsewhere"));
+  for (let seed = 1; seed <= 40; seed++) {
+    const r = new Random(seed);
+    const records = randomRecords(r, path.join(dir, "elsewhere"));
+    // Names whose source is root/name, as a walk gives them (the files exist: they are encoded).
+    for (const rec of records.filter((x) => x.source !== undefined)) {
+      const name = `root-${path.basename(rec.source!)}`;
+      fs.copyFileSync(rec.source!, path.join(dir, name));
+      records.push({ ...rec, name, source: `${dir}/${name}` });
+    }
+    const at = `seed ${seed}`;
+    const packed = packRecords(records, dir);
+    const back = [...unpackRecords(packed)];
+    assert.equal(packed.count, records.length, at);
+    // Every field, as a walk's record has it (an absent source or data is undefined).
+    const norm = (x: NewcRecord) => ({ ...x, source: x.source, data: x.data && Buffer.from(x.data) });
+    assert.deepEqual(back.map(norm), records.map(norm), at);
+    const stored = records.reduce((n, x) => n + Buffer.byteLength(x.name) + (x.data?.length ?? 0) + (x.source && !x.name.startsWith("root-") ? Buffer.byteLength(x.source) : 0), 0);
+    assert.equal(packed.bytes.length, stored, `${at}: bytes held`);
+    assert.ok((await encode(back)).equals(await encode(records)), `${at}: encoded`);
   }
 });
 

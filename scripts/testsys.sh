@@ -41,11 +41,13 @@ export RAMROOT_CACHE
 # its USB stick, efivarfs (efibootmgr reads and writes the UEFI variables through it), and what a
 # power button press needs to reach acpid: the ACPI button driver (built into the arm64 kernel),
 # evdev (/dev/input/event*, which busybox acpid reads; loaded by the input devices' modalias) and
-# gpio_keys (the button of an arm64 devicetree machine); virtio_rng (a machine's RNG, as QEMU's). Missing ones (built in, or absent from the flavour: the cloud kernels have no
-# USB) are skipped.
+# gpio_keys (the button of an arm64 devicetree machine); virtio_rng (a machine's RNG, as QEMU's);
+# i6300esb (the rehearsal host's hardware watchdog, which the image's trial guard arms during a
+# trial boot). Missing ones (built in, or absent from the flavour: the cloud kernels have no
+# USB, and the cloud amd64 one no i6300esb) are skipped.
 MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console vfat fat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1
   qemu_fw_cfg usb-storage uas sd_mod xhci-pci xhci-plat-hcd ehci-pci ehci-platform ohci-pci
-  efivarfs button evdev gpio_keys virtio_rng"
+  efivarfs button evdev gpio_keys virtio_rng i6300esb"
 
 die() { echo "testsys.sh: $*" >&2; exit 1; }
 

@@ -34,9 +34,9 @@ for (const arch of ["aarch64", "x86_64"] as const) {
     // ramroot's health report: this build, the stick mounted, no service failed; then a clean power-off.
     assert.match(res.stdout, new RegExp(`console: ramroot-health: begin 1 build=${o.buildId}`));
     assert.match(res.stdout, /console: ramroot-health: mount ok \/media\/usb UUID=B61B-19E7 vfat/);
-    assert.match(res.stdout, /console: ramroot-health: result ok problems=0 mounts=1 services=16/);
+    assert.match(res.stdout, /console: ramroot-health: result ok problems=0 mounts=1 services=17/);
     assert.match(res.stdout, /reported healthy, powered off in [\d.]+ s; the persistence image is clean/);
-    assert.match(o.bootHealth, /^ramroot-health: begin 1 build=[0-9a-f]{16}\n[\s\S]*\nramroot-health: result ok problems=0 mounts=1 services=16$/);
+    assert.match(o.bootHealth, /^ramroot-health: begin 1 build=[0-9a-f]{16}\n[\s\S]*\nramroot-health: result ok problems=0 mounts=1 services=17$/);
     const record = JSON.parse(fs.readFileSync(path.join(p.dir, ".ramroot", "store", "booted", `${o.ukiSha256}.json`), "utf8"));
     assert.deepEqual(record.health, o.bootHealth.split("\n"));
     assertClean(o.persist);

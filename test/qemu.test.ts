@@ -93,7 +93,10 @@ async function buildDisk(arch: Arch, dir: string, variant: Variant = "ok"): Prom
   await put("etc/local.d/50-ramroot-test.start", TEST_START, 0o755);
   await put("etc/conf.d/local", "rc_verbose=yes\n");
   await put("etc/ramroot-release", `BUILD_ID="test-${arch}"\n`);
-  for (const f of healthFiles()) if (!f.dir) await put(f.name, f.content!, f.mode);
+  for (const f of healthFiles()) {
+    if (f.link) await fs.mkdir(path.dirname(path.join(overlay, f.name)), { recursive: true, mode: 0o755 }).then(() => fs.symlink(f.link!, path.join(overlay, f.name)));
+    else if (!f.dir) await put(f.name, f.content!, f.mode);
+  }
   if (variant === "nolocal") {
     runlevels.default = ["zz-off"];
     await put("etc/init.d/zz-off", '#!/bin/sh\n[ "$1" = start ] && { echo "RAMROOT-NO-LOCAL: powering off"; poweroff; }\nexit 0\n', 0o755);
@@ -156,7 +159,7 @@ for (const arch of ["x86_64", "aarch64"] as const) {
       assert.equal(r.health!.build, `test-${arch}`);
       assert.equal(r.health!.result, "ok");
       assert.deepEqual(r.health!.mounts, [{ state: "ok", mountPoint: "/media/usb", source: "UUID=B61B-19E7", type: "vfat" }]);
-      assert.equal(r.health!.counts.services, 5);
+      assert.equal(r.health!.counts.services, 6); // with ramroot's trial guard (sysinit)
       // Asked through fw_cfg, the guest went down through OpenRC's shutdown, which unmounted the stick.
       assert.match(r.console, /ramroot: powering off: QEMU asked for it through fw_cfg opt\/org\.ramroot\/after-boot/);
       assert.match(r.console, / \* Stopping localmount \.\.\.[\s\S]* \* Starting mount-ro \.\.\./);

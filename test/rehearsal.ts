@@ -10,7 +10,9 @@ import { promisify } from "node:util";
 import { healthFiles } from "../src/boot/health";
 import type { Arch } from "../src/boot/qemu";
 import { writeSecretsLayer, type SecretDecl } from "../src/image/secrets";
-import { repo } from "./project";
+import { Project, repo, type PulumiResult } from "./project";
+import { freePort, startProxy, type Proxy } from "./sshd";
+import { removablePath } from "../src/arch";
 
 const exec = promisify(execFile);
 export const cli = path.join(repo, "dist", "src", "cli.js");
@@ -79,7 +81,12 @@ export async function testSystemStick(arch: Arch, dir: string, o: { acpid?: bool
   put("etc/ssh/sshd_config.d/ramroot.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n");
   put("etc/ramroot-release", `BUILD_ID="${buildId}"\n`);
   put("etc/local.d/50-host-test.start", BOOT_COUNTER, 0o755);
-  for (const f of healthFiles()) if (!f.dir) put(f.name, f.content!, f.mode);
+  for (const f of healthFiles()) {
+    if (f.link) {
+      fs.mkdirSync(path.dirname(path.join(overlay, f.name)), { recursive: true, mode: 0o755 });
+      fs.symlinkSync(f.link, path.join(overlay, f.name));
+    } else if (!f.dir) put(f.name, f.content!, f.mode);
+  }
   put("root/.ssh/authorized_keys", `${client.public}\n`, 0o600);
   fs.chmodSync(path.join(overlay, "root"), 0o700);
   fs.chmodSync(path.join(overlay, "root", ".ssh"), 0o700);
@@ -187,3 +194,127 @@ export const stickFile = (stick: string, file: string) =>
   execFileSync("mtype", ["-i", `${stick}@@1048576`, `::/${file}`], { env: { ...process.env, MTOOLS_SKIP_CHECK: "1" }, encoding: "utf8" });
 
 export const bootsIn = (consoleText: string) => (consoleText.match(/Run \/sbin\/init as init process/g) ?? []).length;
+
+/** The kernel command line of a rehearsal build: `tag` makes each build a new UKI (and nothing else). */
+export const rehearsalCmdline = (arch: Arch, tag: string, init = "/sbin/init", extra = "") =>
+  `rdinit=${init} console=${CONSOLE[arch]} panic=5 ramroot-test=${tag}${extra ? ` ${extra}` : ""}`;
+
+/**
+ * A boot-runlevel service of the rehearsal's system (test fixture): with ramroot-test-freeze on the
+ * kernel command line it freezes the userland so hard that no process runs: SIGSTOP to every
+ * process but init and itself (the trial guard's loop and its sleep included), then it exits, its
+ * parents stopped: the boot never goes on, nothing feeds the watchdog. Otherwise it does nothing.
+ */
+const FREEZE_SERVICE = `#!/bin/sh
+# Test fixture (test/rehearsal.ts): freezes the userland when the kernel command line says
+# ramroot-test-freeze.
+case "$1" in
+start)
+	case " $(cat /proc/cmdline) " in *" ramroot-test-freeze "*) ;; *) exit 0 ;; esac
+	echo "ramroot-test: freezing the userland: kill -STOP -1" >/dev/console
+	kill -STOP -1
+	exit 0
+	;;
+esac
+exit 0
+`;
+
+export interface Rehearsal {
+  p: Project;
+  arch: Arch;
+  dir: string;
+  sys: string;
+  /** The stick's removable path, as the host mounts it. */
+  stickPath: string;
+  stick: string;
+  consoleFile: string;
+  h: HostProcess;
+  proxy: Proxy;
+  args: string[];
+  prod: string[];
+  /** The first build's `pulumi stack output`. */
+  first: any;
+  up(allowFail?: boolean): Promise<PulumiResult>;
+  out(): Promise<any>;
+  /** `pulumi config set-all`: one CLI run for many keys. */
+  setAll(plain: Record<string, string>, secret?: Record<string, string>): Promise<void>;
+  run(command: string): Promise<string>;
+  buildOnHost(): Promise<string>;
+  sha(file: string): Promise<string>;
+  /** What a trial may leave on the host: boot entries, BootNext, the image. */
+  leftovers(): Promise<string>;
+}
+
+/**
+ * The production stack of a throw-away copy of the project (the example system/, with the host
+ * key a secret and the test's client key authorized, and the freeze fixture), its first build
+ * (cmdline tag "a"), a stick made from it by `ramroot stick write`, `ramroot host` booting it,
+ * a byte-counting proxy in front of its SSH port, and the stack pointed at it for reboot deploys.
+ */
+export async function startRehearsal(t: { after(f: () => void): void }, arch: Arch, o: { trialSeconds: number; waitSeconds: number }): Promise<Rehearsal> {
+  const p = Project.create();
+  t.after(() => p.remove());
+  const dir = tmpdir(t, `trial-${arch}`);
+  const hostKey = keyPair(dir, "host_ed25519");
+  const client = keyPair(dir, "client_ed25519");
+  const sys = path.join(p.dir, "system");
+  const secrets = fs.readFileSync(path.join(sys, "secrets"), "utf8");
+  fs.writeFileSync(path.join(sys, "secrets"), secrets.replace(/^# (file \/etc\/ssh\/ssh_host_ed25519_key 0600 root sshHostKey)$/m, "$1"));
+  fs.appendFileSync(path.join(sys, "root", "root", ".ssh", "authorized_keys"), `${client.public}\n`);
+  fs.writeFileSync(path.join(sys, "root", "etc", "init.d", "ramroot-test-freeze"), FREEZE_SERVICE, { mode: 0o755 });
+  fs.appendFileSync(path.join(sys, "setup.sh"), "\n# test fixture (test/rehearsal.ts)\nrc-update add ramroot-test-freeze boot\n");
+  const prod = ["--stack", "production"];
+  const setAll = async (plain: Record<string, string>, secret: Record<string, string> = {}) => {
+    const args = [...Object.entries(plain).flatMap(([k, v]) => ["--plaintext", `ramroot:${k}=${v}`]), ...Object.entries(secret).flatMap(([k, v]) => ["--secret", `ramroot:${k}=${v}`])];
+    await p.pulumi(["config", "set-all", ...args, ...prod]);
+  };
+  const out = async () => JSON.parse((await p.pulumi(["stack", "output", "--json", ...prod])).stdout);
+  const up = (allowFail = false) => p.pulumi(["up", "--yes", ...prod], { allowFail, timeoutMs: 20 * 60_000 });
+  await p.pulumi(["stack", "init", "production"]);
+  await setAll({ arch, allowUntested: "true", cmdline: rehearsalCmdline(arch, "a") }, { secretsSalt: randomBytes(32).toString("hex"), sshHostKey: hostKey.private });
+
+  // The older build, made by the same stack before it has a host; the stick made from it.
+  await up();
+  const first = await out();
+  const stick = path.join(dir, "stick.img");
+  execFileSync(process.execPath, [cli, "stick", "write", stick, "--uki", first.ukiPath]);
+
+  const port = await freePort();
+  const knownHosts = path.join(dir, "known_hosts");
+  fs.writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostKey.public.split(" ").slice(0, 2).join(" ")}\n`);
+  const args = sshArgs(port, knownHosts, client.file);
+  const consoleFile = path.join(dir, "console.log");
+  const h = new HostProcess(["--stick", stick, "--ssh-port", String(port), "--vars", path.join(dir, "vars.fd"), "--console", consoleFile]);
+  t.after(() => { h.child.kill("SIGKILL"); });
+  const proxy = await startProxy(port);
+  t.after(() => proxy.close());
+  await login(args, 400_000);
+  const run = async (command: string) => {
+    const r = await ssh(args, command);
+    if (!r.ok) throw new Error(`${command}: ${r.stderr}`);
+    return r.stdout;
+  };
+  await setAll({
+    host: "127.0.0.1", sshPort: String(proxy.port), hostKey: hostKey.public.split(" ").slice(0, 2).join(" "), reboot: "true",
+    waitSeconds: String(o.waitSeconds), trialSeconds: String(o.trialSeconds), consoleLog: consoleFile,
+  }, { sshPrivateKey: client.private });
+  const stickPath = `/media/usb/${removablePath(arch)}`;
+  return {
+    p, arch, dir, sys, stickPath, stick, consoleFile, h, proxy, args, prod, first, up, out, setAll, run,
+    buildOnHost: async () => (await run(". /etc/ramroot-release; echo $BUILD_ID")).trim(),
+    sha: async (f: string) => (await run(`sha256sum ${f} 2>/dev/null || true`)).split(" ")[0].trim(),
+    leftovers: async () => (await run("efibootmgr | grep -i 'ramroot trial' || true; ls /sys/firmware/efi/efivars | grep -E '^BootNext' || true; ls /media/usb/EFI/ramroot 2>/dev/null || true")).trim(),
+  };
+}
+
+/**
+ * What fsck.vfat -n says beyond the dirty bit (and the boot sector's backup that differs only in
+ * it, byte 65): a hard reset of a system that has the stick mounted (the hardware watchdog's)
+ * leaves that bit set, and Linux keeps it set on a volume it mounted dirty; anything else is damage.
+ */
+export function fsckBeyondDirtyBit(output: string): string[] {
+  const meant = [/^fsck\.fat /, /^There are differences between boot sector and its backup\.$/, /^This is mostly harmless\. Differences: \(offset:original\/backup\)$/,
+    /^65:01\/00$/, /^Not automatically fixing this\.$/, /^Dirty bit is set\. Fs was not properly unmounted and some data may be corrupt\.$/,
+    /^Automatically removing dirty bit\.$/, /^Leaving filesystem unchanged\.$/, /^\S+: \d+ files, \d+\/\d+ clusters$/];
+  return output.split("\n").map((l) => l.trim()).filter((l) => l && !meant.some((re) => re.test(l)));
+}

@@ -180,12 +180,13 @@ exit 0
 `;
 
 /** The files ramroot adds to every image (the release member): the script, its folder, the hook. */
-export function healthFiles(): Array<{ name: string; content?: string; mode: number; dir?: boolean }> {
+export function healthFiles(): Array<{ name: string; content?: string; link?: string; mode: number; dir?: boolean }> {
   return [
     { name: "usr/lib/ramroot", mode: 0o755, dir: true },
     { name: HEALTH_SCRIPT_PATH, content: HEALTH_SCRIPT, mode: 0o755 },
     { name: HEALTH_HOOK_PATH, content: HEALTH_HOOK, mode: 0o755 },
-    // The trial timer rides along: a trial boot must fall back even when nobody can log in.
+    // The trial guard rides along (its script, its OpenRC service and the service's link in the
+    // sysinit runlevel): a trial boot must fall back even when nobody can log in.
     ...trialTimerFiles(),
   ];
 }

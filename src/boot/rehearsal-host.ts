@@ -10,6 +10,14 @@
 // - User-mode networking, the guest's port 22 forwarded from 127.0.0.1:sshPort only.
 // - The serial console appended to a file (or written to stdout).
 // - A reboot in the guest reboots the VM (no -no-reboot): QEMU keeps running, as a board does.
+// - A hardware watchdog, as the NAS has one: QEMU's i6300esb, a PCI device (on q35 and on the
+//   aarch64 `virt` machine alike), whose expiry resets the machine (`-action watchdog=reset`;
+//   `-watchdog-action reset` before QEMU 6.0). The image's trial guard (src/deploy/trial-timer.ts)
+//   arms it during a trial boot only. Its driver (i6300esb) is in Debian's generic arm64 kernel,
+//   the aarch64 test system's, and in Alpine's linux-lts; Debian's cloud amd64 kernel, the x86_64
+//   test system's, has none, so the x86_64 rehearsal host's device goes unused there. The NAS
+//   (Ampere Altra) has the SBSA generic watchdog instead (driver sbsa_gwdt, found through ACPI's
+//   GTDT), which QEMU's `virt` machine does not model (its `sbsa-ref` machine does).
 // - stop() powers the guest off cleanly: it presses the machine's power button (QMP
 //   system_powerdown: an ACPI power button event on both architectures, q35's and virt's, which
 //   the firmware's ACPI tables describe), then waits for the guest to power itself off. A system
@@ -116,6 +124,7 @@ export async function startHost(o: HostOptions): Promise<Host> {
       arch, disk: o.stick, diskWritable: true, reboot: true, firmwareVars: vars, memoryMiB: o.memoryMiB, cpus: o.cpus,
       forward: [{ hostAddress: "127.0.0.1", hostPort: o.sshPort, guestPort: 22 }], qmpSocket, rng: true,
     });
+    args.push(...watchdogArgs(cmd));
     if (o.console) {
       await fs.mkdir(path.dirname(path.resolve(o.console)), { recursive: true });
       consoleFile = createWriteStream(o.console, { flags: "a" });
@@ -264,6 +273,10 @@ class HostState {
       case "SHUTDOWN":
         this.shutdownReason = m.data?.reason;
         break;
+      case "WATCHDOG":
+        // The hardware watchdog expired (nobody fed it): QEMU then resets the machine.
+        this.log(`ramroot host: the machine's hardware watchdog expired (action: ${m.data?.action ?? "?"})`);
+        break;
       case "POWERDOWN":
         break;
     }
@@ -317,6 +330,22 @@ class HostState {
     try { process.kill(-pid, "SIGTERM"); } catch { this.child.kill("SIGTERM"); }
     setTimeout(() => { if (!this.exited) { try { process.kill(-pid, "SIGKILL"); } catch { this.child.kill("SIGKILL"); } } }, 5000).unref();
   }
+}
+
+/**
+ * The machine's hardware watchdog: an i6300esb whose expiry resets the machine. QEMU 6.0 and
+ * later take `-action watchdog=reset`; older ones `-watchdog-action reset`.
+ */
+export function watchdogArgs(qemuBinary: string): string[] {
+  const r = spawnSync(qemuBinary, ["--version"], { encoding: "utf8" });
+  const v = /version (\d+)\.(\d+)/.exec(r.stdout ?? "");
+  if (!v) throw new Error(`host: cannot tell the version of ${qemuBinary} (${(r.error?.message ?? r.stderr ?? "").trim() || "no version line"})`);
+  return qemuWatchdogArgs(Number(v[1]), Number(v[2]));
+}
+
+export function qemuWatchdogArgs(major: number, _minor = 0): string[] {
+  const action = major >= 6 ? ["-action", "watchdog=reset"] : ["-watchdog-action", "reset"];
+  return ["-device", "i6300esb", ...action];
 }
 
 /** The stick's architecture: its removable boot path says it (and --arch, when given, must agree). */

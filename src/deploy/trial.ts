@@ -12,10 +12,12 @@
 //   3. a Boot#### entry "ramroot trial BUILD ramroot-trial-seconds=N" for trial.efi, made from
 //      the entry the firmware booted (src/deploy/load-option.ts), and BootNext = that entry;
 //   4. reboot: the firmware boots the trial once and forgets BootNext;
-//   5. the host answers on the new build, healthy: confirmed (its trial timer stands down, see
-//      src/deploy/trial-timer.ts), then promoted: trial.efi renamed to P.ramroot-new and committed by
+//   5. the host answers on the new build, healthy: confirmed (its trial guard stands down and
+//      disarms the hardware watchdog, see src/deploy/trial-timer.ts; the deploy waits for that),
+//      then promoted: trial.efi renamed to P.ramroot-new and committed by
 //      the deploy (P.prev keeps the old image), the entry removed;
-//      it answers on another build (a panic rebooted it: panic=N; the trial timer did): the
+//      it answers on another build (a panic rebooted it: panic=N; the trial guard's timer or the
+//      hardware watchdog it armed did): the
 //      entry and the trial image are removed and the deploy fails, naming both builds.
 // P is only ever replaced by the deploy's rename of a verified file: the stick always has a
 // bootable default.
@@ -24,6 +26,7 @@ import * as path from "node:path";
 import { parseHealth, type HealthReport } from "../boot/health";
 import { HostProtocol, hostFiles } from "./host-protocol";
 import { runOnHost } from "./host-commands";
+import { TRIAL_WATCHDOG_STATE, guardWaitCommand } from "./trial-timer";
 import {
   GLOBAL_GUID, TRIAL_DESCRIPTION, TRIAL_SECONDS_KEY, bootName, encodeLoadOption, gptPartition, loadOptionFile, parseLoadOption, parseU16, trialLoadOption, u16, varFile, varPayload,
   type GptPartition, type LoadOption,
@@ -184,6 +187,34 @@ function bootedEntry(st: EfiState, current: number, host: string): LoadOption {
   throw new Error(`${host}: BootCurrent is ${bootName(current)}, which is gone (a promoted trial's), and no single other entry names the stick: reboot the host once (it then runs from its default entry) and deploy again, or set ramroot:trialBoot false`);
 }
 
+/** How long the deployer waits for the trial guard to stand down once it confirmed the trial. */
+const GUARD_WAIT_SECONDS = 30;
+
+/**
+ * What the trial guard's state line (TRIAL_WATCHDOG_STATE, after the confirmation) means for the
+ * promotion: a note to log, or an error when the build must not be promoted (the guard still
+ * holds the watchdog armed, or its deadline passed first and the host is rebooting).
+ */
+export function guardOutcome(line: string, buildId: string): { note: string } | { error: string } {
+  const [what, dev, why] = line.trim().split(/\s+/);
+  switch (what) {
+    case undefined: case "":
+      return { note: "the trial timer stood down (an image without ramroot's trial guard state)" };
+    case "none":
+      return { note: `the trial timer stood down (no hardware watchdog armed: ${dev ?? "none"})` };
+    case "disarmed":
+      return { note: `the trial timer stood down; the hardware watchdog ${dev} is disarmed (magic close)` };
+    case "fed":
+      return { note: `the trial timer stood down; the hardware watchdog ${dev} cannot be stopped (${why ?? "?"}): the guard feeds it for the rest of this boot` };
+    case "armed":
+      return { error: `the trial guard of build ${buildId} did not stand down within ${GUARD_WAIT_SECONDS} s of the confirmation (the hardware watchdog ${dev} is still armed, ${TRIAL_WATCHDOG_STATE}: ${line.trim()}): not promoting it; the watchdog or the timer takes the host back to its default entry, and the next \`pulumi up\` cleans up` };
+    case "released": case "expired":
+      return { error: `the trial timer of build ${buildId} ran out before the confirmation (${TRIAL_WATCHDOG_STATE}: ${line.trim()}): the host is going back to its default entry; not promoting it (a longer ramroot:trialSeconds gives the deploy more time)` };
+    default:
+      return { error: `the trial guard of build ${buildId} says "${line.trim()}" (${TRIAL_WATCHDOG_STATE}), which this ramroot does not know: not promoting it` };
+  }
+}
+
 /** How a deploy with ramroot:reboot goes: probed when ramroot:trialBoot is not set. */
 export async function trialSupport(t: SshTarget): Promise<{ ok: boolean; why: string }> {
   const dir = path.posix.dirname(trialPath(hostFiles(t.path).path));
@@ -197,7 +228,7 @@ export async function trialSupport(t: SshTarget): Promise<{ ok: boolean; why: st
 export interface TrialOptions {
   /** How long to wait for the host after the trial's reboot. */
   waitMs: number;
-  /** The trial timer: the trial build reboots unless confirmed within this many seconds of its boot's end. */
+  /** The trial guard: the trial build reboots unless confirmed within this many seconds of its guard's start (OpenRC sysinit). */
   timerSeconds: number;
   /** A file the host's serial console is written to (the rehearsal host's --console): its trial boot lines go into a failure. */
   consoleLog?: string;
@@ -234,10 +265,19 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
     if (ours.length) log(`removed what a trial boot left: ${ours.map((e) => `${bootName(e.entry)} (build ${e.build})`).join(", ")}, ${trial}`);
   };
 
-  /** Confirms the running trial, promotes its image to P, removes its entry. */
+  /**
+   * Confirms the running trial, waits for its guard to stand down (the hardware watchdog
+   * disarmed), promotes its image to P, removes its entry.
+   */
   const promote = async (): Promise<{ previous?: string }> => {
     await host(async (h) => {
       await h.trialConfirm();
+    });
+    const line = await withSession(t, log, (s) => s.exec("wait for the trial guard to stand down", ["sh", "-c", guardWaitCommand(GUARD_WAIT_SECONDS)]));
+    const outcome = guardOutcome(line, buildId);
+    if ("error" in outcome) throw new Error(outcome.error);
+    log(outcome.note);
+    await host(async (h) => {
       // Absent when an interrupted promotion already moved it: then P.ramroot-new holds it.
       await h.trialStage(trial, sha256, size).catch((e) => log(`${trial}: ${e.message}; the deploy looks for it at ${files.upload}`));
     });
@@ -307,7 +347,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
   try {
     back = await waitForBoot(t, current.boot, buildId, o.waitMs, log);
   } catch (e: any) {
-    throw new Error(`trial boot of build ${buildId}: ${e.message}; its trial timer (${o.timerSeconds} s) or the kernel's panic=N brings back the default image, and the next \`pulumi up\` cleans up${consoleLines(o.consoleLog, consoleFrom)}`);
+    throw new Error(`trial boot of build ${buildId}: ${e.message}; its trial guard (${o.timerSeconds} s, or the hardware watchdog it armed) or the kernel's panic=N brings back the default image, and the next \`pulumi up\` cleans up${consoleLines(o.consoleLog, consoleFrom)}`);
   }
 
   // 5. Promote, or clean up and fail.
@@ -335,7 +375,7 @@ export async function trialDeploy(t: SshTarget, buildId: string, sha256: string,
 function consoleLines(file: string | undefined, from: number): string {
   if (!file || !fs.existsSync(file)) return "";
   const text = fs.readFileSync(file).subarray(from).toString("utf8");
-  const lines = text.split(/\r?\n/).filter((l) => /panic|not syncing|trial|error|fail|ramroot:/i.test(l)).slice(-15);
+  const lines = text.split(/\r?\n/).filter((l) => /panic|not syncing|trial|watchdog|error|fail|ramroot:/i.test(l)).slice(-15);
   return lines.length ? `; console (${file}):\n  ${lines.join("\n  ")}` : "";
 }
 

@@ -21,14 +21,15 @@ export function releaseFile(fields: Record<string, string>): string {
 }
 
 /**
- * An uncompressed newc archive of a few regular files and folders, owned by root. A file's
+ * An uncompressed newc archive of a few regular files, symbolic links and folders, owned by root. A file's
  * parent must be in the rootfs or listed before it (the kernel makes no missing parents). A
  * folder entry for a folder the rootfs has sets its mode and owner, so list only new ones.
  */
-export async function smallArchive(files: Array<{ name: string; content?: string; mode?: number; dir?: boolean }>): Promise<Buffer> {
+export async function smallArchive(files: Array<{ name: string; content?: string; link?: string; mode?: number; dir?: boolean }>): Promise<Buffer> {
   const records: NewcRecord[] = files.map((f, i) => {
-    const data = Buffer.from(f.dir ? "" : f.content ?? "");
-    const type = f.dir ? 0o040000 : 0o100000;
+    // A symbolic link's data is its target.
+    const data = Buffer.from(f.dir ? "" : f.link ?? f.content ?? "");
+    const type = f.dir ? 0o040000 : f.link !== undefined ? 0o120000 : 0o100000;
     return { name: f.name, mode: type | (f.mode ?? (f.dir ? 0o755 : 0o644)), uid: 0, gid: 0, nlink: f.dir ? 2 : 1, mtime: 0, ino: i + 1, devMajor: 0, devMinor: 0, rdevMajor: 0, rdevMinor: 0, size: data.length, data };
   });
   const chunks: Buffer[] = [];

@@ -354,12 +354,14 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
   const N = Math.max(RUNS, 5);
   const rowsOf = (label: string): { preview: Row; up: Row } => ({ preview: { name: `\`npm run preview\` no-op, qemu stack on the bench tree${label}`, runs: [] }, up: { name: `\`npm run up\` no-op, qemu stack on the bench tree${label}`, runs: [] } });
   const basePreview: Row = { name: "`pulumi preview`, empty program (the CLI's own cost)", runs: [] };
-  const baseUp: Row = { name: "`pulumi up` no-op, empty program (the CLI's own cost)", runs: [] };
+  // The empty program's `pulumi up` with the flags `npm run up` passes the CLI (--skip-preview): like for like.
+  const upFlags = /--skip-preview/.test(JSON.parse(fs.readFileSync(path.join(repo, "package.json"), "utf8")).scripts.up) ? " --skip-preview" : "";
+  const baseUp: Row = { name: `\`pulumi up${upFlags}\` no-op, empty program (the CLI's own cost)`, runs: [] };
   // The same empty program with Node's compile cache, which scripts/env.sh sets for ramroot's
   // commands: what of the gain is Node's own, which any program could have.
   const envC = { ...envE, NODE_COMPILE_CACHE: path.join(work, "node-compile-cache") };
   const cachedPreview: Row = { name: "`pulumi preview`, empty program, with Node's compile cache", runs: [] };
-  const cachedUp: Row = { name: "`pulumi up` no-op, empty program, with Node's compile cache", runs: [] };
+  const cachedUp: Row = { name: `\`pulumi up${upFlags}\` no-op, empty program, with Node's compile cache`, runs: [] };
   pulumi(empty, envC, "preview --stack qemu");
   const now = rowsOf(` (${head})`);
   const then = before ? rowsOf(` (before: ${beforeRev})`) : undefined;
@@ -384,8 +386,8 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
     step(cachedPreview, () => pulumi(empty, envC, "preview --stack qemu"));
     step(now.preview, () => npmRun(ours, "preview", true));
     if (before && then) step(then.preview, () => npmRun(before, "preview", true));
-    step(baseUp, () => pulumi(empty, envE, "up --yes --stack qemu"));
-    step(cachedUp, () => pulumi(empty, envC, "up --yes --stack qemu"));
+    step(baseUp, () => pulumi(empty, envE, `up --yes${upFlags} --stack qemu`));
+    step(cachedUp, () => pulumi(empty, envC, `up --yes${upFlags} --stack qemu`));
     const r = step(now.up, () => npmRun(ours, "up", true));
     providerMs.push(r.extra!.providerMs);
     const h = handlerTimes(timing);
@@ -414,7 +416,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
       `; against the empty program with Node's compile cache (${s2(med(cachedPreview).wall)} s): ${s2(ratio(now.preview, cachedPreview))}x`,
   });
   targets.push({
-    what: "`npm run up` no-op: <= 2x the empty program's `pulumi up` (issue 18)",
+    what: `\`npm run up\` no-op: <= 2x the empty program's \`pulumi up${upFlags}\` (issue 18)`,
     met: ratio(now.up, baseUp) <= 2,
     why: why18,
     detail: vs(now.up, baseUp, "the empty program") + (then ? `; before (${beforeRev}): ${s2(med(then.up).wall)} s (${s2(ratio(then.up, baseUp))}x)` : "") +
@@ -424,29 +426,30 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
   }
 
   // --- The engine's share: `pulumi up` is a preview pass, then the update pass, each running the
-  // program and starting the provider plugin. The same no-op with --skip-preview, for the empty
-  // program's `pulumi up` and `npm run up` alike, alternating.
+  // program and starting the provider plugin. The same no-op with and without --skip-preview, for
+  // the empty program's `pulumi up` and ours (through the wrapper, without npm) alike, alternating.
+  const wrapperUp = (flags: string) => `bash scripts/pulumi.sh --build up --yes${flags} --stack qemu`;
   {
     const N = Math.max(RUNS, 5);
     const rowsP = {
       emptyUp: { name: "`pulumi up --yes` no-op, empty program", runs: [] } as Row,
       emptySkip: { name: "`pulumi up --yes --skip-preview` no-op, empty program", runs: [] } as Row,
-      up: { name: `\`npm run up\` no-op (${head})`, runs: [] } as Row,
-      upSkip: { name: `\`npm run up -- --skip-preview\` no-op (${head})`, runs: [] } as Row,
+      up: { name: `\`scripts/pulumi.sh up --yes\` no-op (${head})`, runs: [] } as Row,
+      upSkip: { name: `\`scripts/pulumi.sh up --yes --skip-preview\` no-op (${head})`, runs: [] } as Row,
     };
-    const npmUp = (extra: string) => {
+    const oursUp = (flags: string) => {
       fs.writeFileSync(timing, "");
-      const r = timeSh(`npm run --silent up${extra}`, ours.dir, { ...ours.env, RAMROOT_TIMING: timing });
-      if (handlerTimes(timing).lines.some((l) => l.op === "create" || l.op === "update")) throw new Error("the no-op npm run up built something");
+      const r = timeSh(wrapperUp(flags), ours.dir, { ...ours.env, RAMROOT_TIMING: timing });
+      if (handlerTimes(timing).lines.some((l) => l.op === "create" || l.op === "update")) throw new Error("the no-op up built something");
       return r;
     };
-    npmUp("");
+    oursUp("");
     for (let i = 0; i < N; i++) {
       for (const [row, fn] of [
         [rowsP.emptyUp, () => pulumi(empty, envE, "up --yes --stack qemu")],
         [rowsP.emptySkip, () => pulumi(empty, envE, "up --yes --skip-preview --stack qemu")],
-        [rowsP.up, () => npmUp("")],
-        [rowsP.upSkip, () => npmUp(" -- --skip-preview")],
+        [rowsP.up, () => oursUp("")],
+        [rowsP.upSkip, () => oursUp(" --skip-preview")],
       ] as Array<[Row, () => Run]>) {
         const r = fn();
         row.runs.push(r);
@@ -456,12 +459,12 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
     rows.push(rowsP.emptyUp, rowsP.emptySkip, rowsP.up, rowsP.upSkip);
     const d = (a: Row, b: Row) => s2(med(a).wall - med(b).wall);
     notes.push(`The preview pass of \`pulumi up\` (no-op, medians of ${N}): the empty program ${d(rowsP.emptyUp, rowsP.emptySkip)} s (${s2(med(rowsP.emptyUp).wall)} → ${s2(med(rowsP.emptySkip).wall)} s with --skip-preview), ` +
-      `\`npm run up\` ${d(rowsP.up, rowsP.upSkip)} s (${s2(med(rowsP.up).wall)} → ${s2(med(rowsP.upSkip).wall)} s); beyond the empty program: ${d(rowsP.up, rowsP.emptyUp)} s with the preview pass, ${d(rowsP.upSkip, rowsP.emptySkip)} s without.`);
+      `ours (scripts/pulumi.sh) ${d(rowsP.up, rowsP.upSkip)} s (${s2(med(rowsP.up).wall)} → ${s2(med(rowsP.upSkip).wall)} s); beyond the empty program: ${d(rowsP.up, rowsP.emptyUp)} s with the preview pass, ${d(rowsP.upSkip, rowsP.emptySkip)} s without.`);
   }
 
   // --- One skeleton file edited, then `pulumi up` to a verified boot, each part timed.
-  const editRuns = (p: { dir: string; env: NodeJS.ProcessEnv }, label: string, n: number, extra = ""): Row => {
-    const row: Row = { name: `one skeleton file edited: \`npm run up${extra}\` to a verified boot${label}`, runs: [] };
+  const editRuns = (p: { dir: string; env: NodeJS.ProcessEnv }, label: string, n: number, cmd = "npm run --silent up"): Row => {
+    const row: Row = { name: `one skeleton file edited: \`${cmd.replace(/^npm run --silent /, "npm run ")}\` to a verified boot${label}`, runs: [] };
     const parts: Record<string, number[]> = {};
     // The file is there before the timed runs (an up that adds it first): each run then edits
     // one file's contents, as the row says, rather than adding one (a new path always reruns setup.sh).
@@ -476,26 +479,29 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
       fs.writeFileSync(path.join(p.dir, "system", "root", "etc", "ramroot-bench-edit"), `edit ${i} ${Date.now()}\n`);
       fs.writeFileSync(timing, "");
       // The README's command (npm run up: the wrapper, the build check, the CLI).
-      const r = timeSh(`npm run --silent up${extra}`, p.dir, { ...p.env, RAMROOT_TIMING: timing });
+      const r = timeSh(cmd, p.dir, { ...p.env, RAMROOT_TIMING: timing });
       const h = handlerTimes(timing);
       const upd = (kind: string) => h.lines.filter((l) => l.kind === kind && (l.op === "update" || l.op === "create")).reduce((t, l) => t + l.ms, 0) / 1000;
       const part = { configure: upd("rootfs"), initramfs: upd("initramfs"), uki: upd("uki"), bootDisk: upd("bootmedia"), boot: upd("bootcheck") };
       if (part.boot === 0) throw new Error("the edit did not boot the new image");
       const engine = r.wall - Object.values(part).reduce((a, b) => a + b, 0);
-      for (const [k, v] of Object.entries({ ...part, engine })) (parts[k] ??= []).push(v);
-      r.extra = { ...part, engine };
+      // Of the engine's share, the handlers' checks and diffs (both passes): ramroot's, not Pulumi's.
+      const checks = h.lines.filter((l) => l.op !== "update" && l.op !== "create").reduce((t, l) => t + l.ms, 0) / 1000;
+      for (const [k, v] of Object.entries({ ...part, engine, checks })) (parts[k] ??= []).push(v);
+      r.extra = { ...part, engine, checks };
       row.runs.push(r);
-      log(`  ${row.name} #${i + 1}: ${s2(r.wall)} s wall (${Object.entries({ ...part, engine }).map(([k, v]) => `${k} ${s2(v)}`).join(", ")}), load ${r.load.toFixed(2)}`);
+      log(`  ${row.name} #${i + 1}: ${s2(r.wall)} s wall (${Object.entries({ ...part, engine, checks }).map(([k, v]) => `${k} ${s2(v)}`).join(", ")}), load ${r.load.toFixed(2)}`);
     }
     const m = (k: string) => median(parts[k]!);
-    row.note = `median parts: engine (npm, the wrapper, the CLI, both passes' program and provider starts, checks and diffs) ${s2(m("engine"))} s, configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
+    row.note = `median parts: engine (npm, the wrapper, the CLI, both passes' program and provider starts, checks and diffs) ${s2(m("engine"))} s (of which the handlers' checks and diffs ${s2(m("checks"))} s), configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
       `initramfs ${s2(m("initramfs"))} s, UKI ${s2(m("uki"))} s, boot disk ${s2(m("bootDisk"))} s, boot (BootCheck: QEMU from start to power-off, the probes, fsck) ${s2(m("boot"))} s`;
     return row;
   };
   const edit = editRuns(ours, ` (${head})`, RUNS);
   const editBefore = before ? editRuns(before, ` (before: ${beforeRev})`, RUNS) : undefined;
-  // What the engine's preview pass costs in this row (BENCH_ONLY=edit): the same edits with --skip-preview.
-  const editSkip = editOnly ? editRuns(ours, ` (${head})`, RUNS, " -- --skip-preview") : undefined;
+  // What the engine's preview pass costs in this row (BENCH_ONLY=edit): the same edits through the
+  // wrapper with the other choice of --skip-preview than `npm run up` makes.
+  const editSkip = editOnly ? editRuns(ours, ` (${head})`, RUNS, wrapperUp(/--skip-preview/.test(JSON.parse(fs.readFileSync(path.join(ours.dir, "package.json"), "utf8")).scripts.up) ? "" : " --skip-preview")) : undefined;
   rows.push(edit, ...(editBefore ? [editBefore] : []), ...(editSkip ? [editSkip] : []));
   const over = (row: Row) => median(row.runs.map((r) => r.wall - r.extra!.boot));
   targets.push({

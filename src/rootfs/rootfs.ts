@@ -113,11 +113,9 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   let linkedFrom = await stage1Records(stage1);
   const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1)) : undefined;
   let record: SetupRecord | undefined;
-  let reusedFrom: string | undefined;
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     const earlier = inputs && (await findReusable(store, inputs));
     if (earlier) {
-      reusedFrom = earlier.tree;
       log?.(`configured from ${path.basename(earlier.tree).slice(0, 12)} without running setup.sh: it neither read nor changed ${earlier.changed.join(", ")}`);
       await reconfigureRootfs({ from: earlier.tree, skeleton: spec.skeleton!, changed: earlier.changed, out });
       record = { ...inputs, touched: earlier.touched };
@@ -143,13 +141,12 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
       await store.recordFile(rel);
     }
   }
-  // Linking moved the ctime of every file of stage 1 (and of the earlier tree): its check is
-  // remembered again now, from what this process just read and recorded (no file is read), or
-  // the next check reads it all.
-  for (const linked of [stage1, ...(reusedFrom ? [reusedFrom] : [])]) {
-    const rel = store.relOf(linked);
-    if (res.built && rel) await store.check(rel, { linked: true });
-  }
+  // Linking moved the ctime of every file of stage 1: its check is remembered again now, from
+  // what this process just read and recorded (no file is read), or the next check reads it all.
+  // (Not the earlier tree's, when made from one: the next edit is made from this newer tree,
+  // and an older one checked again reads its files once.)
+  const rel1 = store.relOf(stage1);
+  if (res.built && rel1) await store.check(rel1, { linked: true });
   return res;
 }
 
@@ -206,12 +203,14 @@ const fpParts = (fp: string) => {
  */
 export async function findReusable(store: Store, want: SetupInputs): Promise<{ tree: string; changed: string[]; touched: string[] } | undefined> {
   const names = await fs.readdir(store.path("rootfs")).catch(() => [] as string[]);
-  const found: Array<{ hash: string; changed: string[]; touched: string[] }> = [];
+  const found: Array<{ hash: string; changed: string[]; touched: string[]; mtimeMs: number }> = [];
   for (const n of names) {
     const hash = /^([0-9a-f]{64})\.setup\.json$/.exec(n)?.[1];
     if (!hash) continue;
     let r: SetupRecord;
+    let mtimeMs: number;
     try {
+      mtimeMs = (await fs.stat(store.path(`rootfs/${n}`))).mtimeMs;
       r = JSON.parse(await fs.readFile(store.path(`rootfs/${n}`), "utf8"));
     } catch {
       continue;
@@ -234,9 +233,11 @@ export async function findReusable(store: Store, want: SetupInputs): Promise<{ t
       if (!(a.file && b.file && a.mode === b.mode && a.owner === b.owner) || touched.has(rel)) ok = false;
       else changed.push(rel);
     }
-    if (ok && changed.length > 0) found.push({ hash, changed, touched: r.touched });
+    if (ok && changed.length > 0) found.push({ hash, changed, touched: r.touched, mtimeMs });
   }
-  found.sort((a, b) => a.changed.length - b.changed.length);
+  // The newest first among equals: its check is remembered from its own build (a tree linked
+  // from since has had its files' ctimes moved, and its check would read them again).
+  found.sort((a, b) => a.changed.length - b.changed.length || b.mtimeMs - a.mtimeMs);
   for (const f of found) {
     // Built from only when proven: the record, and the tree against the record of its bytes.
     if (!(await store.has(`rootfs/${f.hash}.setup.json`))) continue;

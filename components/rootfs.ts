@@ -138,7 +138,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     const stage1 = await buildPackages(ctx.store, spec, hash1, ctx.log);
     ctx.log(`packages ${hash1.slice(0, 12)}: ${stage1.built ? (spec.source.kind === "folder" ? `copied from the base folder ${spec.source.path}` : "built") : "reused from the store"}`);
     const stage2 = await buildConfigured(ctx.store, spec, stage1.path, hash2, ctx.log);
-    ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
+    ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (stage2.from ? `made from ${stage2.from.slice(0, 12)} without setup.sh` : spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
   },
   // Beside the hash, what `pulumi preview --diff` shows of a change: each entry of the system

@@ -70,7 +70,9 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     const stage1 = await buildPackages(store, s, hash1);
     const hash2 = await configureHash(s, hash1);
     const res = await buildConfigured(store, s, stage1.path, hash2, (l) => lines.push(l));
-    return { ...res, hash2, lines, ran: lines.includes("setup.sh: setup.sh ran"), reused: lines.some((l) => l.startsWith("configured from ")) };
+    const reused = lines.some((l) => l.startsWith("configured from "));
+    assert.equal(!!res.from, reused, "the result names the tree it was made from exactly when it was");
+    return { ...res, hash2, lines, ran: lines.includes("setup.sh: setup.sh ran"), reused };
   };
   let n = 0;
   /** The same inputs in a store of their own: setup.sh runs; the two trees must be the same entry for entry. */

@@ -80,7 +80,12 @@ export async function configureHash(spec: RootfsSpec, stage1: string): Promise<s
   return sha256(JSON.stringify([ROOTFS_FORMAT, spec.arch, stage1, skel, sys, setup, ...(spec.setupNetwork ? ["network"] : [])]));
 }
 
-export interface Built { path: string; built: boolean }
+export interface Built {
+  path: string;
+  built: boolean;
+  /** Stage 2 made from this earlier configured tree (its hash) without running setup.sh. */
+  from?: string;
+}
 
 /**
  * Stage 1: the tree to configure, always in the store. A base folder is copied in: stage 2
@@ -113,9 +118,11 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   let linkedFrom = await stage1Records(stage1);
   const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1)) : undefined;
   let record: SetupRecord | undefined;
+  let from: string | undefined;
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     const earlier = inputs && (await findReusable(store, inputs));
     if (earlier) {
+      from = path.basename(earlier.tree);
       log?.(`configured from ${path.basename(earlier.tree).slice(0, 12)} without running setup.sh: it neither read nor changed ${earlier.changed.join(", ")}`);
       await reconfigureRootfs({ from: earlier.tree, skeleton: spec.skeleton!, changed: earlier.changed, out });
       record = { ...inputs, touched: earlier.touched };
@@ -147,7 +154,7 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   // and an older one checked again reads its files once.)
   const rel1 = store.relOf(stage1);
   if (res.built && rel1) await store.check(rel1, { linked: true });
-  return res;
+  return res.built && from ? { ...res, from } : res;
 }
 
 /** Where what setup.sh did with the skeleton is recorded: beside the tree (rootfs/<hash2>.setup.json). */

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
-import { encodedSize, NewcReader, packRecords, TRAILER, unarchivable, unpackRecords, type PackedRecords } from "./newc";
+import { encodedSize, NewcReader, NO_SOURCE, PACKED, packRecords, TRAILER, unarchivable, type PackedRecords } from "./newc";
 import type { WalkRecord } from "./walk";
 import { removeTree, writeFileAtomic, type Store } from "../store";
 import { DEFAULT_SPLIT_BYTES, segmentRecords, splitSegments } from "./segments";
@@ -204,31 +204,44 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
  * segmentsOf).
  */
 function fingerprint(prefix: string, seg: Segment, trustBefore: number): string | undefined {
-  // Names and link targets as one string, numbers as doubles: no number is turned into text.
+  // Names and link targets as one text, numbers as doubles: no number is turned into text.
+  // Read from the pack as it is: per record its name, NUL and its inline data in hex, a NUL
+  // between records (the bytes of what fingerprint/3 has always hashed as a string).
   const FIELDS = 13;
-  const count = seg.packed.count;
-  const nums = new Float64Array(count * FIELDS);
-  const names = new Array<string>(count);
+  const { count, bytes, nums: v } = seg.packed;
+  const { FIELDS: PF, NAME_LEN, DATA_LEN, OWN_LEN, SOURCE } = PACKED;
   const stamps = seg.stamps;
-  let i = 0;
-  let o = 0;
-  for (const r of unpackRecords(seg.packed)) {
-    const st = r.source === undefined || Number.isNaN(stamps[i * 4]) ? undefined : stamps.subarray(i * 4, i * 4 + 4);
-    if (r.source !== undefined && (st === undefined || st[3] >= trustBefore)) return undefined;
-    names[i] = r.data ? `${r.name}\0${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("hex")}` : `${r.name}\0`;
-    nums[o++] = r.mode;
-    nums[o++] = r.uid;
-    nums[o++] = r.gid;
-    nums[o++] = r.nlink;
-    nums[o++] = r.mtime;
-    nums[o++] = r.ino;
-    nums[o++] = r.rdevMajor;
-    nums[o++] = r.rdevMinor;
-    nums[o++] = r.size;
-    for (let k = 0; k < 4; k++) nums[o++] = st ? st[k] : -1;
-    i++;
+  let textLen = Math.max(0, count - 1);
+  for (let i = 0, o = 0; i < count; i++, o += PF) {
+    if (v[o + SOURCE] !== NO_SOURCE && (Number.isNaN(stamps[i * 4]) || stamps[i * 4 + 3] >= trustBefore)) return undefined;
+    textLen += v[o + NAME_LEN] + 1 + 2 * Math.max(0, v[o + DATA_LEN]);
   }
-  return createHash("sha256").update(`${prefix}fingerprint/3\n`).update(names.join("\0")).update(nums).digest("hex");
+  const text = Buffer.allocUnsafe(textLen);
+  const src = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const nums = new Float64Array(count * FIELDS);
+  let at = 0;
+  let t = 0;
+  for (let i = 0, o = 0, q = 0; i < count; i++, o += PF) {
+    if (i > 0) text[t++] = 0;
+    const nameLen = v[o + NAME_LEN];
+    t += src.copy(text, t, at, (at += nameLen));
+    text[t++] = 0;
+    const dataLen = v[o + DATA_LEN];
+    if (dataLen > 0) t += text.write(src.toString("hex", at, at + dataLen), t, "latin1");
+    at += Math.max(0, dataLen) + Math.max(0, v[o + OWN_LEN]);
+    const withSource = v[o + SOURCE] !== NO_SOURCE;
+    nums[q++] = v[o]; // mode
+    nums[q++] = v[o + 1]; // uid
+    nums[q++] = v[o + 2]; // gid
+    nums[q++] = v[o + 3]; // nlink
+    nums[q++] = v[o + 4]; // mtime
+    nums[q++] = v[o + 5]; // ino
+    nums[q++] = v[o + 8]; // rdevMajor
+    nums[q++] = v[o + 9]; // rdevMinor
+    nums[q++] = v[o + 10]; // size
+    for (let k = 0; k < 4; k++) nums[q++] = withSource ? stamps[i * 4 + k] : -1;
+  }
+  return createHash("sha256").update(`${prefix}fingerprint/3\n`).update(text).update(nums).digest("hex");
 }
 
 interface Remembered { key: string; bytes: number; crc32: number }

@@ -162,38 +162,67 @@ export interface PackedRecords {
   nums: Float64Array;
 }
 
-const PACKED_FIELDS = 15;
+/**
+ * A pack's layout, for readers that need no record objects (plan's fingerprints): per record,
+ * nums[FIELDS * i + k] holds mode, uid, gid, nlink, mtime, ino, devMajor, devMinor, rdevMajor,
+ * rdevMinor, size (k = 0..10), then the byte lengths in `bytes` of its name, inline data and own
+ * source (-1: none), and what its source is; `bytes` holds those three one after another.
+ */
+export const PACKED = { FIELDS: 15, NAME_LEN: 11, DATA_LEN: 12, OWN_LEN: 13, SOURCE: 14 } as const;
+const PACKED_FIELDS = PACKED.FIELDS;
 /** nums[SOURCE] of a record: no source, `${root}/${name}`, or a path of its own in `bytes`. */
-const SOURCE = 14;
-const NO_SOURCE = 0;
+const SOURCE = PACKED.SOURCE;
+export const NO_SOURCE = 0;
 const ROOT_SOURCE = 1;
 const OWN_SOURCE = 2;
 
 /** Packs records (see PackedRecords); unpackRecords gives them back field for field. */
 export function packRecords(records: readonly NewcRecord[], root: string): PackedRecords {
-  const names = records.map((r) => Buffer.from(r.name));
-  const own = records.map((r) => (r.source === undefined || r.source === `${root}/${r.name}` ? undefined : Buffer.from(r.source)));
-  let total = 0;
-  for (let i = 0; i < records.length; i++) total += names[i].length + (records[i].data?.length ?? 0) + (own[i]?.length ?? 0);
-  // Not Buffer.allocUnsafe: a small one is a slice of Node's shared pool, which a worker's
-  // copy of the job would take whole.
-  const bytes = new Uint8Array(total);
-  const nums = new Float64Array(records.length * PACKED_FIELDS);
+  const n = records.length;
+  const nums = new Float64Array(n * PACKED_FIELDS);
+  // Sources that are not root/name, which are stored; and an upper bound of the bytes (a
+  // UTF-16 code unit is at most 3 bytes of UTF-8), so that each string is encoded once.
+  const own = new Array<string | undefined>(n);
+  let bound = 0;
+  for (let i = 0; i < n; i++) {
+    const r = records[i];
+    const src = r.source;
+    if (src !== undefined && src !== `${root}/${r.name}`) own[i] = src;
+    bound += 3 * r.name.length + (r.data?.length ?? 0) + (own[i] === undefined ? 0 : 3 * src!.length);
+  }
+  const scratch = Buffer.allocUnsafe(bound);
   let at = 0;
-  const put = (b: Uint8Array | undefined) => {
-    if (!b) return -1;
-    bytes.set(b, at);
-    at += b.length;
-    return b.length;
-  };
-  records.forEach((r, i) => {
-    put(names[i]);
-    const dataLen = put(r.data);
-    const ownLen = put(own[i]);
-    nums.set([r.mode, r.uid, r.gid, r.nlink, r.mtime, r.ino, r.devMajor, r.devMinor, r.rdevMajor, r.rdevMinor, r.size, names[i].length, dataLen, ownLen,
-      r.source === undefined ? NO_SOURCE : own[i] ? OWN_SOURCE : ROOT_SOURCE], i * PACKED_FIELDS);
-  });
-  return { count: records.length, root, bytes, nums };
+  for (let i = 0, o = 0; i < n; i++, o += PACKED_FIELDS) {
+    const r = records[i];
+    const nameLen = scratch.write(r.name, at, "utf8");
+    at += nameLen;
+    if (r.data) {
+      scratch.set(r.data, at);
+      at += r.data.length;
+    }
+    const ownLen = own[i] === undefined ? -1 : scratch.write(own[i]!, at, "utf8");
+    if (ownLen > 0) at += ownLen;
+    nums[o] = r.mode;
+    nums[o + 1] = r.uid;
+    nums[o + 2] = r.gid;
+    nums[o + 3] = r.nlink;
+    nums[o + 4] = r.mtime;
+    nums[o + 5] = r.ino;
+    nums[o + 6] = r.devMajor;
+    nums[o + 7] = r.devMinor;
+    nums[o + 8] = r.rdevMajor;
+    nums[o + 9] = r.rdevMinor;
+    nums[o + 10] = r.size;
+    nums[o + 11] = nameLen;
+    nums[o + 12] = r.data ? r.data.length : -1;
+    nums[o + 13] = ownLen;
+    nums[o + SOURCE] = r.source === undefined ? NO_SOURCE : own[i] === undefined ? ROOT_SOURCE : OWN_SOURCE;
+  }
+  // An array of its own, of the exact size: not a slice of Node's shared pool (a worker's
+  // copy of the job would take the whole pool) nor of the scratch.
+  const bytes = new Uint8Array(at);
+  bytes.set(scratch.subarray(0, at));
+  return { count: n, root, bytes, nums };
 }
 
 /**

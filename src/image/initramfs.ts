@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { finished } from "node:stream/promises";
 import * as zlib from "node:zlib";
 import { Cancelled, runSegment, SegmentPool, type Compression, type SegmentJob, type SegmentResult } from "./compress-worker";
-import { encodedSize, NewcReader, NO_SOURCE, PACKED, packRecords, TRAILER, unarchivable, type PackedRecords } from "./newc";
+import { NewcReader, packedSize, packRecords, TRAILER, unarchivable, type PackedRecords } from "./newc";
 import type { WalkRecord } from "./walk";
 import { removeTree, writeFileAtomic, type Store } from "../store";
 import { DEFAULT_SPLIT_BYTES, segmentRecords, splitSegments } from "./segments";
@@ -148,31 +148,28 @@ export async function treeProblem(tree: string, fix = "leave it out"): Promise<s
   return archiveProblem(path.resolve(tree), records, fix);
 }
 
-/**
- * A segment as plan keeps it until build: its records packed (a plan of a 433 MB tree holds
- * 8809 of them; as the walk's objects they were most of what made the writer's heap grow
- * with the tree), and what plan and build need to know of them without unpacking.
- */
+/** A segment as the walk (or the listing) gives it: the records as objects. */
 interface Segment {
   name: string;
+  records: WalkRecord[];
+}
+
+/**
+ * A segment's records as plan keeps them for build, and as jobs take them: packed (a plan of
+ * the 433 MB bench tree has 8809 records; held as the walk's objects until the last job ended,
+ * they were much of what made the writer's heap grow with the tree).
+ */
+interface Packed {
+  name: string;
   packed: PackedRecords;
-  /** Per record, the walk's stamp of the file whose content it carries (4 numbers; NaN: none). */
-  stamps: Float64Array;
   /** newc bytes of the records (without the trailer), and bytes of file content. */
   bytes: number;
   content: number;
 }
 
-function packSegment(name: string, tree: string, records: WalkRecord[]): Segment {
-  const stamps = new Float64Array(records.length * 4).fill(NaN);
-  let bytes = 0;
-  let content = 0;
-  records.forEach((r, i) => {
-    if (r.source !== undefined && r.stamp) stamps.set(r.stamp, i * 4);
-    bytes += encodedSize(r.name, r.size);
-    content += r.size;
-  });
-  return { name, packed: packRecords(records, tree), stamps, bytes, content };
+function pack(seg: Segment, tree: string): Packed {
+  const packed = packRecords(seg.records, tree);
+  return { name: seg.name, packed, ...packedSize(packed) };
 }
 
 /**
@@ -188,8 +185,7 @@ async function segmentsOf(s: Settled): Promise<{ segs: Segment[]; trustBefore: n
   const bad = archiveProblem(s.tree, records);
   if (bad) throw new Error(`initramfs: ${bad}`);
   const ranges = splitSegments(records, s.splitBytes);
-  // Only the packed records are kept: the walk's objects are garbage once this returns.
-  const segs = segmentRecords(records, ranges).map((recs, i) => packSegment(ranges[i].name, s.tree, reproducible(recs, { epoch: s.epoch })));
+  const segs = segmentRecords(records, ranges).map((recs, i) => ({ name: ranges[i].name, records: reproducible(recs, { epoch: s.epoch }) }));
   return { segs, trustBefore };
 }
 
@@ -203,45 +199,28 @@ const segmentFile = (key: string, c: Compression) => `segments/${key}.cpio.${EXT
  * whose content they carry. Undefined when a file changed too recently to be trusted (see
  * segmentsOf).
  */
-function fingerprint(prefix: string, seg: Segment, trustBefore: number): string | undefined {
-  // Names and link targets as one text, numbers as doubles: no number is turned into text.
-  // Read from the pack as it is: per record its name, NUL and its inline data in hex, a NUL
-  // between records (the bytes of what fingerprint/3 has always hashed as a string).
+function fingerprint(prefix: string, records: WalkRecord[], trustBefore: number): string | undefined {
+  // Names and link targets as one string, numbers as doubles: no number is turned into text.
   const FIELDS = 13;
-  const { count, bytes, nums: v } = seg.packed;
-  const { FIELDS: PF, NAME_LEN, DATA_LEN, OWN_LEN, SOURCE } = PACKED;
-  const stamps = seg.stamps;
-  let textLen = Math.max(0, count - 1);
-  for (let i = 0, o = 0; i < count; i++, o += PF) {
-    if (v[o + SOURCE] !== NO_SOURCE && (Number.isNaN(stamps[i * 4]) || stamps[i * 4 + 3] >= trustBefore)) return undefined;
-    textLen += v[o + NAME_LEN] + 1 + 2 * Math.max(0, v[o + DATA_LEN]);
+  const nums = new Float64Array(records.length * FIELDS);
+  const names = new Array<string>(records.length);
+  for (let i = 0, o = 0; i < records.length; i++) {
+    const r = records[i];
+    const st = r.source === undefined ? undefined : r.stamp;
+    if (r.source !== undefined && (st === undefined || st[3] >= trustBefore)) return undefined;
+    names[i] = r.data ? `${r.name}\0${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength).toString("hex")}` : `${r.name}\0`;
+    nums[o++] = r.mode;
+    nums[o++] = r.uid;
+    nums[o++] = r.gid;
+    nums[o++] = r.nlink;
+    nums[o++] = r.mtime;
+    nums[o++] = r.ino;
+    nums[o++] = r.rdevMajor;
+    nums[o++] = r.rdevMinor;
+    nums[o++] = r.size;
+    for (let k = 0; k < 4; k++) nums[o++] = st ? st[k] : -1;
   }
-  const text = Buffer.allocUnsafe(textLen);
-  const src = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const nums = new Float64Array(count * FIELDS);
-  let at = 0;
-  let t = 0;
-  for (let i = 0, o = 0, q = 0; i < count; i++, o += PF) {
-    if (i > 0) text[t++] = 0;
-    const nameLen = v[o + NAME_LEN];
-    t += src.copy(text, t, at, (at += nameLen));
-    text[t++] = 0;
-    const dataLen = v[o + DATA_LEN];
-    if (dataLen > 0) t += text.write(src.toString("hex", at, at + dataLen), t, "latin1");
-    at += Math.max(0, dataLen) + Math.max(0, v[o + OWN_LEN]);
-    const withSource = v[o + SOURCE] !== NO_SOURCE;
-    nums[q++] = v[o]; // mode
-    nums[q++] = v[o + 1]; // uid
-    nums[q++] = v[o + 2]; // gid
-    nums[q++] = v[o + 3]; // nlink
-    nums[q++] = v[o + 4]; // mtime
-    nums[q++] = v[o + 5]; // ino
-    nums[q++] = v[o + 8]; // rdevMajor
-    nums[q++] = v[o + 9]; // rdevMinor
-    nums[q++] = v[o + 10]; // size
-    for (let k = 0; k < 4; k++) nums[q++] = withSource ? stamps[i * 4 + k] : -1;
-  }
-  return createHash("sha256").update(`${prefix}fingerprint/3\n`).update(text).update(nums).digest("hex");
+  return createHash("sha256").update(`${prefix}fingerprint/3\n`).update(names.join("\0")).update(nums).digest("hex");
 }
 
 interface Remembered { key: string; bytes: number; crc32: number }
@@ -263,8 +242,12 @@ async function remember(dir: string | undefined, fp: string | undefined, r: Reme
   await writeFileAtomic(path.join(dir, `${fp}.json`), JSON.stringify(r)).catch(() => {});
 }
 
-/** Walk results of a plan, for build in the same process: the tree is not walked twice. */
-const walked = new WeakMap<InitramfsPlan, Segment[]>();
+/**
+ * What plan leaves build, in the same process: the packed records of the segments plan read
+ * (undefined for those it knew by their fingerprints), so that the tree is not walked twice
+ * when the store lacks only segments plan read (a new or changed segment).
+ */
+const walked = new WeakMap<InitramfsPlan, Array<Packed | undefined>>();
 
 /**
  * Segments smaller than this are encoded on the calling thread: starting a worker costs more
@@ -295,21 +278,29 @@ async function all<T>(ps: Promise<T>[]): Promise<T[]> {
 }
 
 /** Biggest first, so the last job to finish is a small one. */
-function bySizeDesc(segs: Segment[]): number[] {
-  return segs.map((_, i) => i).sort((a, b) => segs[b].content - segs[a].content || a - b);
+function bySizeDesc(segs: Array<Packed | undefined>): number[] {
+  const size = (i: number) => segs[i]?.content ?? 0;
+  return segs.map((_, i) => i).sort((a, b) => size(b) - size(a) || a - b);
 }
 
 export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): Promise<InitramfsPlan> {
   const s = settle(tree, opts);
   const { segs, trustBefore } = await segmentsOf(s);
-  const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg, trustBefore) : undefined));
+  const fps = segs.map((seg) => (opts.cacheDir ? fingerprint(keyPrefix(s), seg.records, trustBefore) : undefined));
   const known = fps.map((fp) => recall(opts.cacheDir, fp));
+  const names = segs.map((seg) => seg.name);
+  const entries = segs.map((seg) => seg.records.length);
+  // Kept packed, and only for the segments read here: the walk's objects are garbage from now
+  // on (a one-file change packs one segment), and those known by fingerprint are not kept.
+  const kept = segs.map((seg, i) => (known[i] ? undefined : pack(seg, s.tree)));
+  segs.length = 0;
   const results = await withPool((pool) => {
-    const ps = new Array<Promise<Remembered>>(segs.length);
-    for (const i of bySizeDesc(segs)) {
-      ps[i] = known[i]
+    const ps = new Array<Promise<Remembered>>(kept.length);
+    for (const i of bySizeDesc(kept)) {
+      const seg = kept[i];
+      ps[i] = !seg
         ? Promise.resolve(known[i]!)
-        : runJob(pool, { compression: s.compression, level: s.level, packed: segs[i].packed, keyPrefix: keyPrefix(s), crc: true }, segs[i].bytes).then(async (r) => {
+        : runJob(pool, { compression: s.compression, level: s.level, packed: seg.packed, keyPrefix: keyPrefix(s), crc: true }, seg.bytes).then(async (r) => {
             const got = { key: r.key!, bytes: r.bytes, crc32: r.crc32! };
             await remember(opts.cacheDir, fps[i], got);
             return got;
@@ -317,9 +308,9 @@ export async function planInitramfs(tree: string, opts: InitramfsOptions = {}): 
     }
     return all(ps);
   });
-  const segments = segs.map((seg, i) => ({ name: seg.name, key: results[i].key, entries: seg.packed.count, bytes: results[i].bytes, crc32: results[i].crc32 }));
+  const segments = names.map((name, i) => ({ name, key: results[i].key, entries: entries[i], bytes: results[i].bytes, crc32: results[i].crc32 }));
   const plan: InitramfsPlan = { ...s, hash: imageHash(segments.map((x) => x.key)), segments, read: known.filter((k) => !k).length };
-  walked.set(plan, segs);
+  walked.set(plan, kept);
   return plan;
 }
 
@@ -347,9 +338,14 @@ export async function buildInitramfs(plan: InitramfsPlan, store: Store, log: (li
   const have = await Promise.all(rels.map((rel) => store.has(rel)));
   if (have.every(Boolean)) reused.push(...plan.segments.map((x) => x.key));
   else {
-    const segs = walked.get(plan) ?? (await segmentsOf(settle(plan.tree, { ...plan, level: plan.compression === "none" ? undefined : plan.level }))).segs;
     const changed = () => new Error(`initramfs: ${plan.tree} changed since it was planned; plan again (run preview/up again)`);
-    if (segs.length !== plan.segments.length || segs.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
+    let segs = walked.get(plan);
+    // A segment plan knew by its fingerprint but the store lacks (or a plan from elsewhere): walk again.
+    if (!segs || have.some((h, i) => !h && !segs![i])) {
+      const again = (await segmentsOf(settle(plan.tree, { ...plan, level: plan.compression === "none" ? undefined : plan.level }))).segs;
+      if (again.length !== plan.segments.length || again.some((seg, i) => seg.name !== plan.segments[i].name)) throw changed();
+      segs = again.map((seg, i) => (have[i] ? undefined : pack(seg, plan.tree)));
+    }
     await withPool((pool) => {
       const ps: Promise<unknown>[] = [];
       for (const i of bySizeDesc(segs)) {
@@ -360,7 +356,7 @@ export async function buildInitramfs(plan: InitramfsPlan, store: Store, log: (li
         }
         ps.push(
           store.put(rels[i], async (tmp) => {
-            const r = await runJob(pool, { compression: plan.compression, level: plan.level, packed: segs[i].packed, crc: true, out: tmp }, bytes);
+            const r = await runJob(pool, { compression: plan.compression, level: plan.level, packed: segs![i]!.packed, crc: true, out: tmp }, bytes);
             // The key names these bytes in the store: never file different bytes under it.
             // (CRC-32 rather than a second sha256 pass: it guards against accidents, at a
             // third of the cost.)
@@ -431,7 +427,8 @@ async function concatenate(files: string[], out: string): Promise<string> {
  */
 export async function writeInitramfs(tree: string, out: string, opts: InitramfsOptions = {}): Promise<void> {
   const s = settle(tree, opts);
-  const { segs } = await segmentsOf(s);
+  // Packed, and the walk's objects let go before the workers start.
+  const segs = (await segmentsOf(s)).segs.map((seg) => pack(seg, s.tree));
   const dest = path.resolve(out);
   const tmp = await fs.mkdtemp(path.join(path.dirname(dest), `.${path.basename(dest)}.tmp-`));
   try {

@@ -163,16 +163,15 @@ export interface PackedRecords {
 }
 
 /**
- * A pack's layout, for readers that need no record objects (plan's fingerprints): per record,
- * nums[FIELDS * i + k] holds mode, uid, gid, nlink, mtime, ino, devMajor, devMinor, rdevMajor,
- * rdevMinor, size (k = 0..10), then the byte lengths in `bytes` of its name, inline data and own
- * source (-1: none), and what its source is; `bytes` holds those three one after another.
+ * Per record, nums[PACKED_FIELDS * i + k] holds mode, uid, gid, nlink, mtime, ino, devMajor,
+ * devMinor, rdevMajor, rdevMinor, size (k = 0..10), then the byte lengths in `bytes` of its
+ * name, inline data and own source (-1: none), and what its source is (SOURCE); `bytes` holds
+ * those three one after another.
  */
-export const PACKED = { FIELDS: 15, NAME_LEN: 11, DATA_LEN: 12, OWN_LEN: 13, SOURCE: 14 } as const;
-const PACKED_FIELDS = PACKED.FIELDS;
+const PACKED_FIELDS = 15;
 /** nums[SOURCE] of a record: no source, `${root}/${name}`, or a path of its own in `bytes`. */
-const SOURCE = PACKED.SOURCE;
-export const NO_SOURCE = 0;
+const SOURCE = 14;
+const NO_SOURCE = 0;
 const ROOT_SOURCE = 1;
 const OWN_SOURCE = 2;
 
@@ -223,6 +222,20 @@ export function packRecords(records: readonly NewcRecord[], root: string): Packe
   const bytes = new Uint8Array(at);
   bytes.set(scratch.subarray(0, at));
   return { count: n, root, bytes, nums };
+}
+
+/** A pack's newc bytes (as encodedSize counts them, without the trailer) and bytes of content. */
+export function packedSize(p: PackedRecords): { bytes: number; content: number } {
+  const v = p.nums;
+  let bytes = 0;
+  let content = 0;
+  for (let o = 0; o < v.length; o += PACKED_FIELDS) {
+    const head = HEADER_SIZE + v[o + 11] + 1;
+    const size = v[o + 10];
+    bytes += head + pad4(head) + size + pad4(size);
+    content += size;
+  }
+  return { bytes, content };
 }
 
 /**

@@ -3,10 +3,12 @@
 // test/initramfs.test.ts builds a tricky tree and has GNU cpio, gzip and zstd check the result.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { inspectInitramfs, inspectProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../../src/image/initramfs";
+import { buildInitramfs, inspectInitramfs, inspectProblem, planInitramfs, treeProblem, writeInitramfs, type Compression } from "../../src/image/initramfs";
+import { Store } from "../../src/store";
 import { encodeNewc, type NewcRecord } from "../../src/image/newc";
 import { hashTree } from "../../src/rootfs/treehash";
 import { reproducible, walk } from "../../src/image/walk";
@@ -177,5 +179,35 @@ test("a thread's compressor, kept for all its segments, gives each the bytes a n
   const at = async (level: number) => { const f = out(); await runSegment({ compression: "zstd", level, records: a, out: f }); return bytes(f); };
   const [l1, l19, l1again] = [await at(1), await at(19), await at(1)];
   assert.ok(!l1.equals(l19) && l1.equals(l1again));
+  fs.rmSync(tree, { recursive: true });
+});
+
+test("build makes the segments a plan knew by their fingerprints (kept no records of) when the store lacks them: the same files as a plan that read them", async () => {
+  const tree = fs.mkdtempSync(path.join(work, "known-"));
+  for (const dir of ["etc", "usr/lib", "usr/share", "var"]) {
+    fs.mkdirSync(path.join(tree, dir), { recursive: true });
+    for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(tree, dir, `f${i}`), `${dir} ${i}\n`.repeat(2000 * (i + 1)));
+  }
+  fs.symlinkSync("usr/lib", path.join(tree, "lib"));
+  // A stamp younger than 2 s is not trusted: the files must look settled to the fingerprints.
+  const old = new Date(Date.now() - 60_000);
+  execFileSync("touch", ["-h", "-d", `@${Math.floor(old.getTime() / 1000)}`, ...execFileSync("find", [tree], { encoding: "utf8" }).trim().split("\n")]);
+  await new Promise((r) => setTimeout(r, 2100));
+  const cacheDir = path.join(work, "known-cache");
+  const o = { epoch: EPOCH, cacheDir, splitBytes: 20_000 };
+  const first = await planInitramfs(tree, o);
+  assert.equal(first.read, first.segments.length);
+  assert.ok(first.segments.length >= 4, `${first.segments.length} segments`);
+  const storeA = fs.mkdtempSync(path.join(work, "store-a-"));
+  const a = await buildInitramfs(first, new Store(storeA));
+  const want = a.files.map((f) => fs.readFileSync(f));
+  // Every segment known: this plan keeps no records. The store has lost all segments but one.
+  const again = await planInitramfs(tree, o);
+  assert.equal(again.read, 0);
+  assert.equal(again.hash, first.hash);
+  a.files.forEach((f, i) => i !== 1 && fs.rmSync(f));
+  const b = await buildInitramfs(again, new Store(storeA));
+  assert.equal(b.built.length, again.segments.length - 1);
+  b.files.forEach((f, i) => assert.ok(fs.readFileSync(f).equals(want[i]), `segment ${i}`));
   fs.rmSync(tree, { recursive: true });
 });

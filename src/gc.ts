@@ -198,12 +198,13 @@ export async function verifyStore(store: Store, opts: { deep: boolean; onResult?
     results.push(r);
     opts.onResult?.(r);
   }
-  // Artifacts whose record is there and which are not: deleted. (A listing only saves a walk.)
+  // Artifacts whose record is there and which are not: deleted. (A listing only saves a walk,
+  // a tree's .setup.json only a run of setup.sh: without them the next build does that work.)
   const sums = store.path("sums");
   for (const kind of safeReaddir(sums).sort()) {
     for (const f of safeReaddir(path.join(sums, kind)).sort()) {
       const rel = `${kind}/${f.replace(/\.json$/, "")}`;
-      if (!f.endsWith(".json") || rel.endsWith(".listing") || TEMPORARY.test(f) || fs.existsSync(store.path(rel))) continue;
+      if (!f.endsWith(".json") || rel.endsWith(".listing") || rel.endsWith(".setup.json") || TEMPORARY.test(f) || fs.existsSync(store.path(rel))) continue;
       const r = { rel, verdict: { ok: false, missing: true, problems: [`${store.path(rel)} is missing, and its record is there (\`pulumi up\` makes it again when a stack uses it; \`ramroot store gc\` forgets it)`] } };
       results.push(r);
       opts.onResult?.(r);

@@ -228,7 +228,9 @@ if (target === "production") {
       user: cfg.get("sshUser"),
       privateKey: cfg.getSecret("sshPrivateKey") ?? "",
       hostKey: cfg.get("hostKey") ?? "",
-      path: cfg.get("bootPath"),
+      // The firmware's removable path for the stack's architecture: BOOTX64.EFI on x86_64 (left
+      // unset on aarch64, whose default BOOTAA64.EFI it is, so existing stacks see no change).
+      path: cfg.get("bootPath") ?? (arch === "aarch64" ? undefined : `/media/usb/EFI/BOOT/${ARCHES[arch].efiBootFile}`),
       uki: image.path,
       ukiSha256: image.sha256,
       buildId: uki.buildId,

@@ -269,7 +269,8 @@ export async function startRehearsal(t: { after(f: () => void): void }, arch: Ar
     await p.pulumi(["config", "set-all", ...args, ...prod]);
   };
   const out = async () => JSON.parse((await p.pulumi(["stack", "output", "--json", ...prod])).stdout);
-  const up = (allowFail = false) => p.pulumi(["up", "--yes", ...prod], { allowFail, timeoutMs: 20 * 60_000 });
+  // No preview before each update: the cases that look at preview's output run `pulumi preview`.
+  const up = (allowFail = false) => p.pulumi(["up", "--yes", "--skip-preview", ...prod], { allowFail, timeoutMs: 20 * 60_000 });
   await p.pulumi(["stack", "init", "production"]);
   await setAll({ arch, allowUntested: "true", cmdline: rehearsalCmdline(arch, "a") }, { secretsSalt: randomBytes(32).toString("hex"), sshHostKey: hostKey.private });
 

@@ -161,7 +161,7 @@ export class Store {
    * also takes a file this process read or recorded by inode, size and mtime.
    * Records (booted/, deployed/) are checked for being there and readable JSON.
    */
-  async check(rel: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean } = {}): Promise<Verdict> {
+  async check(rel: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean; seen?: (name: string, st: fsSync.Stats) => void } = {}): Promise<Verdict> {
     const file = this.path(rel);
     const bad = (...problems: string[]): Verdict => ({ ok: false, missing: false, problems });
     let st: fsSync.Stats;
@@ -226,6 +226,7 @@ export class Store {
         const abs = `${dir}/${n}`;
         const s = fsSync.lstatSync(abs);
         const want = byName.get(name);
+        opts.seen?.(name, s);
         if (s.isDirectory()) await visit(abs, `${name}/`);
         if (!want) {
           if (want === undefined) problems.push(`${abs} is not in the record of ${rel} (added after it was made)`);
@@ -292,12 +293,16 @@ export class Store {
   /**
    * Produces the artifact `rel` unless it exists and matches its record. `write` receives a
    * temporary path (a file or, with `dir`, an empty folder) beside the final one, and may return
-   * the sha256 and size of the file it wrote (else the file is read once); the record of the
+   * the sha256 and size of the file it wrote (else the file is read once), or with `dir` the
+   * folder's record as the writer derived it (a folder linked from a checked one: see
+   * derivedTree), which the check after the rename must find true, or the folder is recorded by
+   * reading it (recordTree) after all; the record of the
    * bytes is written, then the artifact is renamed into place; on failure it is removed. An
    * artifact that is there but damaged (or has no record) is named, removed and made again.
-   * Returns whether this call built it.
+   * Returns whether this call built it. `seen` is given every entry of a folder it built, with
+   * its lstat, as the check after the rename found it (the last one, when there are two).
    */
-  async put(rel: string, write: (tmp: string) => Promise<void | { sha256: string; size: number }>, opts: { dir?: boolean; mode?: number } = {}): Promise<{ path: string; built: boolean; repaired?: string[] }> {
+  async put(rel: string, write: (tmp: string) => Promise<void | { sha256: string; size: number } | { tree: TreeRecord }>, opts: { dir?: boolean; mode?: number; seen?: (name: string, st: fsSync.Stats) => void } = {}): Promise<{ path: string; built: boolean; repaired?: string[] }> {
     const final = this.path(rel);
     await this.sweepOnce();
     // A tree that is reused is then built from (linked): remember its inodes.
@@ -316,14 +321,15 @@ export class Store {
       if (opts.dir) await fs.mkdir(tmp, { mode: opts.mode ?? 0o755 });
       const written = await write(tmp);
       let rec: ArtifactRecord;
+      const derived = opts.dir && written && "tree" in written && written.tree?.type === "tree" ? written.tree : undefined;
       if (opts.dir) {
-        rec = await recordTree(tmp);
+        rec = derived ?? (await recordTree(tmp));
       } else {
         if (opts.mode !== undefined) await fs.chmod(tmp, opts.mode);
         const fh = await fs.open(tmp, "r");
         await fh.sync().finally(() => fh.close());
         const size = (await fs.stat(tmp)).size;
-        rec = written && written.size === size && /^[0-9a-f]{64}$/.test(written.sha256) ? { type: "file", sha256: written.sha256, size } : { type: "file", sha256: await hashCounted(tmp), size };
+        rec = written && "sha256" in written && written.size === size && /^[0-9a-f]{64}$/.test(written.sha256) ? { type: "file", sha256: written.sha256, size } : { type: "file", sha256: await hashCounted(tmp), size };
       }
       // The record first: a name that exists has its record (a crash between the two leaves a
       // record of nothing, which the next put replaces).
@@ -339,7 +345,16 @@ export class Store {
         await writeFileAtomic(this.sumFile(rel), JSON.stringify(await recordTree(final)) + "\n", 0o600);
         return { path: final, built: false };
       }
-      if (opts.dir) await this.check(rel, { linked: true });
+      if (opts.dir) {
+        const v = await this.check(rel, { linked: true, seen: opts.seen });
+        if (!v.ok && derived) {
+          // The writer's record is not the folder's: record the folder as it is (and say so).
+          this.log(`${rel}: the record derived for it does not match the folder, recorded by reading it instead: ${summary(v.problems)}`);
+          await writeFileAtomic(this.sumFile(rel), JSON.stringify(await recordTree(final)) + "\n", 0o600);
+          await fs.rm(this.cacheFile(rel), { force: true });
+          await this.check(rel, { linked: true, seen: opts.seen });
+        }
+      }
     } catch (e) {
       await removeTree(tmp);
       // A record of nothing is left only when the artifact is not there.
@@ -501,6 +516,14 @@ function listTree(root: string): Array<{ name: string; st: fsSync.Stats }> {
   };
   visit("");
   return out;
+}
+
+/** The record of a folder with these entries (in recordTree's order): its counts and digest. */
+export function treeRecordOf(entries: TreeEntry[]): TreeRecord {
+  let files = 0;
+  let bytes = 0;
+  for (const e of entries) if ((e[1] & 0o170000) === 0o100000) (files++, (bytes += e[4]));
+  return { type: "tree", sha256: treeDigest(entries), files, bytes, entries };
 }
 
 const treeDigest = (entries: TreeEntry[]) => {

@@ -11,7 +11,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { repo } from "./project";
 import { hostProblem } from "../src/rootfs/configure";
-import { buildConfigured, buildPackages, configureHash, packagesHash, setupFile, type RootfsSpec } from "../src/rootfs/rootfs";
+import { buildConfigured, buildPackages, configureHash, listingFile, packagesHash, setupFile, type RootfsSpec } from "../src/rootfs/rootfs";
+import { readListing, walk, writeListing } from "../src/image/walk";
 import { recordTree, Store } from "../src/store";
 
 const testsys = (arch: string) => execFileSync("bash", [path.join(repo, "scripts", "testsys.sh"), arch], { encoding: "utf8" }).trim().split("\n").pop()!;
@@ -85,6 +86,27 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     assert.equal(a.sha256, b.sha256);
   };
   const store = new Store(path.join(dir, "store"));
+  const storeLog: string[] = [];
+  store.log = (l) => storeLog.push(l);
+  /**
+   * A tree made from an earlier one has the store's record and the listing that reading it gives:
+   * the record derived from the earlier tree's is recordTree's of the new tree (and put took it,
+   * not read the tree instead), the listing is byte for byte the walk's (stamps carried from the
+   * earlier tree's listing, as buildConfigured walks with them).
+   */
+  const derivedAsRead = async (r: { path: string; hash2: string; from?: string }) => {
+    assert.ok(r.from);
+    assert.deepEqual(await store.record(`rootfs/${r.hash2}`), await recordTree(r.path), "the derived record is not recordTree's");
+    assert.deepEqual(storeLog.filter((l) => l.includes("derived")), [], "put did not take the derived record");
+    const earlier = store.path(`rootfs/${r.from}`);
+    const linkedFrom = new Map(readListing(listingFile(earlier), earlier)!.map((x) => [x.name, x]));
+    const walked = await walk(r.path, { linkedFrom });
+    assert.deepEqual(readListing(listingFile(r.path), r.path), walked, "the listing is not the walk's");
+    const again = path.join(dir, "walked.listing");
+    await writeListing(again, r.path, walked);
+    assert.ok(fs.readFileSync(listingFile(r.path)).equals(fs.readFileSync(again)), "the listing's bytes are not the walk's");
+    assert.ok((await store.check(`rootfs/${r.hash2}`)).ok && (await store.check(`rootfs/${r.hash2}.listing`)).ok);
+  };
   const edit = (rel: string, text: string) => fs.writeFileSync(path.join(system, "root", rel), text);
   const read = (tree: string, rel: string) => fs.readFileSync(path.join(tree, rel), "utf8");
 
@@ -109,12 +131,14 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     assert.notEqual(fs.statSync(path.join(r.path, "etc/reuse/unread.conf")).ino, fs.statSync(path.join(first.path, "etc/reuse/unread.conf")).ino);
     assert.equal(read(first.path, "etc/reuse/unread.conf"), "v1\n");
     assert.ok((await store.check(`rootfs/${first.hash2}`)).ok, "the earlier tree is intact");
+    await derivedAsRead(r);
     await sameAsFromScratch(r);
     // And again from that one (its record carries what setup.sh touched), two files at once.
     edit("etc/reuse/unread.conf", "v3\n");
     edit("etc/reuse/also-unread", "two\n");
     const r2 = await build(store);
     assert.ok(r2.built && !r2.ran && r2.reused, r2.lines.join("\n"));
+    await derivedAsRead(r2);
     await sameAsFromScratch(r2);
   });
 
@@ -122,6 +146,7 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     edit("etc/reuse/stat-only", "changed, still there\n");
     const r = await build(store);
     assert.ok(!r.ran && r.reused, r.lines.join("\n"));
+    await derivedAsRead(r);
     await sameAsFromScratch(r);
   });
 
@@ -154,6 +179,7 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     edit("etc/reuse/unread.conf", "v4\n");
     r = await build(store);
     assert.ok(!r.ran && r.reused, r.lines.join("\n"));
+    await derivedAsRead(r);
     fs.chmodSync(path.join(system, "root", "etc/reuse/unread.conf"), 0o600);
     edit("etc/reuse/unread.conf", "v5\n");
     r = await build(store);

@@ -8,9 +8,11 @@
 //                 a chroot (src/rootfs/configure.ts). hash2 covers hash1, so a package change reruns both.
 //
 // Each tree has its listing beside it (<tree>.listing, src/image/walk.ts), taken once it is final.
+import type { Stats } from "node:fs";
+import { readlinkSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import { sha256, sha256File, writeFileAtomic, type Store } from "../store";
+import { sha256, sha256File, treeRecordOf, writeFileAtomic, type Store, type TreeEntry, type TreeRecord } from "../store";
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfsWatched, reconfigureRootfs } from "./configure";
 import type { WalkRecord } from "../image/walk";
@@ -119,8 +121,10 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1)) : undefined;
   let record: SetupRecord | undefined;
   let from: string | undefined;
+  const seen = new Map<string, Stats>();
   const res = await store.put(`rootfs/${hash2}`, async (out) => {
     const earlier = inputs && (await findReusable(store, inputs));
+    let derived: TreeRecord | undefined;
     if (earlier) {
       from = path.basename(earlier.tree);
       log?.(`configured from ${path.basename(earlier.tree).slice(0, 12)} without running setup.sh: it neither read nor changed ${earlier.changed.join(", ")}`);
@@ -133,14 +137,22 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
       const { access } = await configureRootfsWatched({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout, watch: !!inputs });
       if (inputs && access) record = { ...inputs, touched: access.touched };
     }
-    await makeMountPoints(out, log);
+    const made = await makeMountPoints(out, log);
     // The stage itself reads the final /etc/fstab (the mount points): a skeleton fstab counts as read.
     if (record) {
       const fstab = path.relative(out, await resolveInRoot(out, "etc/fstab"));
       if (fstab in record.skeleton) record.touched = [...new Set([...record.touched, fstab])].sort();
     }
-  }, { dir: true });
-  await ensureListing(store, res, linkedFrom);
+    // Made from a tree the store has just checked: its record, but for the files written fresh,
+    // is this tree's (put checks that it is, and reads the tree where it is not).
+    if (earlier && made.length === 0) {
+      const rec = await store.record(store.relOf(earlier.tree) ?? "");
+      derived = rec?.type === "tree" ? await derivedTree(rec, out, earlier.changed) : undefined;
+    }
+    return derived && { tree: derived };
+  }, { dir: true, seen: (name, st) => void seen.set(name, st) });
+  // Made from an earlier tree: its listing from what the store's check of it just saw (no walk).
+  if (!(res.built && from && (await listingFromSeen(store, res.path, seen, linkedFrom)))) await ensureListing(store, res, linkedFrom);
   if (res.built && record) {
     const rel = store.relOf(setupFile(res.path));
     if (rel) {
@@ -155,6 +167,48 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   const rel1 = store.relOf(stage1);
   if (res.built && rel1) await store.check(rel1, { linked: true });
   return res.built && from ? { ...res, from } : res;
+}
+
+/** Names in recordTree's order: folder by folder (a folder's entries right after it), each folder's names sorted. */
+function inTreeOrder(a: string, b: string): boolean {
+  const [x, y] = [a.split("/"), b.split("/")];
+  for (let i = 0; i < x.length; i++) {
+    if (i === y.length) return false;
+    if (x[i] !== y[i]) return x[i] < y[i];
+  }
+  return x.length < y.length;
+}
+
+/**
+ * The store's record (recordTree) of `tree`, made by links from a tree whose record is
+ * `earlier` (checked just before: every entry's type, mode, owner and content as the record
+ * says), with the regular files `changed` written fresh: the earlier entries (each in the form
+ * recordTree gives its type), those files as they are now (lstat, sha256). Undefined when the
+ * earlier record cannot stand for it: not in recordTree's order, or a changed file it does not
+ * list as a file. What it does not prove (that the link made every entry, with its mode and
+ * owner) Store.put's check after the rename does, reading the tree where it finds otherwise.
+ */
+export async function derivedTree(earlier: TreeRecord, tree: string, changed: string[]): Promise<TreeRecord | undefined> {
+  const fresh = new Map(changed.map((rel) => [rel, true]));
+  const entries: TreeEntry[] = [];
+  let prev: string | undefined;
+  for (const e of earlier.entries) {
+    if (!Array.isArray(e) || e.length !== 6 || typeof e[0] !== "string" || typeof e[1] !== "number") return undefined;
+    const [name, mode, uid, gid, size, data] = e;
+    if (prev !== undefined && !inTreeOrder(prev, name)) return undefined;
+    prev = name;
+    const type = mode & 0o170000;
+    if (fresh.delete(name)) {
+      if (type !== 0o100000) return undefined;
+      const abs = path.join(tree, name);
+      const st = await fs.lstat(abs);
+      if (!st.isFile()) return undefined;
+      entries.push([name, st.mode, st.uid, st.gid, st.size, await sha256File(abs)]);
+    } else if (type === 0o100000) entries.push([name, mode, uid, gid, size, data]);
+    else if (type === 0o040000) entries.push([name, mode, uid, gid, 0, ""]);
+    else entries.push([name, mode, uid, gid, 0, data]);
+  }
+  return fresh.size === 0 ? treeRecordOf(entries) : undefined;
 }
 
 /** Where what setup.sh did with the skeleton is recorded: beside the tree (rootfs/<hash2>.setup.json). */
@@ -252,6 +306,90 @@ export async function findReusable(store: Store, want: SetupInputs): Promise<{ t
     return { tree: store.path(`rootfs/${f.hash}`), changed: f.changed, touched: f.touched };
   }
   return undefined;
+}
+
+/**
+ * The listing of a new tree from the lstat of each of its entries that the store's check after
+ * put saw (`seen`: every name the tree holds), as walk (src/image/walk.ts) makes its records:
+ * the same records, in the same order, stamps carried from `linkedFrom` alike, so the same file.
+ * False (nothing written) where it cannot be that: no entries seen, a name that is not UTF-8 or
+ * that holds a character from U+D800 up (walk compares such names by their bytes); then walk.
+ */
+export async function listingFromSeen(store: Store, tree: string, seen: Map<string, Stats>, linkedFrom?: Map<string, WalkRecord>): Promise<boolean> {
+  const rel = store.relOf(listingFile(tree));
+  if (!rel || seen.size === 0) return false;
+  const records = recordsFromSeen(tree, seen, linkedFrom);
+  if (!records) return false;
+  await store.discard(rel);
+  await writeListing(listingFile(tree), tree, records);
+  await store.recordFile(rel);
+  return true;
+}
+
+const S_IFMT = 0o170000;
+
+/** walk's records of `tree` from lstats already taken (see listingFromSeen), or undefined. */
+export function recordsFromSeen(tree: string, seen: Map<string, Stats>, linkedFrom?: Map<string, WalkRecord>): WalkRecord[] | undefined {
+  const root = path.resolve(tree);
+  // Walk's order: each folder's names sorted (by their bytes, which is JavaScript's order for
+  // names without a character from U+D800 up), a folder's entries right after it.
+  const children = new Map<string, string[]>();
+  for (const name of seen.keys()) {
+    if (/[\uD800-\uFFFF]/.test(name)) return undefined;
+    const cut = name.lastIndexOf("/");
+    const dir = cut < 0 ? "" : name.slice(0, cut);
+    const list = children.get(dir);
+    if (list) list.push(name.slice(cut + 1));
+    else children.set(dir, [name.slice(cut + 1)]);
+  }
+  const names: string[] = [];
+  const visit = (dir: string) => {
+    for (const n of children.get(dir)?.sort() ?? []) {
+      const name = dir ? `${dir}/${n}` : n;
+      names.push(name);
+      if (seen.get(name)!.isDirectory()) visit(name);
+    }
+  };
+  visit("");
+  if (names.length !== seen.size) return undefined;
+  const out: WalkRecord[] = [{ ...walkRecord(".", statSync(root)), mode: 0o040755, uid: 0, gid: 0 }];
+  const links = new Map<string, number>();
+  for (const name of names) {
+    const s = seen.get(name)!;
+    const type = s.mode & S_IFMT;
+    // A socket is left out, as walk leaves it out.
+    if (type === 0o140000) continue;
+    const r = walkRecord(name, s);
+    if (type === 0o100000) {
+      r.size = s.size;
+      r.source = `${root}/${name}`;
+      const base = linkedFrom?.get(name);
+      const st = base?.stamp;
+      r.stamp = st && st[0] === s.dev && st[1] === s.ino && st[2] === s.mtimeMs && base!.size === s.size ? st : [s.dev, s.ino, s.mtimeMs, s.ctimeMs];
+      if (s.nlink > 1) {
+        r.linkKey = `${s.dev}:${s.ino}`;
+        links.set(r.linkKey, (links.get(r.linkKey) ?? 0) + 1);
+      }
+    } else if (type === 0o120000) {
+      r.data = readlinkSync(`${root}/${name}`, { encoding: "buffer" });
+      r.size = r.data.length;
+    }
+    out.push(r);
+  }
+  for (const r of out) if (r.linkKey && links.get(r.linkKey) === 1) r.linkKey = undefined;
+  return out;
+}
+
+/** One entry's record as walk makes it from its lstat (src/image/walk.ts). */
+function walkRecord(name: string, s: Stats): WalkRecord {
+  const lo = s.rdev >>> 0;
+  const hi = Math.floor(s.rdev / 2 ** 32) >>> 0;
+  return {
+    name, mode: s.mode, uid: s.uid, gid: s.gid, nlink: s.nlink, mtime: Math.floor(s.mtimeMs / 1000), ino: s.ino >>> 0, devMajor: 0, devMinor: 0,
+    rdevMajor: (((lo >>> 8) & 0xfff) | (hi & 0xfffff000)) >>> 0,
+    rdevMinor: ((lo & 0xff) | ((lo >>> 12) & 0xfff00) | ((hi & 0xfff) << 20)) >>> 0,
+    size: 0, source: undefined, data: undefined, linkKey: undefined, stamp: undefined,
+  };
 }
 
 /** The tree's listing, made again when the tree is new or its listing is missing or damaged. */

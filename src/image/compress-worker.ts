@@ -8,7 +8,7 @@
 //   functions do), and that goes to the file with fs.writeSync. Through zlib's and fs's
 //   streams, every 256 KiB of output and every segment's encoder buffer was a fresh Buffer
 //   left for a garbage collector that V8 runs late, and glibc's arenas kept the churn;
-// - a thread keeps one compressor for all its segments (reusedCompressor). A new zstd context
+// - a thread keeps one zstd compressor for all its segments (reusedCompressor). A new zstd context
 //   per segment, even closed at once, was most of the growth left (peak RSS 131, 152 and 162 MB
 //   on the bench's 130, 217 and 433 MB trees, 29, 41 and 61 segments; 102, 104 and 108 MB
 //   with one context per thread): each freed context's ~3 MB of glibc memory went back to
@@ -83,31 +83,31 @@ let compressed: Buffer | undefined;
 /** zlib's handle as its streams drive it (lib/zlib.js): write results land in `_writeState`. */
 interface ZlibHandle {
   writeSync(flush: number, input: Buffer, inOff: number, inLen: number, out: Buffer, outOff: number, outLen: number): void;
-  reset(): void;
 }
 
 /**
- * A thread's one compressor, used for every segment rather than made anew: its native state
- * is allocated once per thread, so nothing of it is left for a garbage collector or malloc,
- * and a worker's memory is the same after 5 segments as after 500.
- * - gzip: reset for each segment (deflateReset keeps the level).
- * - zstd: not reset (Node's reset() makes a new context with default parameters, which would
- *   drop the level and the checksum flag). A segment's frame ends with ZSTD_e_end, after which
- *   the context starts the next frame by itself with the same (sticky) parameters; zstd.h:
- *   "re-using context is just a speed / resource optimization. It doesn't change the
- *   compression ratio, which remains identical", and the bytes are those of a new context
- *   (test/unit/initramfs.test.ts checks it, and after a failed segment too).
- * A segment that fails leaves its compressor in the middle of a stream: it is dropped
- * (dropCompressor), and the next segment gets a new one.
+ * A thread's compressor.
+ * - zstd: one for every segment, rather than made anew: its native state (a few MB) is
+ *   allocated once per thread, so nothing of it is left for a garbage collector or malloc, and
+ *   a worker's memory is the same after 5 segments as after 500. It is not reset (Node's
+ *   reset() makes a new context with default parameters, which would drop the level and the
+ *   checksum flag): a segment's frame ends with ZSTD_e_end, after which the context starts the
+ *   next frame by itself with the same (sticky) parameters; zstd.h: "re-using context is just a
+ *   speed / resource optimization. It doesn't change the compression ratio, which remains
+ *   identical", and the bytes are those of a new context.
+ * - gzip: a new one for each segment, the previous one closed (which frees its state, about
+ *   300 KB, at once). A deflate stream reset for the next segment (deflateReset) gave bytes that
+ *   depended on what the thread had compressed before (Node's zlib: a small segment after a
+ *   large one came out one byte longer), so a gzip image was not reproducible.
+ * test/unit/initramfs.test.ts checks that every segment is what a new compressor makes of it,
+ * after others and after a failed segment. A segment that fails leaves its compressor in the
+ * middle of a stream: it is dropped (dropCompressor), and the next segment gets a new one.
  */
 let kept: { c: Compression; level: number; z: zlib.Gzip | zlib.ZstdCompress } | undefined;
 
 function reusedCompressor(c: "zstd" | "gzip", level: number): zlib.Gzip | zlib.ZstdCompress {
-  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed)) dropCompressor();
-  else if (kept) {
-    if (c === "gzip") (kept.z as unknown as { _handle?: Partial<ZlibHandle> })._handle?.reset?.();
-    return kept.z;
-  }
+  if (kept && (kept.c !== c || kept.level !== level || kept.z.destroyed || c === "gzip")) dropCompressor();
+  else if (kept) return kept.z;
   const z = compressor(c, level);
   // A native error destroys the stream (which would also emit it, unheard): fileSink checks after each call.
   z.on("error", () => {});
@@ -131,7 +131,7 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
   const internals = z as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array } | undefined;
   const handle = internals?._handle;
   const state = internals?._writeState;
-  if (z && (typeof handle?.writeSync !== "function" || typeof handle?.reset !== "function" || !(state instanceof Uint32Array) || state.length < 2)) {
+  if (z && (typeof handle?.writeSync !== "function" || !(state instanceof Uint32Array) || state.length < 2)) {
     dropCompressor();
     return undefined;
   }
@@ -161,7 +161,7 @@ function fileSink(file: string, c: Compression, level: number): Sink | undefined
   const close = () => {
     if (!open) return;
     open = false;
-    // The thread's compressor stays for the next segment, which resets it.
+    // The thread's zstd compressor stays for the next segment (a gzip one is replaced by it).
     fs.closeSync(fd);
   };
   return {

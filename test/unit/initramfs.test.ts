@@ -135,9 +135,13 @@ test("a thread's compressor, kept for all its segments, gives each the bytes a n
     for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(tree, dir, `f${i}`), Array.from({ length: 20000 }, (_, n) => `${dir} ${i} line ${n} ${(n * 7919 + i) % 10007}\n`).join(""));
   }
   fs.writeFileSync(path.join(tree, "big"), Array.from({ length: 150000 }, (_, n) => `big line ${n} ${(n * 104729) % 65521}\n`).join(""));
+  // And a small folder after the rest, as var/ is in a real tree: a few entries, under 1 KiB.
+  fs.mkdirSync(path.join(tree, "c/empty"), { recursive: true });
+  fs.mkdirSync(path.join(tree, "c/lib"));
+  fs.symlinkSync("../run", path.join(tree, "c/run"));
   const records = reproducible(await walk(tree), { epoch: EPOCH });
   const part = (p: string) => records.filter((r) => r.name === p || r.name.startsWith(`${p}/`));
-  const [a, b, big] = [part("a"), part("b"), part("big")];
+  const [a, b, big, c] = [part("a"), part("b"), part("big"), part("c")];
   assert.ok(big[0].size > 3 << 20, `big is ${big[0].size} bytes`);
   // Fails after big's content: the source of the next record is gone.
   const failing = [...big, { ...a[1], name: "gone", source: path.join(tree, "gone") }];
@@ -147,7 +151,7 @@ test("a thread's compressor, kept for all its segments, gives each the bytes a n
   for (const [compression, level] of [["zstd", 3], ["zstd", 12], ["gzip", 6]] as const) {
     // New compressors: the first job of a new worker, each segment on a pool of its own.
     const fresh: Buffer[] = [];
-    for (const recs of [a, b]) {
+    for (const recs of [a, b, big, c]) {
       const pool = new SegmentPool(1);
       const f = out();
       try {
@@ -157,20 +161,21 @@ test("a thread's compressor, kept for all its segments, gives each the bytes a n
       }
       fresh.push(bytes(f));
     }
-    // This thread's compressor: a, b, a again, then a failure midway, then b and a.
+    // This thread's compressor: a, b, a again, big then the small one, then a failure midway,
+    // then b, a and the small one.
     const seen: Buffer[] = [];
-    for (const recs of [a, b, a]) {
+    for (const recs of [a, b, a, big, c]) {
       const f = out();
       await runSegment({ compression, level, records: recs, out: f });
       seen.push(bytes(f));
     }
     await assert.rejects(runSegment({ compression, level, records: failing, out: out() }), /cannot read .*gone/);
-    for (const recs of [b, a]) {
+    for (const recs of [b, a, c]) {
       const f = out();
       await runSegment({ compression, level, records: recs, out: f });
       seen.push(bytes(f));
     }
-    const want = [fresh[0], fresh[1], fresh[0], fresh[1], fresh[0]];
+    const want = [fresh[0], fresh[1], fresh[0], fresh[2], fresh[3], fresh[1], fresh[0], fresh[3]];
     seen.forEach((got, i) => assert.ok(got.equals(want[i]), `${compression} -${level}: segment ${i} (${got.length} bytes) differs from a new compressor's (${want[i].length})`));
     // And they are whole streams of the level asked for: a differs from its bytes at another level.
     assert.ok(fresh[0].length > 1000);

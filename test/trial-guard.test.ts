@@ -76,3 +76,46 @@ test("the rehearsal host's watchdog: an i6300esb that resets the machine, in the
   assert.deepEqual(qemuWatchdogArgs(6, 0), ["-device", "i6300esb", "-action", "watchdog=reset"]);
   assert.deepEqual(qemuWatchdogArgs(5, 2), ["-device", "i6300esb", "-watchdog-action", "reset"]);
 });
+
+test("the guard's loop, run by busybox sh and dash on stand-in files: fed, then disarmed by the magic close on the confirmation; released and rebooting at the deadline; a device it cannot open leaves the timer", (t) => {
+  const dir = tmp(t);
+  const f = (rel: string) => path.join(dir, rel);
+  fs.mkdirSync(f("run"));
+  fs.mkdirSync(f("sysw"));
+  fs.writeFileSync(f("sysw/timeout"), "30\n");
+  fs.writeFileSync(f("sysw/nowayout"), "0\n");
+  fs.writeFileSync(f("sysw/state"), "inactive\n");
+  // The guard's functions with its paths moved into `dir`, and `reboot` made a word on stdout.
+  const lib = TRIAL_GUARD.replace(/^run=\/run\/ramroot$/m, `run=${f("run")}`)
+    .replace(/^confirmed=.*$/m, `confirmed=${f("run/trial-confirmed")}`)
+    .replace(/^state=.*$/m, `state=${f("run/trial-watchdog")}`)
+    .replace(/^\treboot$/m, "\techo REBOOT; exit 0")
+    .replaceAll("/dev/console", f("console"))
+    .replace(/^case \$\{1-\} in[\s\S]*$/m, "");
+  assert.match(lib, /echo REBOOT; exit 0/);
+  assert.doesNotMatch(lib.split("\n").filter((l) => !/^\s*#/.test(l)).join("\n"), /\/run\/ramroot|\/dev\/console|^\treboot$/m);
+  fs.writeFileSync(f("lib.sh"), lib);
+  const script = `. ${f("lib.sh")}
+build=b1 seconds=4 dev=${f("dev")} sysw=${f("sysw")}
+: >${f("dev")}
+( guard ) & p=$!
+sleep 2; cat ${f("run/trial-watchdog")}; : >${f("run/trial-confirmed")}; wait $p; cat ${f("run/trial-watchdog")}; od -An -c ${f("dev")}
+rm -f ${f("run/trial-confirmed")}; : >${f("dev")}
+( guard ); cat ${f("run/trial-watchdog")}; od -An -c ${f("dev")}
+dev=/nonexistent/watchdog0; ( guard ) 2>/dev/null; cat ${f("run/trial-watchdog")}
+`;
+  for (const shell of [["busybox", "sh"], ["dash"]]) {
+    const r = spawnSync(shell[0], [...shell.slice(1), "-c", script], { encoding: "utf8", timeout: 60_000 });
+    const lines = r.stdout.split("\n").map((l) => l.trim().replace(/\s+/g, " "));
+    assert.equal(lines[0], `armed ${f("dev")} timeout=30`, r.stdout + r.stderr);
+    assert.equal(lines[1], `disarmed ${f("dev")}`);
+    // Fed (any byte but V) while it waited, then V as the last byte before the close.
+    assert.match(lines[2], /^(\. )+V$/);
+    assert.equal(lines[3], "REBOOT");
+    assert.equal(lines[4], `released ${f("dev")}`);
+    assert.match(lines[5], /^(\. ?)+$/, "fed, never the magic V: the hardware keeps counting");
+    // A device it cannot open (in use): the guard lives on as the timer alone.
+    assert.equal(lines[6], "REBOOT");
+    assert.equal(lines[7], "expired");
+  }
+});

@@ -176,10 +176,15 @@ guard() {
 	begin=$(uptime_s)
 	end=$((begin + seconds))
 	armed=""
-	if [ -n "$dev" ] && exec 3>"$dev"; then
-		armed=yes
-		timeout=$(cat "$sysw/timeout" 2>/dev/null)
-		put_state "armed $dev timeout=\${timeout:-unknown}"
+	if [ -n "$dev" ]; then
+		# "command": a redirection that fails (the device in use) does not end the shell.
+		if command exec 3>"$dev"; then
+			armed=yes
+			timeout=$(cat "$sysw/timeout" 2>/dev/null)
+			put_state "armed $dev timeout=\${timeout:-unknown}"
+		else
+			put_state "none $dev-not-opened"
+		fi
 	fi
 	while [ "$(uptime_s)" -lt "$end" ]; do
 		if [ -e "$confirmed" ]; then
@@ -199,7 +204,7 @@ guard() {
 			printf V >&3
 			exec 3>&-
 			if [ "$(cat "$sysw/state" 2>/dev/null)" = active ]; then
-				exec 3>"$dev"
+				command exec 3>"$dev"
 				put_state "fed $dev it-did-not-stop"
 				say "trial boot of build $build confirmed; the watchdog $dev did not stop at the magic close: feeding it for the rest of this boot"
 				feed_forever "$every"
@@ -229,6 +234,7 @@ start)
 	is_trial || exit 0
 	mkdir -p "$run"
 	if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
+	rm -f "$state"
 	dev="" sysw=""
 	load_driver
 	if find_watchdog; then
@@ -241,15 +247,18 @@ start)
 	rm -f "$pidfile"
 	guard </dev/null >/dev/null 2>&1 &
 	echo $! >"$pidfile"
-	# The guard says "armed" once it holds the device.
+	# The guard says "armed" once it holds the device, or "none" when it cannot open it.
 	i=0
-	while [ -n "$dev" ] && [ $i -lt 20 ] && ! grep -q '^armed ' "$state" 2>/dev/null; do
+	while [ -n "$dev" ] && [ $i -lt 40 ] && ! [ -s "$state" ]; do
 		sleep 0.25 2>/dev/null || sleep 1
 		i=$((i + 1))
 	done
-	if [ -n "$dev" ] && ! grep -q '^armed ' "$state" 2>/dev/null; then
-		what="the hardware watchdog $dev could not be opened (in use?): the timer alone"
-		put_state "none $dev-not-opened"
+	if [ -n "$dev" ]; then
+		case $(cat "$state" 2>/dev/null) in
+		"armed "*) ;;
+		none*) what="the hardware watchdog $dev could not be opened (in use?): the timer alone" ;;
+		*) what="the hardware watchdog $dev not armed yet" ;;
+		esac
 	fi
 	say "trial boot of build $build ($entry): rebooting to the default entry in $seconds s unless the deployer confirms it; $what"
 	exit 0

@@ -39,6 +39,8 @@ import * as path from "node:path";
 import { ARCH_SPECS, cleanConsole, qemuCommand, type Arch } from "./qemu";
 import { ESP_TYPE } from "./bootmedia";
 import { ARCH_NAMES, ARCHES, removablePath } from "../arch";
+import { run } from "../run";
+import { temporaryName } from "../store";
 
 export interface HostOptions {
   /** The stick: an image file (or a block device), attached writable. */
@@ -350,8 +352,7 @@ export function qemuWatchdogArgs(major: number, _minor = 0): string[] {
 
 /** The stick's architecture: its removable boot path says it (and --arch, when given, must agree). */
 export async function stickArch(stick: string, want?: Arch): Promise<Arch> {
-  const r = spawnSync("sfdisk", ["--json", stick], { encoding: "utf8" });
-  if (r.error) throw new Error(`host: sfdisk not found: install the Debian package fdisk`);
+  const r = await run("sfdisk", ["--json", stick], { allowFail: true });
   let esp: any;
   let sector = 512;
   try {
@@ -362,8 +363,7 @@ export async function stickArch(stick: string, want?: Arch): Promise<Arch> {
     // no partition table
   }
   if (!esp) throw new Error(`host: ${stick} has no EFI System Partition, so no firmware would boot it (make the stick with: ramroot stick write ${stick} --uki FILE)`);
-  const ls = spawnSync("mdir", ["-b", "-i", `${stick}@@${esp.start * sector}`, "::/EFI/BOOT/"], { encoding: "utf8", env: { ...process.env, MTOOLS_SKIP_CHECK: "1" } });
-  if (ls.error) throw new Error(`host: mdir not found: install the Debian package mtools`);
+  const ls = await run("mdir", ["-b", "-i", `${stick}@@${esp.start * sector}`, "::/EFI/BOOT/"], { allowFail: true, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: "C", MTOOLS_SKIP_CHECK: "1" } });
   const names = ls.stdout.split("\n").map((l) => path.posix.basename(l.trim()).toUpperCase());
   const found = ARCH_NAMES.filter((a) => names.includes(ARCHES[a].efiBootFile));
   if (want) {
@@ -386,7 +386,7 @@ async function keptVars(arch: Arch, file: string, log: (l: string) => void): Pro
     return path.resolve(file);
   }
   await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = temporaryName(file);
   try {
     await fs.copyFile(template, tmp);
     await fs.chmod(tmp, 0o600);

@@ -266,9 +266,9 @@ async function main(): Promise<void> {
     // --- Tree hash (Rootfs's check) with and without the per-file cache ---
     log("bench: tree hash");
     const th = path.join(work, "treehash");
-    const cold = repeat("Rootfs tree hash, no cache (every file read)", 1, () => timeSh(`${node} -e "require('${repo}/dist/src/treehash').hashTree('${tree}', {})"`));
+    const cold = repeat("Rootfs tree hash, no cache (every file read)", 1, () => timeSh(`${node} -e "require('${repo}/dist/src/rootfs/treehash').hashTree('${tree}', {})"`));
     await hashTree(tree, { cacheDir: th });
-    const warm = repeat("Rootfs tree hash, per-file cache warm (src/rootfs/treehash.ts)", RUNS, () => timeSh(`${node} -e "const t=performance.now();require('${repo}/dist/src/treehash').hashTree('${tree}', {cacheDir:'${th}'}).then(()=>console.log(JSON.stringify({ms:performance.now()-t})))"`));
+    const warm = repeat("Rootfs tree hash, per-file cache warm (src/rootfs/treehash.ts)", RUNS, () => timeSh(`${node} -e "const t=performance.now();require('${repo}/dist/src/rootfs/treehash').hashTree('${tree}', {cacheDir:'${th}'}).then(()=>console.log(JSON.stringify({ms:performance.now()-t})))"`));
     warm.note = `in-process ${median(warm.runs.map((r) => r.extra!.ms)).toFixed(0)} ms (the rest is Node's start)`;
     rows.push(cold, warm);
 

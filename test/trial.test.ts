@@ -205,6 +205,11 @@ test("production on the rehearsal host: reboot deploys, trial boots promoted or 
       assert.ok(Date.now() < deadline, "the trial timer did not reboot the unconfirmed trial");
       await new Promise((r) => setTimeout(r, 2000));
     }
+    // The trial's sshd may still answer while it shuts down: log in once the default image boots.
+    while (boots() < before + 2) {
+      assert.ok(Date.now() < deadline, "the host did not boot again after the trial timer's reboot");
+      await new Promise((r) => setTimeout(r, 1000));
+    }
     await login(args, 240_000);
     assert.equal(await buildOnHost(), c.buildId);
     lap("trial boot abandoned, back by its timer", t1);

@@ -237,7 +237,8 @@ export async function walk(tree: string, opts: WalkOptions = {}): Promise<WalkRe
   }
 }
 
-function record(name: string, s: fs.Stats): WalkRecord {
+/** One entry's record from its lstat, as the walk makes it (also for trees whose lstats were taken elsewhere). */
+export function record(name: string, s: fs.Stats): WalkRecord {
   // Linux's dev_t layout (glibc's gnu_dev_major/minor), on the two 32-bit halves.
   const lo = s.rdev >>> 0;
   const hi = Math.floor(s.rdev / 2 ** 32) >>> 0;

@@ -16,7 +16,7 @@ import { sha256, sha256File, treeRecordOf, writeFileAtomic, type Store, type Tre
 import { BUILDER, DEFAULT_BRANCH, DEFAULT_MIRROR, makeAlpineRootfs } from "./alpine";
 import { configureRootfsWatched, reconfigureRootfs } from "./configure";
 import type { WalkRecord } from "../image/walk";
-import { readListing, walk, writeListing } from "../image/walk";
+import { readListing, record as walkEntry, walk, writeListing } from "../image/walk";
 import { hashTree } from "./treehash";
 import { mountEntries, parseFstab } from "./fstab";
 import { goOwned } from "../image/golayer";
@@ -352,14 +352,14 @@ export function recordsFromSeen(tree: string, seen: Map<string, Stats>, linkedFr
   };
   visit("");
   if (names.length !== seen.size) return undefined;
-  const out: WalkRecord[] = [{ ...walkRecord(".", statSync(root)), mode: 0o040755, uid: 0, gid: 0 }];
+  const out: WalkRecord[] = [{ ...walkEntry(".", statSync(root)), mode: 0o040755, uid: 0, gid: 0 }];
   const links = new Map<string, number>();
   for (const name of names) {
     const s = seen.get(name)!;
     const type = s.mode & S_IFMT;
     // A socket is left out, as walk leaves it out.
     if (type === 0o140000) continue;
-    const r = walkRecord(name, s);
+    const r = walkEntry(name, s);
     if (type === 0o100000) {
       r.size = s.size;
       r.source = `${root}/${name}`;
@@ -378,18 +378,6 @@ export function recordsFromSeen(tree: string, seen: Map<string, Stats>, linkedFr
   }
   for (const r of out) if (r.linkKey && links.get(r.linkKey) === 1) r.linkKey = undefined;
   return out;
-}
-
-/** One entry's record as walk makes it from its lstat (src/image/walk.ts). */
-function walkRecord(name: string, s: Stats): WalkRecord {
-  const lo = s.rdev >>> 0;
-  const hi = Math.floor(s.rdev / 2 ** 32) >>> 0;
-  return {
-    name, mode: s.mode, uid: s.uid, gid: s.gid, nlink: s.nlink, mtime: Math.floor(s.mtimeMs / 1000), ino: s.ino >>> 0, devMajor: 0, devMinor: 0,
-    rdevMajor: (((lo >>> 8) & 0xfff) | (hi & 0xfffff000)) >>> 0,
-    rdevMinor: ((lo & 0xff) | ((lo >>> 12) & 0xfff00) | ((hi & 0xfff) << 20)) >>> 0,
-    size: 0, source: undefined, data: undefined, linkKey: undefined, stamp: undefined,
-  };
 }
 
 /** The tree's listing, made again when the tree is new or its listing is missing or damaged. */

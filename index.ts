@@ -3,6 +3,8 @@
 // the host's boot stick over SSH (production). Each layer is a resource named by the hash of its inputs, so `pulumi
 // preview` says which layer changes, and both stacks share one store: production gets the very
 // bytes the qemu stack booted.
+// First, before anything loads the SDK: what the SDK loads but ramroot never uses waits for its first use.
+import "./components/lazy-sdk";
 import * as pulumi from "@pulumi/pulumi";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";

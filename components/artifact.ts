@@ -161,8 +161,9 @@ function untimedHandlers<I extends Record<string, any>, O extends Record<string,
     }
     // Nothing is built from an artifact that is not the bytes its record says (a damaged one is
     // made again by the resource that made it: its diff says so, in preview already).
+    // (Once per operation: what this process made or checked moments ago is not looked at again.)
     for (const rel of inputArtifacts(ctx.store, inputs)) {
-      const v = await ctx.store.check(rel);
+      const v = await ctx.store.check(rel, { once: true });
       if (!v.ok) throw new Error(`${spec.kind}: not built from ${rel}: ${summary(v.problems)}. Run \`pulumi up\` again: the resource that makes it makes it again`);
     }
     const outs = await spec.build(inputs as I & { hash: string }, ctx);

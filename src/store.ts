@@ -84,6 +84,16 @@ interface VerifiedCache {
 }
 
 /**
+ * Artifacts this process has proven: written by put, or found whole by a check. A provider
+ * plugin lives for one operation (one `pulumi up`), in which each resource checks the artifacts
+ * it is built from; without this the tree Rootfs has just made and checked is walked again by
+ * Initramfs and by Uki, and the UKI and the disk just written are read again by the next
+ * resource (0.4 s of a skeleton edit on the bench tree). Only `check(rel, { once: true })`
+ * answers from it; every other check looks at the artifact.
+ */
+const provenHere = new Set<string>();
+
+/**
  * Files of this process whose content is known (checked or hashed here), by device and inode,
  * with the size and mtime they had then. A folder linked from another (cp -al: the configured
  * rootfs from its packages tree) shares its inodes, and linking moves every ctime: a file whose
@@ -159,10 +169,19 @@ export class Store {
    * `remember` keeps what it found by inode, for a tree about to be linked from; `linked`, right
    * after this process linked the artifact's files into a new tree (which moves their ctimes),
    * also takes a file this process read or recorded by inode, size and mtime.
-   * Records (booted/, deployed/) are checked for being there and readable JSON.
+   * Records (booted/, deployed/) are checked for being there and readable JSON. `once`: an
+   * artifact this process has already proven (provenHere) is not looked at again.
    */
-  async check(rel: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean; seen?: (name: string, st: fsSync.Stats) => void } = {}): Promise<Verdict> {
+  async check(rel: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean; once?: boolean; seen?: (name: string, st: fsSync.Stats) => void } = {}): Promise<Verdict> {
     const file = this.path(rel);
+    if (opts.once && !opts.deep && !opts.remember && !opts.linked && !opts.seen && provenHere.has(file)) return { ok: true, missing: false, problems: [] };
+    const verdict = await this.look(rel, file, opts);
+    if (verdict.ok && !RECORD_KINDS.includes(rel.split("/")[0])) provenHere.add(file);
+    else provenHere.delete(file);
+    return verdict;
+  }
+
+  private async look(rel: string, file: string, opts: { deep?: boolean; linked?: boolean; remember?: boolean; seen?: (name: string, st: fsSync.Stats) => void }): Promise<Verdict> {
     const bad = (...problems: string[]): Verdict => ({ ok: false, missing: false, problems });
     let st: fsSync.Stats;
     try {
@@ -361,6 +380,8 @@ export class Store {
       if (!(await this.exists(rel))) await fs.rm(this.sumFile(rel), { force: true });
       throw e;
     }
+    // A file's record is of the bytes just written; a folder's, the check after the rename proved.
+    if (!opts.dir) provenHere.add(final);
     await this.journal({ event: "built", artifact: rel, ...(repaired ? { repaired: true } : {}) });
     return { path: final, built: true, repaired };
   }
@@ -379,6 +400,7 @@ export class Store {
   /** Moves a damaged artifact out of the way (atomically) and removes it, with its cache. */
   async discard(rel: string): Promise<void> {
     const final = this.path(rel);
+    provenHere.delete(final);
     const aside = temporaryName(final);
     try {
       await fs.rename(final, aside);

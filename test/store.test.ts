@@ -95,6 +95,33 @@ test("a check does not read a file whose stamp is unchanged since it was found g
   assert.match(v.problems[0], /is not the bytes it was made with/);
 });
 
+test("once per operation: a check with `once` takes what this process made or proved; any other check looks, and a failure is not forgotten", async (t) => {
+  const dir = work();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const store = new Store(dir);
+  // Just written: its bytes are those the record was made from, so `once` does not read them again.
+  await store.put("uki/u.efi", async (tmp) => fs.writeFileSync(tmp, Buffer.alloc(200_000, 2)));
+  let n = verifyStats.files;
+  assert.ok((await store.check("uki/u.efi", { once: true })).ok);
+  assert.equal(verifyStats.files, n, "a once check read a file this process had just written");
+  // A tree proved by a check is not walked again by a once check: a file removed meanwhile is
+  // found by the next plain check, and from then on by once checks too.
+  await store.put("rootfs/t", async (tmp) => {
+    fs.mkdirSync(path.join(tmp, "etc"));
+    fs.writeFileSync(path.join(tmp, "etc", "x"), "x\n");
+  }, { dir: true });
+  assert.ok((await store.check("rootfs/t")).ok);
+  fs.rmSync(store.path("rootfs/t/etc/x"));
+  assert.ok((await store.check("rootfs/t", { once: true })).ok, "once checks answer from what this process proved");
+  const plain = await store.check("rootfs/t");
+  assert.equal(plain.ok, false);
+  assert.match(plain.problems.join("\n"), /etc\/x is missing/);
+  assert.equal((await store.check("rootfs/t", { once: true })).ok, false, "a once check forgot the failure a plain check found");
+  // Discarded (made again): not proved any more.
+  await store.discard("uki/u.efi");
+  assert.equal((await store.check("uki/u.efi", { once: true })).missing, true);
+});
+
 test("a folder artifact: every entry recorded; a changed, truncated, chmod-ed, deleted or added file is named; made again", async (t) => {
   const dir = work();
   t.after(() => removeTree(dir));

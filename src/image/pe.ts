@@ -355,12 +355,30 @@ export class PeChecksum {
       i = 1;
     }
     // Words are summed into a double, exact up to 2^53: folding waits for digest().
-    const words = (chunk.length - i) >> 1;
+    let words = (chunk.length - i) >> 1;
     if (LITTLE_ENDIAN && (chunk.byteOffset + i) % 2 === 0) {
-      const view = new Uint16Array(chunk.buffer, chunk.byteOffset + i, words);
-      let sum = 0;
-      for (let k = 0; k < words; k++) sum += view[k];
-      this.sum += sum;
+      // Where the bytes are 4-aligned in memory they are read as 32-bit words, each of them two
+      // 16-bit words at once: hi * 65536 + lo is congruent to hi + lo modulo 65535, which is all
+      // the ones'-complement sum keeps (RFC 1071), and it is 0 only when both are. Half the loop
+      // of a 100+ MB image; folded every 2^20 words to stay exact.
+      if ((chunk.byteOffset + i) % 4 === 2 && words > 0) {
+        this.sum += chunk[i] | (chunk[i + 1] << 8);
+        i += 2;
+        words--;
+      }
+      const quads = words >> 1;
+      const view32 = quads > 0 ? new Uint32Array(chunk.buffer, chunk.byteOffset + i, quads) : new Uint32Array(0);
+      for (let start = 0; start < quads; start += 1 << 20) {
+        const end = Math.min(quads, start + (1 << 20));
+        let sum = 0;
+        for (let k = start; k < end; k++) sum += view32[k];
+        this.sum += fold(sum);
+      }
+      i += 4 * quads;
+      words -= 2 * quads;
+      if (words > 0) {
+        this.sum += chunk[i] | (chunk[i + 1] << 8);
+      }
     } else {
       let sum = 0;
       for (let k = i; k < i + 2 * words; k += 2) sum += chunk[k] | (chunk[k + 1] << 8);
@@ -377,4 +395,10 @@ export class PeChecksum {
     while (s > 0xffff) s = (s & 0xffff) + Math.floor(s / 0x10000);
     return (s + this.length) >>> 0;
   }
+}
+
+/** A sum folded to 16 bits with end-around carry (ones' complement): the same value modulo 65535, 0 only for 0. */
+function fold(s: number): number {
+  while (s > 0xffff) s = (s & 0xffff) + Math.floor(s / 0x10000);
+  return s;
 }

@@ -8,7 +8,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { resourceClass } from "./resource";
 import { artifactHandlers, InputError, isKnown, type BuildContext } from "./artifact";
-import { baseSource, buildConfigured, buildPackages, configureHash, ROOTFS_FORMAT, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs/rootfs";
+import { baseSource, buildConfigured, configureHash, stage1Of, ROOTFS_FORMAT, listingFile, packagesHash, type RootfsSpec } from "../src/rootfs/rootfs";
 import { repositoryTags, SystemError, validateSystem } from "../src/rootfs/system";
 import { hostProblem } from "../src/rootfs/configure";
 import { apkProblem } from "../src/rootfs/alpine";
@@ -77,10 +77,19 @@ async function specOf(i: Inputs, ctx: BuildContext): Promise<RootfsSpec> {
 
 interface Outputs { path: string; packagesHash: string; packagesPath: string }
 
+const HASH_KEYS = ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"] as const;
+
+// The engine calls a resource's update right after its check, in the same process: the hashes
+// check() has just computed for the same inputs are taken then, rather than walking a base
+// folder again (0.1 s on the 8.8k-entry bench tree). Not after a second: computed again.
+const FRESH_MS = 1000;
+let lastHashes: { key: string; at: number; hash1: string; hash2: string } | undefined;
+const hashesKey = (i: Inputs, ctx: BuildContext) => JSON.stringify([ctx.projectDir, ...HASH_KEYS.map((k) => i[k] ?? null)]);
+
 export const handlers = artifactHandlers<Inputs, Outputs>({
   kind: "rootfs",
   format: ROOTFS_FORMAT,
-  hashKeys: ["arch", "system", "skeleton", "base", "branch", "mirror", "repositories", "apk", "refresh", "builderSha256", "keysDir", "execDirs", "setupNetwork"],
+  hashKeys: [...HASH_KEYS],
   async validate(i, fail) {
     const archWrong = isKnown(i.arch) ? archProblem(i.arch, "ramroot:arch") : undefined;
     if (archWrong) fail("arch", archWrong);
@@ -111,6 +120,7 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
     }
     const hash1 = await packagesHash(spec);
     const hash2 = await configureHash(spec, hash1);
+    lastHashes = { key: hashesKey(i, ctx), at: Date.now(), hash1, hash2 };
     // Fail in preview, before anything is built, when this host cannot build what is missing.
     const store = ctx.store;
     if (!(await store.exists(`rootfs/${hash2}`))) {
@@ -130,14 +140,16 @@ export const handlers = artifactHandlers<Inputs, Outputs>({
   },
   async build(i, ctx) {
     const spec = await specOf(i, ctx);
-    const hash1 = await packagesHash(spec);
-    const hash2 = await configureHash(spec, hash1);
+    const fresh = lastHashes && lastHashes.key === hashesKey(i, ctx) && Date.now() - lastHashes.at < FRESH_MS ? lastHashes : undefined;
+    const hash1 = fresh?.hash1 ?? (await packagesHash(spec));
+    const hash2 = fresh?.hash2 ?? (await configureHash(spec, hash1));
     if (hash2 !== i.hash) throw new Error(`rootfs: the inputs changed since preview (hash ${i.hash.slice(0, 12)}, now ${hash2.slice(0, 12)}): run again`);
     if (spec.source.kind !== "alpine" && i.system && (await fs.stat(path.resolve(ctx.projectDir, i.system, "packages")).catch(() => undefined)))
       ctx.log(`${path.join(i.system, "packages")} is not installed: the base ${i.base} is used as it is (set ramroot:base alpine to install packages)`);
-    const stage1 = await buildPackages(ctx.store, spec, hash1, ctx.log);
-    ctx.log(`packages ${hash1.slice(0, 12)}: ${stage1.built ? (spec.source.kind === "folder" ? `copied from the base folder ${spec.source.path}` : "built") : "reused from the store"}`);
-    const stage2 = await buildConfigured(ctx.store, spec, stage1.path, hash2, ctx.log);
+    const stage1 = stage1Of(ctx.store, spec, hash1, ctx.log);
+    const stage2 = await buildConfigured(ctx.store, spec, stage1, hash2, ctx.log);
+    const p = stage2.packages;
+    ctx.log(`packages ${hash1.slice(0, 12)}: ${!p ? "not needed" : p.built ? (spec.source.kind === "folder" ? `copied from the base folder ${spec.source.path}` : "built") : "reused from the store"}`);
     ctx.log(`configured ${hash2.slice(0, 12)}: ${stage2.built ? (stage2.from ? `made from ${stage2.from.slice(0, 12)} without setup.sh` : spec.setup ? "skeleton and setup.sh applied" : "skeleton applied") : "reused from the store"}`);
     return { path: stage2.path, packagesHash: hash1, packagesPath: stage1.path };
   },

@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { repo } from "./project";
 import { hostProblem } from "../src/rootfs/configure";
-import { buildConfigured, buildPackages, configureHash, listingFile, packagesHash, setupFile, type RootfsSpec } from "../src/rootfs/rootfs";
+import { buildConfigured, configureHash, stage1Of, listingFile, packagesHash, setupFile, type RootfsSpec } from "../src/rootfs/rootfs";
 import { readListing, walk, writeListing } from "../src/image/walk";
 import { recordTree, Store } from "../src/store";
 
@@ -68,12 +68,15 @@ test("configure: setup.sh is not run again for a skeleton edit it cannot see, an
     const lines: string[] = [];
     const s = spec(store);
     const hash1 = await packagesHash(s);
-    const stage1 = await buildPackages(store, s, hash1);
     const hash2 = await configureHash(s, hash1);
-    const res = await buildConfigured(store, s, stage1.path, hash2, (l) => lines.push(l));
+    const res = await buildConfigured(store, s, stage1Of(store, s, hash1), hash2, (l) => lines.push(l));
     const reused = lines.some((l) => l.startsWith("configured from "));
     assert.equal(!!res.from, reused, "the result names the tree it was made from exactly when it was");
-    return { ...res, hash2, lines, ran: lines.includes("setup.sh: setup.sh ran"), reused };
+    // Stage 1 is made or proved (two walks of it) only when the tree is made from it.
+    const ran = lines.includes("setup.sh: setup.sh ran");
+    if (res.built) assert.equal(!!res.packages, !reused, reused ? "stage 1 was checked for a tree made from an earlier one" : "stage 1 was not made or checked for a tree made from it");
+    if (ran) assert.equal(res.packages?.path, stage1Of(store, s, hash1).path);
+    return { ...res, hash2, lines, ran, reused };
   };
   let n = 0;
   /** The same inputs in a store of their own: setup.sh runs; the two trees must be the same entry for entry. */
@@ -225,8 +228,7 @@ test("configure: where reads move no access time (a noatime mount), nothing is r
   const build = async () => {
     const lines: string[] = [];
     const hash1 = await packagesHash(s);
-    const stage1 = await buildPackages(store, s, hash1);
-    const res = await buildConfigured(store, s, stage1.path, await configureHash(s, hash1), (l) => lines.push(l));
+    const res = await buildConfigured(store, s, stage1Of(store, s, hash1), await configureHash(s, hash1), (l) => lines.push(l));
     return { ...res, lines, ran: lines.includes("setup.sh: setup.sh ran") };
   };
   const first = await build();

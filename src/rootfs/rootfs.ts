@@ -87,6 +87,20 @@ export interface Built {
   built: boolean;
   /** Stage 2 made from this earlier configured tree (its hash) without running setup.sh. */
   from?: string;
+  /** Stage 1 as buildConfigured made or proved it; absent where stage 2 did not need it. */
+  packages?: Built;
+}
+
+/** Stage 1 for stage 2: where it is, and how to make or prove it (buildPackages) when it is needed. */
+export interface Stage1 {
+  path: string;
+  ready(): Promise<Built>;
+}
+
+/** Stage 1 as buildConfigured takes it: made or proved (buildPackages) on first need, once. */
+export function stage1Of(store: Store, spec: RootfsSpec, hash1: string, log?: (l: string) => void): Stage1 {
+  let made: Promise<Built> | undefined;
+  return { path: store.path(`rootfs-packages/${hash1}`), ready: () => (made ??= buildPackages(store, spec, hash1, log)) };
 }
 
 /**
@@ -114,11 +128,19 @@ export async function buildPackages(store: Store, spec: RootfsSpec, hash1: strin
  * Stage 2: rootfs/<hash2>, and its listing beside it. When setup.sh runs, what it did with the
  * skeleton's files is recorded beside the tree (setupFile); a later stage 2 that differs from a
  * recorded one only by the contents of skeleton files setup.sh neither read nor changed there is
- * made from that tree (links, those files written fresh), without running setup.sh again.
+ * made from that tree (links, those files written fresh), without running setup.sh again, and
+ * then stage 1 is neither read nor checked (`stage1.ready()` is called only where it is used:
+ * two walks of it less on every such edit; the earlier tree, linked from it, is checked).
  */
-export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: string, hash2: string, log?: (l: string) => void): Promise<Built> {
-  let linkedFrom = await stage1Records(stage1);
-  const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1)) : undefined;
+export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: Stage1, hash2: string, log?: (l: string) => void): Promise<Built> {
+  const inputs = spec.setup && spec.skeleton && spec.system ? await setupInputs(spec, path.basename(stage1.path)) : undefined;
+  let linkedFrom: Map<string, WalkRecord> | undefined;
+  let packages: Built | undefined;
+  const fromStage1 = async () => {
+    packages = await stage1.ready();
+    linkedFrom = await stage1Records(packages.path);
+    return packages.path;
+  };
   let record: SetupRecord | undefined;
   let from: string | undefined;
   const seen = new Map<string, Stats>();
@@ -133,8 +155,9 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
       // Its files keep the stamps they have in the earlier tree's listing (stage 1's, or setup.sh's).
       const earlierRecords = readListing(listingFile(earlier.tree), earlier.tree);
       if (earlierRecords) linkedFrom = new Map(earlierRecords.map((r) => [r.name, r]));
+      else await fromStage1();
     } else {
-      const { access } = await configureRootfsWatched({ packages: stage1, skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout, watch: !!inputs });
+      const { access } = await configureRootfsWatched({ packages: await fromStage1(), skeleton: spec.skeleton, setup: spec.setup, arch: spec.arch, out, log, network: spec.setupNetwork, timeoutSeconds: spec.setupTimeout, watch: !!inputs });
       if (inputs && access) record = { ...inputs, touched: access.touched };
     }
     const made = await makeMountPoints(out, log);
@@ -162,11 +185,12 @@ export async function buildConfigured(store: Store, spec: RootfsSpec, stage1: st
   }
   // Linking moved the ctime of every file of stage 1: its check is remembered again now, from
   // what this process just read and recorded (no file is read), or the next check reads it all.
-  // (Not the earlier tree's, when made from one: the next edit is made from this newer tree,
-  // and an older one checked again reads its files once.)
-  const rel1 = store.relOf(stage1);
-  if (res.built && rel1) await store.check(rel1, { linked: true });
-  return res.built && from ? { ...res, from } : res;
+  // (Not when stage 1 was not used: made from an earlier tree, stage 1's files, which that tree
+  // shares, are read once by the next check of stage 1, the next time setup.sh runs. Nor the
+  // earlier tree's: the next edit is made from this newer tree.)
+  const rel1 = store.relOf(stage1.path);
+  if (res.built && packages && rel1) await store.check(rel1, { linked: true });
+  return { ...res, ...(res.built && from ? { from } : {}), ...(packages ? { packages } : {}) };
 }
 
 /** Names in recordTree's order: folder by folder (a folder's entries right after it), each folder's names sorted. */

@@ -345,10 +345,12 @@ export class Store {
         rec = derived ?? (await recordTree(tmp));
       } else {
         if (opts.mode !== undefined) await fs.chmod(tmp, opts.mode);
-        const fh = await fs.open(tmp, "r");
-        await fh.sync().finally(() => fh.close());
         const size = (await fs.stat(tmp)).size;
-        rec = written && "sha256" in written && written.size === size && /^[0-9a-f]{64}$/.test(written.sha256) ? { type: "file", sha256: written.sha256, size } : { type: "file", sha256: await hashCounted(tmp), size };
+        const told = written && "sha256" in written && written.size === size && /^[0-9a-f]{64}$/.test(written.sha256) ? written.sha256 : undefined;
+        // Flushed while it is read for its sha256 (the kernel writes, this thread hashes).
+        const fh = await fs.open(tmp, "r");
+        const [, sha256] = await Promise.all([fh.sync().finally(() => fh.close()), told ?? hashCounted(tmp)]);
+        rec = { type: "file", sha256, size };
       }
       // The record first: a name that exists has its record (a crash between the two leaves a
       // record of nothing, which the next put replaces).

@@ -107,7 +107,7 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
   const layout = layoutSections(pe, stub.length, payloads.map((p) => ({ name: p.name, size: partsSize(p.parts), characteristics: p.characteristics })));
   const headers = writeHeaders(stub, pe, layout);
 
-  // Written where it is told, not flushed: the caller makes it atomic (Store.put, writeAtomically).
+  // Written where it is told; the caller makes it atomic (Store.put, writeAtomically).
   const fh = await fs.open(out, "w");
   const sections: UkiSection[] = [];
   try {
@@ -140,13 +140,22 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
     const checksum = Buffer.alloc(4);
     checksum.writeUInt32LE(w.checksum.digest());
     await fh.write(checksum, 0, 4, pe.checksumOffset);
-    await fh.close();
   } catch (e) {
     await fh.close().catch(() => {});
     await fs.rm(out, { force: true });
     throw e;
   }
-  const whole = await hashFile(out, 0, layout.fileSize);
+  // The whole file's sha256 is known only once the CheckSum is in: read back, while the kernel
+  // flushes the file (the caller's flush, to make it atomic, then has nothing left to write).
+  let whole: string;
+  try {
+    [whole] = await Promise.all([hashFile(out, 0, layout.fileSize), fh.datasync()]);
+  } catch (e) {
+    await fs.rm(out, { force: true });
+    throw e;
+  } finally {
+    await fh.close().catch(() => {});
+  }
   return { sha256: whole, size: layout.fileSize, sections, dropped, recovered: recovered.map((r) => r.name) };
 }
 

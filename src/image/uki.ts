@@ -229,17 +229,19 @@ export async function kernelRelease(file: string): Promise<string | undefined> {
       const m = /^([A-Za-z0-9._+~-]+) \(/.exec(str.toString("latin1").split("\0")[0]);
       if (m) return m[1];
     }
-    // Scan for the banner, keeping an overlap so that it is found across chunk boundaries.
-    const pattern = /Linux version (\d+\.[^\s\0]+) \(/;
-    let carry = "";
+    // Scan for the banner (Buffer.indexOf, not a regular expression over the text of 30+ MB),
+    // each chunk read to overlap the last by what a banner needs, so that none is cut in two.
+    const marker = Buffer.from("Linux version ");
+    const pattern = /^Linux version (\d+\.[^\s\0]+) \(/;
+    const OVERLAP = 256;
     const buf = Buffer.alloc(CHUNK);
-    for (let pos = 0; ; pos += CHUNK) {
+    for (let pos = 0; ; pos += CHUNK - OVERLAP) {
       const { bytesRead: n } = await fh.read(buf, 0, CHUNK, pos);
-      if (n === 0) return undefined;
-      const textChunk = carry + buf.toString("latin1", 0, n);
-      const m = pattern.exec(textChunk);
-      if (m) return m[1];
-      carry = textChunk.slice(-256);
+      for (let at = buf.subarray(0, n).indexOf(marker); at >= 0; at = buf.subarray(0, n).indexOf(marker, at + 1)) {
+        const m = pattern.exec(buf.toString("latin1", at, Math.min(n, at + OVERLAP)));
+        if (m) return m[1];
+      }
+      if (n < CHUNK) return undefined;
     }
   } finally {
     await fh.close();

@@ -296,7 +296,14 @@ for (const name of ["x86_64", "aarch64"]) {
     test("inspectUki reads back what buildUki wrote", async () => {
       const seen = await inspectUki(uki);
       assert.equal(seen.arch, name);
-      assert.deepEqual(seen.sections, built.sections);
+      assert.deepEqual(seen.sections.map(({ sha256: _, ...where }) => where), built.sections);
+      // Each payload section holds exactly its input's bytes.
+      const hashOf = (n: string) => seen.sections.find((s) => s.name === n)?.sha256;
+      assert.equal(hashOf(".linux"), sha256(fs.readFileSync(input.linux)));
+      assert.equal(hashOf(".initrd"), sha256(fs.readFileSync(input.initrds[0])));
+      assert.equal(hashOf(".cmdline"), sha256(Buffer.from(input.cmdline)));
+      assert.equal(hashOf(".osrel"), sha256(Buffer.from(input.osRelease!)));
+      assert.equal(hashOf(".uname"), sha256(Buffer.from(input.uname!)));
       assert.equal(seen.cmdline, input.cmdline);
       assert.equal(seen.osRelease, input.osRelease);
       assert.equal(seen.uname, input.uname);

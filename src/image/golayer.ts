@@ -176,6 +176,9 @@ const versionOf = (go: string, env: NodeJS.ProcessEnv): string | undefined => {
   }
 };
 
+/** What versionOf said of each go binary (path, inode, size, mtime, PATH), in this process. */
+const versions = new Map<string, string>();
+
 const newEnough = (v: string) => {
   const m = /^go(\d+)\.(\d+)/.exec(v);
   return !!m && (Number(m[1]) > MIN_GO[0] || (Number(m[1]) === MIN_GO[0] && Number(m[2]) >= MIN_GO[1]));
@@ -196,7 +199,10 @@ export function findGo(env: NodeJS.ProcessEnv = process.env): { go: string; vers
   for (const go of candidates) {
     const st = fsSync.statSync(go, { throwIfNoEntry: false });
     if (!st?.isFile() || !(st.mode & 0o111)) continue;
-    const version = versionOf(go, env);
+    // Asked once per binary as it is (a check asks for the hash, then for the toolchain shown).
+    const stamp = `${go}\0${st.ino}\0${st.size}\0${st.mtimeMs}\0${env.PATH ?? ""}`;
+    const version = versions.get(stamp) ?? versionOf(go, env);
+    if (version) versions.set(stamp, version);
     if (version && newEnough(version)) return { go, version };
     old.push(`${go} (${version ?? "does not run"})`);
   }

@@ -1,6 +1,7 @@
 // The Unified Kernel Image: a systemd-stub with the kernel, initrd, command line and
 // os-release appended as PE sections (UAPI "Unified Kernel Image" spec; systemd's ukify is the
-// reference). `buildUki` writes one, `inspectUki` reads one back; both speak UkiSection.
+// reference). `buildUki` writes one and says where each section went; `inspectUki` reads one back,
+// with each section's sha256.
 //
 // Inputs are streamed into the output (the kernel and initrd may be 100+ MB) and the file is
 // written under a temporary name, then renamed. The output is a function of the inputs only:
@@ -62,10 +63,13 @@ interface Payload { name: string; parts: Part[]; characteristics: number }
 const DATA = IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ;
 const CHUNK = 4 << 20;
 
+/** Where buildUki put a section; inspectUki also reads each one's sha256 back. */
+export type PlacedSection = Omit<UkiSection, "sha256">;
+
 export interface BuiltUki {
   sha256: string;
   size: number;
-  sections: UkiSection[];
+  sections: PlacedSection[];
   /** The stub's bytes left out (outside its headers and sections), in the stub's file offsets. */
   dropped: Unsectioned[];
   /** Sections made from stub data found outside its sections (".sbat", ".sdmagic"). */
@@ -109,7 +113,7 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
 
   // Written where it is told; the caller makes it atomic (Store.put, writeAtomically).
   const fh = await fs.open(out, "w");
-  const sections: UkiSection[] = [];
+  const sections: PlacedSection[] = [];
   try {
     const w = new Writer(fh, new PeChecksum(pe.checksumOffset));
     await w.write(headers);
@@ -121,20 +125,11 @@ export async function buildUki(input: UkiInput, out: string): Promise<BuiltUki> 
       await w.write(stub.subarray(orig.pointerToRawData, orig.pointerToRawData + orig.sizeOfRawData));
       await w.padTo(placed.pointerToRawData + placed.sizeOfRawData);
     }
-    pe.sections.forEach((orig, i) => sections.push(describe(layout.stubSections[i], hashOf(stub.subarray(orig.pointerToRawData, orig.pointerToRawData + contentLength(orig))))));
+    pe.sections.forEach((_, i) => sections.push(placed(layout.stubSections[i])));
     for (const [i, p] of payloads.entries()) {
-      const placed = layout.sections[i];
-      await w.padTo(placed.pointerToRawData);
-      const hash = createHash("sha256");
-      for (const part of p.parts) {
-        if (Buffer.isBuffer(part)) {
-          hash.update(part);
-          await w.write(part);
-        } else {
-          await w.copy(part, hash);
-        }
-      }
-      sections.push(describe(placed, hash.digest("hex")));
+      await w.padTo(layout.sections[i].pointerToRawData);
+      for (const part of p.parts) await (Buffer.isBuffer(part) ? w.write(part) : w.copy(part));
+      sections.push(placed(layout.sections[i]));
     }
     await w.padTo(layout.fileSize);
     const checksum = Buffer.alloc(4);
@@ -268,7 +263,7 @@ class Writer {
     if (offset > this.pos) await this.write(Buffer.alloc(offset - this.pos));
   }
 
-  async copy(part: { file: string; size: number }, hash: ReturnType<typeof createHash>): Promise<void> {
+  async copy(part: { file: string; size: number }): Promise<void> {
     const src = await fs.open(part.file, "r");
     try {
       let copied = 0;
@@ -279,7 +274,6 @@ class Writer {
         const chunk = buf.subarray(0, bytesRead);
         copied += bytesRead;
         if (copied > part.size) break;
-        hash.update(chunk);
         await this.write(chunk);
       }
       if (copied !== part.size) throw new Error(`${part.file} changed size while the UKI was being written (${part.size} bytes expected, ${copied} read)`);
@@ -289,8 +283,12 @@ class Writer {
   }
 }
 
+function placed(s: PeSection): PlacedSection {
+  return { name: s.name, offset: s.pointerToRawData, vma: s.virtualAddress, size: s.virtualSize };
+}
+
 function describe(s: PeSection, sha256: string): UkiSection {
-  return { name: s.name, offset: s.pointerToRawData, vma: s.virtualAddress, size: s.virtualSize, sha256 };
+  return { ...placed(s), sha256 };
 }
 
 // How many of a section's bytes are in the file (the rest of VirtualSize is zero-filled).
@@ -300,10 +298,6 @@ function contentLength(s: PeSection): number {
 
 function partsSize(parts: Part[]): number {
   return parts.reduce((n, p) => n + (Buffer.isBuffer(p) ? p.length : p.size), 0);
-}
-
-function hashOf(buf: Buffer): string {
-  return createHash("sha256").update(buf).digest("hex");
 }
 
 async function hashFile(file: string, offset: number, length: number): Promise<string> {

@@ -513,7 +513,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
       log(`  ${row.name} #${i + 1}: ${s2(r.wall)} s wall (${Object.entries({ ...part, engine, checks }).map(([k, v]) => `${k} ${s2(v)}`).join(", ")}), load ${r.load.toFixed(2)}`);
     }
     const m = (k: string) => median(parts[k]!);
-    row.note = `each run after an untimed \`sync\`; median parts: engine (npm, the wrapper, the CLI, both passes' program and provider starts, checks and diffs) ${s2(m("engine"))} s (of which the handlers' checks and diffs ${s2(m("checks"))} s), configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
+    row.note = `each run after an untimed \`sync\`; median parts: engine (npm, the wrapper, the CLI, each pass's program and provider plugin start, checks and diffs) ${s2(m("engine"))} s (of which the handlers' checks and diffs ${s2(m("checks"))} s), configure (Rootfs: link, skeleton, setup.sh in the chroot) ${s2(m("configure"))} s, ` +
       `initramfs ${s2(m("initramfs"))} s, UKI ${s2(m("uki"))} s, boot disk ${s2(m("bootDisk"))} s, boot (BootCheck: QEMU from start to power-off, the probes, fsck) ${s2(m("boot"))} s`;
     return row;
   };

@@ -527,7 +527,7 @@ async function pulumiBench(work: string, tree: string, rows: Row[], targets: Tar
   targets.push({
     what: "One skeleton file edited: `npm run up` (`pulumi up`) to a verified boot <= the QEMU boot + 3 s (issue 18)",
     met: over(edit) <= 3,
-    why: "beyond the boot there remain the engine (npm, the CLI, the program and the provider plugin, which loads the whole SDK, and the handlers' checks and diffs, which walk the tree; one pass since `npm run up` skips the preview), the UKI (two sha256 passes over it and its write) and the boot disk; the configure stage no longer reruns setup.sh for a file it does not read; see the row's parts.",
+    why: "beyond the boot there remain the engine (npm, the CLI, the program and the provider plugin, which loads the whole SDK, and the handlers' checks and diffs, which walk the tree; one pass since `npm run up` skips the preview), the UKI and the boot disk (each written, read back for its sha256 and flushed), and the configure stage's walks and links; see the row's parts.",
     detail: `${s2(med(edit).wall)} s, of which the boot ${s2(median(edit.runs.map((r) => r.extra!.boot)))} s: ${s2(over(edit))} s beyond it` +
       (editBefore ? `; before (${beforeRev}): ${s2(med(editBefore).wall)} s, ${s2(over(editBefore))} s beyond the boot` : ""),
   });

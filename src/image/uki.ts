@@ -3,9 +3,9 @@
 // reference). `buildUki` writes one and says where each section went; `inspectUki` reads one back,
 // with each section's sha256.
 //
-// Inputs are streamed into the output (the kernel and initrd may be 100+ MB) and the file is
-// written under a temporary name, then renamed. The output is a function of the inputs only:
-// the stub's TimeDateStamp is kept and nothing else carries a time.
+// Inputs are streamed into the output (the kernel and initrd may be 100+ MB), written where the
+// caller says (Store.put and writeAtomically make it atomic). The output is a function of the
+// inputs only: the stub's TimeDateStamp is kept and nothing else carries a time.
 //
 // The UKI holds the headers and sections and nothing else (see src/image/pe.ts), so that every
 // Authenticode implementation computes the same digest for it. What the stub carries outside

@@ -36,7 +36,8 @@ export class RunError extends Error {
   }
 }
 
-const baseEnv = () => ({ PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: process.env.HOME ?? "/root", LANG: "C" });
+/** The environment run gives a program unless told otherwise: PATH, HOME and LANG=C. */
+export const baseEnv = () => ({ PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: process.env.HOME ?? "/root", LANG: "C" });
 
 /** The last lines of a program's output, for an error message. */
 export function tail(text: string, lines = 20): string {

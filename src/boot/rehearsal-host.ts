@@ -39,7 +39,7 @@ import * as path from "node:path";
 import { ARCH_SPECS, cleanConsole, qemuCommand, type Arch } from "./qemu";
 import { ESP_TYPE } from "./bootmedia";
 import { ARCH_NAMES, ARCHES, removablePath } from "../arch";
-import { run } from "../run";
+import { baseEnv, run } from "../run";
 import { temporaryName } from "../store";
 
 export interface HostOptions {
@@ -363,7 +363,7 @@ export async function stickArch(stick: string, want?: Arch): Promise<Arch> {
     // no partition table
   }
   if (!esp) throw new Error(`host: ${stick} has no EFI System Partition, so no firmware would boot it (make the stick with: ramroot stick write ${stick} --uki FILE)`);
-  const ls = await run("mdir", ["-b", "-i", `${stick}@@${esp.start * sector}`, "::/EFI/BOOT/"], { allowFail: true, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: "C", MTOOLS_SKIP_CHECK: "1" } });
+  const ls = await run("mdir", ["-b", "-i", `${stick}@@${esp.start * sector}`, "::/EFI/BOOT/"], { allowFail: true, env: { ...baseEnv(), MTOOLS_SKIP_CHECK: "1" } });
   const names = ls.stdout.split("\n").map((l) => path.posix.basename(l.trim()).toUpperCase());
   const found = ARCH_NAMES.filter((a) => names.includes(ARCHES[a].efiBootFile));
   if (want) {

@@ -391,9 +391,7 @@ export class PeChecksum {
   digest(): number {
     if (this.odd !== undefined) this.sum += this.odd;
     this.odd = undefined;
-    let s = this.sum;
-    while (s > 0xffff) s = (s & 0xffff) + Math.floor(s / 0x10000);
-    return (s + this.length) >>> 0;
+    return (fold(this.sum) + this.length) >>> 0;
   }
 }
 

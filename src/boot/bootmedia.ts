@@ -10,13 +10,13 @@
 // disk GUID, partition GUID and FAT serial are derived from the UKI's hash, mkfs.vfat runs with
 // --invariant, and mtools honours SOURCE_DATE_EPOCH (verified with mtools 4.0.32), so every
 // directory entry carries 1980-01-01 00:00 (TZ=UTC).
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { sha256File, temporaryName } from "../store";
 import { removablePath, type Arch } from "../arch";
+import { baseEnv, run } from "../run";
 
 export type { Arch } from "../arch";
 
@@ -82,9 +82,9 @@ export async function writeEsp(target: string, o: { efi: string; arch: Arch; dis
     `start=${PART_START / SECTOR}, size=${partBytes / SECTOR}, type=${ESP_TYPE}, uuid=${guid(o.seed, 1)}, name="EFI System Partition"`,
     "",
   ].join("\n");
-  await run("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", target], { input: table });
+  await sh("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", target], { input: table });
   const fat = partBytes / MiB >= FAT32_MIN_MIB ? "32" : "16";
-  await run("mkfs.vfat", ["--invariant", "-F", fat, "-i", o.serial, "-n", o.label, `--offset=${PART_START / SECTOR}`, target, String(partBytes / 1024)]);
+  await sh("mkfs.vfat", ["--invariant", "-F", fat, "-i", o.serial, "-n", o.label, `--offset=${PART_START / SECTOR}`, target, String(partBytes / 1024)]);
   const img = `${target}@@${PART_START}`;
   const dirs = new Set<string>();
   for (const d of [path.posix.dirname(bootPath), ...(o.folders ?? [])])
@@ -109,7 +109,7 @@ export interface EspListing {
 
 /** What is on the ESP of a disk image written by makeEspImage (or any GPT disk with one ESP). */
 export async function listEspImage(image: string): Promise<EspListing> {
-  const pt = JSON.parse(await run("sfdisk", ["--json", image])).partitiontable;
+  const pt = JSON.parse(await sh("sfdisk", ["--json", image])).partitiontable;
   if (pt?.label !== "gpt") throw new Error(`bootmedia: ${image} has no GPT`);
   const esp = (pt.partitions ?? []).find((p: any) => String(p.type).toUpperCase() === ESP_TYPE);
   if (!esp) throw new Error(`bootmedia: ${image} has no EFI System Partition`);
@@ -155,7 +155,7 @@ export async function makePersistImage(opts: { out: string; volumeId?: string; s
   const tmp = temporaryName(opts.out);
   try {
     const fat = sizeMiB >= FAT32_MIN_MIB ? ["-F", "32"] : [];
-    await run("mkfs.vfat", [...fat, "-i", volumeId, "-n", "RAMROOT", "-C", tmp, String(sizeMiB * 1024)]);
+    await sh("mkfs.vfat", [...fat, "-i", volumeId, "-n", "RAMROOT", "-C", tmp, String(sizeMiB * 1024)]);
     await syncFile(tmp);
     // link() fails when `out` appeared meanwhile: never replace an existing image.
     try {
@@ -175,18 +175,16 @@ export async function makePersistImage(opts: { out: string; volumeId?: string; s
  * errors and no dirty bit, i.e. the last system that mounted it unmounted it.
  */
 export async function checkPersistImage(image: string): Promise<{ clean: boolean; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("fsck.vfat", ["-n", image], { stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    child.stdout.on("data", (d: Buffer) => (output += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (output += d.toString()));
-    child.on("error", (e: any) => reject(e.code === "ENOENT" ? new Error("bootmedia: fsck.vfat not found: install the Debian package dosfstools") : e));
-    child.on("close", (code) => {
-      // 0: clean; 1: errors found (-n leaves them); anything else: fsck could not check it.
-      if (code === 0 || code === 1) resolve({ clean: code === 0, output: output.trim() });
-      else reject(new Error(`bootmedia: fsck.vfat -n ${image} failed (${code}): ${output.trim()}`));
-    });
-  });
+  let r;
+  try {
+    r = await run("fsck.vfat", ["-n", image], { allowFail: true });
+  } catch (e: any) {
+    throw new Error(`bootmedia: ${e.message}`);
+  }
+  const output = (r.stdout + r.stderr).trim();
+  // 0: clean; 1: errors found (-n leaves them); anything else: fsck could not check it.
+  if (r.exitCode === 0 || r.exitCode === 1) return { clean: r.exitCode === 0, output };
+  throw new Error(`bootmedia: fsck.vfat -n ${image} failed (${r.exitCode}): ${output}`);
 }
 
 /** A file from the persistence image (a path from its root), or undefined when it is absent. */
@@ -243,31 +241,17 @@ function guid(seed: Buffer, n: number): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-const PACKAGE_OF: Record<string, string> = { sfdisk: "fdisk", "mkfs.vfat": "dosfstools", mcopy: "mtools", mmd: "mtools", mdir: "mtools", minfo: "mtools" };
-
 function mtools(cmd: string, args: string[]): Promise<string> {
-  return run(cmd, args, { env: { MTOOLS_SKIP_CHECK: "1", SOURCE_DATE_EPOCH: FAT_EPOCH, TZ: "UTC" } });
+  return sh(cmd, args, { env: { MTOOLS_SKIP_CHECK: "1", SOURCE_DATE_EPOCH: FAT_EPOCH, TZ: "UTC" } });
 }
 
-/** Runs a command, returns its stdout; throws with its stderr on failure. */
-function run(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...opts.env } });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    child.on("error", (e: any) => {
-      if (e.code === "ENOENT") reject(new Error(`bootmedia: ${cmd} not found: install the Debian package ${PACKAGE_OF[cmd] ?? cmd}`));
-      else reject(e);
-    });
-    child.on("close", (code) => {
-      if (code === 0) resolve(Buffer.concat(out).toString());
-      else reject(new Error(`bootmedia: ${cmd} ${args.join(" ")} failed (${code}): ${Buffer.concat(err).toString().trim()}`));
-    });
-    child.stdin.on("error", () => {});
-    child.stdin.end(opts.input ?? "");
-  });
+/** A command through the runner (src/run.ts), its stdout; a failure says it came from here. */
+async function sh(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<string> {
+  try {
+    return (await run(cmd, args, { input: opts.input, env: { ...baseEnv(), ...opts.env } })).stdout;
+  } catch (e: any) {
+    throw new Error(`bootmedia: ${e.message}`);
+  }
 }
 
 async function walkFiles(dir: string, rel = ""): Promise<string[]> {
